@@ -1,0 +1,41 @@
+# flashsale: every entry point. `make demo` and `make test` install what they need.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup services test test-fast lint typecheck bench demo clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	scripts/ensure-services.sh redis
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+services: setup
+	scripts/ensure-services.sh redis postgres chromium
+
+test: services
+	$(BIN)/pytest -q
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow and not browser"
+
+lint: setup
+	$(BIN)/ruff check engine tests scripts loadtests
+
+typecheck: setup
+	$(BIN)/mypy
+
+bench: services
+	scripts/ensure-services.sh wrk
+	$(BIN)/python -m scripts.bench.all
+
+demo: setup
+	$(BIN)/flashsale demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

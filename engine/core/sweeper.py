@@ -1,0 +1,59 @@
+"""The expiry sweeper: releases every hold within about a second of its deadline.
+
+Runs as a task inside each API worker (and the demo, and ``flashsale sweeper``). Several sweepers
+at once are safe: ``expire.lua`` takes a hold off the zset in the same atomic call that returns
+its units, so a hold is released exactly once whoever gets there first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+from engine.core.engine import Engine
+from engine.errors import FlashsaleError
+
+log = logging.getLogger("flashsale.sweeper")
+CAMPAIGN_REFRESH_S = 2.0  # how often the list of campaigns is re-read
+
+
+class Sweeper:
+    def __init__(self, engine: Engine, interval_s: float = 0.25, limit: int = 1000) -> None:
+        self.engine = engine
+        self.interval_s = interval_s
+        self.limit = limit
+        self.expired_total = 0
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def sweep_once(self, campaign_ids: list[str]) -> int:
+        expired = 0
+        for cid in campaign_ids:
+            more = True
+            while more and not self._stop.is_set():
+                n, more = await self.engine.expire_due(cid, self.limit)
+                expired += n
+        self.expired_total += expired
+        return expired
+
+    async def run(self) -> None:
+        campaigns: list[str] = []
+        refreshed = 0.0
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
+            try:
+                if loop.time() - refreshed > CAMPAIGN_REFRESH_S:
+                    campaigns = await self.engine.campaign_ids()
+                    refreshed = loop.time()
+                await self.sweep_once(campaigns)
+            except FlashsaleError as exc:  # Redis away: try again next tick, quietly
+                log.warning("sweeper: %s", exc)
+            # jitter keeps several workers' sweeps from landing together
+            delay = self.interval_s * random.uniform(0.8, 1.2)
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+            except TimeoutError:
+                pass

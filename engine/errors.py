@@ -1,0 +1,166 @@
+"""The exception tree of flashsale.
+
+    FlashsaleError
+    ├── InvalidDefinition            a campaign definition that does not hold together (field, reason)
+    ├── Rejected                     a business outcome the engine refused (carries ``code``)
+    │   ├── NotFound                 campaign, product or reservation (``what``)
+    │   ├── NotOpen / Closed / Paused
+    │   ├── SoldOut
+    │   ├── InsufficientStock        (``remaining``)
+    │   ├── UserCapExceeded          (``allowed``)
+    │   ├── IdempotencyKeyReused
+    │   ├── InvalidState             (``state``)
+    │   └── RateLimited              (``retry_after_ms``)
+    ├── StorageUnavailable           Redis unreachable, slow, or the campaign is recovering
+    ├── UnsafeRedis                  Redis is configured so that acknowledged writes may be lost
+    └── LedgerError                  the durable ledger refused or failed (``engine.ledger``)
+        └── SchemaTooNew
+
+Each exception carries structured fields; the HTTP status of each is decided once, in
+``engine.api.errors``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.status import PUBLIC_CODE, Status
+
+
+class FlashsaleError(Exception):
+    """Base of every error flashsale raises on purpose."""
+
+
+class InvalidDefinition(FlashsaleError):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class Rejected(FlashsaleError):
+    code = "REJECTED"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class NotFound(Rejected):
+    code = "NOT_FOUND"
+
+    def __init__(self, what: str, ident: str) -> None:
+        super().__init__(f"{what} {ident!r} not found", what=what, id=ident)
+        self.what = what
+
+
+class NotOpen(Rejected):
+    code = "NOT_OPEN"
+
+
+class Closed(Rejected):
+    code = "CLOSED"
+
+
+class Paused(Rejected):
+    code = "PAUSED"
+
+
+class SoldOut(Rejected):
+    code = "SOLD_OUT"
+
+
+class InsufficientStock(Rejected):
+    code = "INSUFFICIENT_STOCK"
+
+    def __init__(self, remaining: int) -> None:
+        super().__init__(f"only {remaining} units left; ask for fewer", remaining=remaining)
+        self.remaining = remaining
+
+
+class UserCapExceeded(Rejected):
+    code = "USER_CAP_EXCEEDED"
+
+    def __init__(self, allowed: int) -> None:
+        super().__init__(f"this user may take at most {allowed} more units", allowed=allowed)
+        self.allowed = allowed
+
+
+class IdempotencyKeyReused(Rejected):
+    code = "IDEMPOTENCY_KEY_REUSED"
+
+
+class InvalidState(Rejected):
+    code = "INVALID_STATE"
+
+    def __init__(self, message: str, state: str) -> None:
+        super().__init__(message, state=state)
+        self.state = state
+
+
+class RateLimited(Rejected):
+    code = "RATE_LIMITED"
+
+    def __init__(self, retry_after_ms: int) -> None:
+        super().__init__("too many reservation attempts by this user; retry later",
+                         retry_after_ms=retry_after_ms)
+        self.retry_after_ms = retry_after_ms
+
+
+class StorageUnavailable(FlashsaleError):
+    """Redis could not be reached in time; the caller may retry with the same Idempotency-Key."""
+
+
+class UnsafeRedis(FlashsaleError):
+    """Redis would lose acknowledged writes (no AOF, or an eviction policy)."""
+
+
+class LedgerError(FlashsaleError):
+    """The durable ledger failed."""
+
+
+class SchemaTooNew(LedgerError):
+    def __init__(self, found: int, supported: int) -> None:
+        super().__init__(
+            f"the ledger database has schema version {found}, newer than this flashsale supports "
+            f"({supported}); upgrade flashsale or point it at another database"
+        )
+        self.found = found
+        self.supported = supported
+
+
+def rejection(status: int, detail: Any, subject: str) -> Rejected | StorageUnavailable:
+    """Map a script's status code (and its detail) to the domain exception."""
+    st = Status(status)
+    if st in (Status.CAMPAIGN_NOT_FOUND, Status.PRODUCT_NOT_FOUND, Status.RESERVATION_NOT_FOUND):
+        what = {Status.CAMPAIGN_NOT_FOUND: "campaign", Status.PRODUCT_NOT_FOUND: "product",
+                Status.RESERVATION_NOT_FOUND: "reservation"}[st]
+        return NotFound(what, str(detail) if detail else subject)
+    if st is Status.NOT_OPEN:
+        return NotOpen(f"campaign {subject!r} has not opened yet")
+    if st is Status.CLOSED:
+        return Closed(f"campaign {subject!r} is closed")
+    if st is Status.PAUSED:
+        return Paused(f"campaign {subject!r} is paused; retry later")
+    if st is Status.SOLD_OUT:
+        return SoldOut(f"{detail or subject} is sold out")
+    if st is Status.INSUFFICIENT_STOCK:
+        return InsufficientStock(int(detail))
+    if st is Status.USER_CAP_EXCEEDED:
+        return UserCapExceeded(int(detail))
+    if st is Status.IDEMPOTENCY_KEY_REUSED:
+        return IdempotencyKeyReused("this Idempotency-Key was used with a different body")
+    if st is Status.INVALID_STATE:
+        return InvalidState(f"{subject} is {detail}", state=str(detail))
+    if st is Status.ALREADY_OPEN:
+        return InvalidState(f"campaign {subject!r} has already opened and cannot be replaced",
+                            state=str(detail))
+    if st is Status.RECOVERING:
+        return StorageUnavailable(f"campaign {subject!r} is being recovered; retry shortly")
+    if st is Status.RATE_LIMITED:
+        return RateLimited(int(detail))
+    raise ValueError(f"status {st!r} is not a rejection")
+
+
+assert set(PUBLIC_CODE) == set(Status) - {Status.OK}

@@ -1,0 +1,77 @@
+"""The events each script appends to a campaign's stream ``fs:{c:ID}:events``.
+
+One stream entry is one transition. Its fields (all strings, as Redis stores them):
+
+| field | in | what |
+|---|---|---|
+| ``e`` | all | ``reserved`` · ``confirmed`` · ``cancelled`` · ``expired`` |
+| ``rid`` | all | reservation id |
+| ``pid`` / ``uid`` | all | product and user id |
+| ``units`` / ``amount`` | all | whole units; amount in minor currency units (units × unit_price) |
+| ``at`` | all | Redis ``TIME`` of the transition, ms since the epoch |
+| ``sf`` | reserved | the storefront that made it |
+| ``exp`` | reserved | the hold's deadline, ms since the epoch |
+| ``ref`` | confirmed | the payment reference |
+
+The campaign id is the stream's (``engine.keys.campaign_of_stream``). The writer turns each
+``confirmed`` event into one ``orders`` row and every event into one history row keyed by the
+stream entry id, so a redelivered entry is written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+EventType = Literal["reserved", "confirmed", "cancelled", "expired"]
+EVENT_TYPES: frozenset[str] = frozenset({"reserved", "confirmed", "cancelled", "expired"})
+
+
+class MalformedEvent(ValueError):
+    """A stream entry that is not a flashsale event (it goes to the dead-letter stream)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    campaign_id: str
+    entry_id: str  # the stream entry id, e.g. "1700000000000-0"
+    type: EventType
+    reservation_id: str
+    product_id: str
+    user_id: str
+    units: int
+    amount: int
+    at_ms: int
+    storefront: str | None = None
+    expires_at_ms: int | None = None
+    payment_ref: str | None = None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def decode(campaign_id: str, entry_id: bytes | str, fields: dict[bytes, bytes] | dict[str, str]) -> Event:
+    """Decode one stream entry; raises ``MalformedEvent`` naming what is wrong."""
+    f = {_text(k): _text(v) for k, v in fields.items()}
+    kind = f.get("e")
+    if kind not in EVENT_TYPES:
+        raise MalformedEvent(f"unknown event type {kind!r}")
+    try:
+        exp = f.get("exp")
+        return Event(
+            campaign_id=campaign_id,
+            entry_id=_text(entry_id),
+            type=kind,  # type: ignore[arg-type]
+            reservation_id=f["rid"],
+            product_id=f["pid"],
+            user_id=f["uid"],
+            units=int(f["units"]),
+            amount=int(f["amount"]),
+            at_ms=int(f["at"]),
+            storefront=f.get("sf"),
+            expires_at_ms=int(exp) if exp is not None else None,
+            payment_ref=f.get("ref"),
+        )
+    except (KeyError, ValueError) as exc:
+        raise MalformedEvent(f"bad {kind} event: {exc!r}") from exc

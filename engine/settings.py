@@ -1,0 +1,99 @@
+"""Settings: one frozen dataclass, built once at start-up (``Settings.from_env``) and passed down.
+
+Flags of the ``flashsale`` command override the ``FLASHSALE_*`` environment variables of API.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_DATABASE_URL = "sqlite:///flashsale-ledger.db"  # the embedded default ledger
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_REDIS_TIMEOUT_S = 0.5  # a request fails with 503 well under 1 s when Redis is away
+DEFAULT_BATCH_MAX = 256  # reservations carried by one script call
+DEFAULT_BATCH_INFLIGHT = 4  # script calls in flight per campaign and process
+DEFAULT_SWEEP_INTERVAL_S = 0.25  # expired holds are released within ~this of their deadline
+DEFAULT_SWEEP_LIMIT = 1000  # holds released by one expire call
+
+
+def storefront_name(token: str) -> str:
+    """A stable, non-secret name for a storefront token (idempotency keys are scoped to it)."""
+    return "sf-" + hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def parse_storefront_tokens(raw: str) -> tuple[tuple[str, str], ...]:
+    """``tok1,tok2`` or ``shop-a=tok1,shop-b=tok2`` -> ((name, token), ...)."""
+    out: list[tuple[str, str]] = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        name, sep, token = item.partition("=")
+        if not sep:
+            name, token = storefront_name(item), item
+        if "|" in name or not token:
+            raise ValueError(f"bad storefront token entry {item!r}: use name=token, no '|' in the name")
+        out.append((name, token))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    redis_url: str = DEFAULT_REDIS_URL
+    database_url: str = DEFAULT_DATABASE_URL
+    storefront_tokens: tuple[tuple[str, str], ...] = ()
+    admin_token: str = ""
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    workers: int = 1
+    server: str = "granian"  # or "uvicorn"
+    allow_volatile_redis: bool = False
+    redis_timeout_s: float = DEFAULT_REDIS_TIMEOUT_S
+    batch_max: int = DEFAULT_BATCH_MAX
+    batch_inflight: int = DEFAULT_BATCH_INFLIGHT
+    sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S
+    log_level: str = "INFO"
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        e = os.environ if env is None else env
+        s = cls(
+            redis_url=e.get("FLASHSALE_REDIS_URL", DEFAULT_REDIS_URL),
+            database_url=e.get("FLASHSALE_DATABASE_URL", DEFAULT_DATABASE_URL),
+            storefront_tokens=parse_storefront_tokens(e.get("FLASHSALE_STOREFRONT_TOKENS", "")),
+            admin_token=e.get("FLASHSALE_ADMIN_TOKEN", ""),
+            host=e.get("FLASHSALE_HOST", DEFAULT_HOST),
+            port=int(e.get("FLASHSALE_PORT", DEFAULT_PORT)),
+            workers=int(e.get("FLASHSALE_WORKERS", "1")),
+            server=e.get("FLASHSALE_SERVER", "granian"),
+            allow_volatile_redis=e.get("FLASHSALE_ALLOW_VOLATILE_REDIS", "") in ("1", "true", "yes"),
+            redis_timeout_s=float(e.get("FLASHSALE_REDIS_TIMEOUT", DEFAULT_REDIS_TIMEOUT_S)),
+            batch_max=int(e.get("FLASHSALE_BATCH_MAX", DEFAULT_BATCH_MAX)),
+            batch_inflight=int(e.get("FLASHSALE_BATCH_INFLIGHT", DEFAULT_BATCH_INFLIGHT)),
+            log_level=e.get("FLASHSALE_LOG_LEVEL", "INFO"),
+        )
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return replace(s, **given) if given else s
+
+    def to_env(self) -> dict[str, str]:
+        """The settings as environment variables, for child processes (API workers, demo)."""
+        return {
+            "FLASHSALE_REDIS_URL": self.redis_url,
+            "FLASHSALE_DATABASE_URL": self.database_url,
+            "FLASHSALE_STOREFRONT_TOKENS": ",".join(f"{n}={t}" for n, t in self.storefront_tokens),
+            "FLASHSALE_ADMIN_TOKEN": self.admin_token,
+            "FLASHSALE_HOST": self.host,
+            "FLASHSALE_PORT": str(self.port),
+            "FLASHSALE_WORKERS": str(self.workers),
+            "FLASHSALE_SERVER": self.server,
+            "FLASHSALE_ALLOW_VOLATILE_REDIS": "1" if self.allow_volatile_redis else "",
+            "FLASHSALE_REDIS_TIMEOUT": str(self.redis_timeout_s),
+            "FLASHSALE_BATCH_MAX": str(self.batch_max),
+            "FLASHSALE_BATCH_INFLIGHT": str(self.batch_inflight),
+            "FLASHSALE_LOG_LEVEL": self.log_level,
+        }

@@ -1,0 +1,47 @@
+"""Status codes returned by the Lua scripts, mirrored once in Python.
+
+The same table stands in ``engine/lua/status.lua`` (copied into each script at load time);
+``tests/core/test_status.py`` checks the two agree. ``0`` is success; a negative code is a named
+business outcome, never a Lua ``error()``.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Status(IntEnum):
+    OK = 0
+    CAMPAIGN_NOT_FOUND = -1
+    PRODUCT_NOT_FOUND = -2
+    RESERVATION_NOT_FOUND = -3
+    NOT_OPEN = -4
+    CLOSED = -5
+    PAUSED = -6
+    SOLD_OUT = -7
+    INSUFFICIENT_STOCK = -8  # detail: units remaining
+    USER_CAP_EXCEEDED = -9  # detail: units the user may still take
+    IDEMPOTENCY_KEY_REUSED = -10
+    INVALID_STATE = -11  # detail: the reservation's (or campaign's) current state
+    ALREADY_OPEN = -12  # a campaign that has opened cannot be replaced
+    RECOVERING = -13  # the campaign is being rebuilt from the ledger
+    RATE_LIMITED = -14  # detail: ms until the next attempt is allowed
+
+
+#: The public error code (API.md) of each rejection, as counted in ``counters`` (``rej|CODE``).
+PUBLIC_CODE: dict[Status, str] = {
+    Status.CAMPAIGN_NOT_FOUND: "NOT_FOUND",
+    Status.PRODUCT_NOT_FOUND: "NOT_FOUND",
+    Status.RESERVATION_NOT_FOUND: "NOT_FOUND",
+    Status.NOT_OPEN: "NOT_OPEN",
+    Status.CLOSED: "CLOSED",
+    Status.PAUSED: "PAUSED",
+    Status.SOLD_OUT: "SOLD_OUT",
+    Status.INSUFFICIENT_STOCK: "INSUFFICIENT_STOCK",
+    Status.USER_CAP_EXCEEDED: "USER_CAP_EXCEEDED",
+    Status.IDEMPOTENCY_KEY_REUSED: "IDEMPOTENCY_KEY_REUSED",
+    Status.INVALID_STATE: "INVALID_STATE",
+    Status.ALREADY_OPEN: "INVALID_STATE",
+    Status.RECOVERING: "UNAVAILABLE",
+    Status.RATE_LIMITED: "RATE_LIMITED",
+}
