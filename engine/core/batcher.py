@@ -21,7 +21,7 @@ class Batcher:
     """One queue and its in-flight calls; ``submit`` resolves to that request's result slice."""
 
     __slots__ = ("_call", "_flush_scheduled", "_inflight", "_max_batch", "_max_inflight",
-                 "_pending", "_stride_in", "_stride_out")
+                 "_pending", "_stride_in", "_stride_out", "_tasks")
 
     def __init__(self, call: Call, *, stride_in: int, stride_out: int, max_batch: int,
                  max_inflight: int) -> None:
@@ -33,6 +33,7 @@ class Batcher:
         self._pending: list[tuple[Sequence[Any], asyncio.Future[Sequence[Any]]]] = []
         self._inflight = 0
         self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()  # strong references while calls are out
 
     def submit(self, args: Sequence[Any]) -> asyncio.Future[Sequence[Any]]:
         loop = asyncio.get_running_loop()
@@ -49,7 +50,9 @@ class Batcher:
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
             self._inflight += 1
-            asyncio.ensure_future(self._run(batch))
+            task = asyncio.ensure_future(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[tuple[Sequence[Any], asyncio.Future[Sequence[Any]]]]) -> None:
         try:

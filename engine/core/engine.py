@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -26,8 +26,7 @@ from engine import keys
 from engine.campaign import Campaign, parse
 from engine.core.batcher import Batcher
 from engine.core.redis_client import connect
-from engine.core.results import (CampaignView, Counters, Holdings, Outcome, ProductHolding,
-                                 Reservation)
+from engine.core.results import CampaignView, Counters, Holdings, Outcome, ProductHolding, Reservation
 from engine.core.scripts import Scripts
 from engine.errors import NotFound, StorageUnavailable, rejection
 from engine.settings import Settings
@@ -108,13 +107,13 @@ class Engine:
                       k.ratelimit], args=argv)
             if code != 0:
                 raise rejection(code, _text(detail), campaign.id)
-            await self.redis.sadd(keys.CAMPAIGNS, campaign.id)
+            await cast("Awaitable[int]", self.redis.sadd(keys.CAMPAIGNS, campaign.id))
         self._batchers.pop(campaign.id, None)
         return bool(detail)
 
     async def campaign_ids(self) -> list[str]:
         async with _storage("listing campaigns"):
-            return sorted(_text(c) for c in await self.redis.smembers(keys.CAMPAIGNS))
+            return sorted(_text(c) for c in await cast("Awaitable[set[bytes]]", self.redis.smembers(keys.CAMPAIGNS)))
 
     def _definition(self, raw: bytes) -> Campaign:
         c = self._definitions.get(raw)
@@ -124,11 +123,10 @@ class Engine:
 
     async def view(self, campaign_id: str) -> CampaignView:
         k = keys.CampaignKeys(campaign_id)
-        async with _storage("reading a campaign"):
-            async with self.redis.pipeline(transaction=False) as p:
-                p.hmget(k.meta, "def", "flag")
-                p.time()
-                (raw, flag), t = await p.execute()
+        async with _storage("reading a campaign"), self.redis.pipeline(transaction=False) as p:
+            p.hmget(k.meta, ["def", "flag"])
+            p.time()
+            (raw, flag), t = await p.execute()
         if raw is None:
             raise NotFound("campaign", campaign_id)
         return CampaignView(self._definition(raw), _text(flag), _now_ms(t))
@@ -186,7 +184,7 @@ class Engine:
     async def reserve_unbatched(self, campaign_id: str, req: ReserveRequest) -> Outcome:
         """One script call per request: the naive baseline the benchmarks compare against."""
         k = keys.CampaignKeys(campaign_id)
-        argv = [1, new_reservation_id(), req.storefront, req.idempotency_key, req.user_id,
+        argv: list[Any] = [1, new_reservation_id(), req.storefront, req.idempotency_key, req.user_id,
                 req.product_id, req.units]
         async with _storage("a reservation"):
             code, detail, packed, replayed = await self.scripts.reserve(
@@ -224,11 +222,10 @@ class Engine:
 
     async def reservation(self, campaign_id: str, reservation_id: str) -> Reservation:
         k = keys.CampaignKeys(campaign_id)
-        async with _storage("reading a reservation"):
-            async with self.redis.pipeline(transaction=False) as p:
-                p.hget(k.reservations, reservation_id)
-                p.time()
-                packed, t = await p.execute()
+        async with _storage("reading a reservation"), self.redis.pipeline(transaction=False) as p:
+            p.hget(k.reservations, reservation_id)
+            p.time()
+            packed, t = await p.execute()
         if packed is None:
             raise NotFound("reservation", reservation_id)
         return Reservation.unpack(campaign_id, reservation_id, packed).seen_at(_now_ms(t))
@@ -241,7 +238,9 @@ class Engine:
         for pid in pids:
             fields += [f"t|{user_id}|{pid}", f"c|{user_id}|{pid}"]
         async with _storage("reading a user's holdings"):
-            vals = [int(v or 0) for v in await self.redis.hmget(keys.CampaignKeys(campaign_id).users, fields)]
+            users = keys.CampaignKeys(campaign_id).users
+            raw = await cast("Awaitable[list[bytes | None]]", self.redis.hmget(users, fields))
+        vals = [int(v or 0) for v in raw]
         products = tuple(ProductHolding(pid, vals[2 + 2 * i] - vals[3 + 2 * i], vals[3 + 2 * i])
                          for i, pid in enumerate(pids))
         return Holdings(campaign_id, user_id, vals[0] - vals[1], vals[1], products)
@@ -249,14 +248,13 @@ class Engine:
     async def counters(self, campaign_id: str) -> Counters:
         """Everything the scripts count for a campaign, in one round trip (no key scans)."""
         k = keys.CampaignKeys(campaign_id)
-        async with _storage("reading counters"):
-            async with self.redis.pipeline(transaction=False) as p:
-                p.hmget(k.meta, "def", "flag")
-                p.hgetall(k.counters)
-                p.hgetall(k.rate)
-                p.hget(k.ledger, "persisted_orders")
-                p.time()
-                (raw, flag), counters, ring, persisted, t = await p.execute()
+        async with _storage("reading counters"), self.redis.pipeline(transaction=False) as p:
+            p.hmget(k.meta, ["def", "flag"])
+            p.hgetall(k.counters)
+            p.hgetall(k.rate)
+            p.hget(k.ledger, "persisted_orders")
+            p.time()
+            (raw, flag), counters, ring, persisted, t = await p.execute()
         if raw is None:
             raise NotFound("campaign", campaign_id)
         now = _now_ms(t)

@@ -8,6 +8,7 @@ its units, so a hold is released exactly once whoever gets there first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 
@@ -53,7 +54,5 @@ class Sweeper:
                 log.warning("sweeper: %s", exc)
             # jitter keeps several workers' sweeps from landing together
             delay = self.interval_s * random.uniform(0.8, 1.2)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
-            except TimeoutError:
-                pass
