@@ -3,6 +3,7 @@
     FlashsaleError
     ├── InvalidDefinition            a campaign definition that does not hold together (field, reason)
     ├── Rejected                     a business outcome the engine refused (carries ``code``)
+    │   ├── InvalidRequest           a request field out of bounds (``field``); changes nothing
     │   ├── NotFound                 campaign, product or reservation (``what``)
     │   ├── NotOpen / Closed / Paused
     │   ├── SoldOut
@@ -45,6 +46,17 @@ class Rejected(FlashsaleError):
         super().__init__(message)
         self.message = message
         self.details = details
+
+
+class InvalidRequest(Rejected):
+    """A request the engine will not send to Redis: a field of the wrong type or out of bounds."""
+
+    code = "INVALID"
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}", field=field)
+        self.field = field
+        self.reason = reason
 
 
 class NotFound(Rejected):

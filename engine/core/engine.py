@@ -1,21 +1,21 @@
 """The Engine: flashsale's Python API over the Lua scripts. No HTTP, no SQL here.
 
-    engine = Engine(settings)            # or Engine.from_client(client)
-    await engine.start()                 # register scripts
+    engine = Engine.from_settings(settings)      # or Engine(redis_client, settings)
+    await engine.ready()                         # Redis answers, scripts loaded
     outcome = await engine.reserve(cid, ReserveRequest(user_id, product_id, units, key, storefront))
     await engine.confirm(cid, outcome.reservation.reservation_id, "pay-123")
 
-Every method raises a ``Rejected`` subclass for a business refusal and ``StorageUnavailable``
-when Redis cannot answer in time; the caller may retry with the same Idempotency-Key.
+Reserve, confirm and cancel are micro-batched per campaign (``calls.py``): concurrent requests
+share one script call, each still judged on its own, in arrival order. Every method raises a
+``Rejected`` subclass for a business refusal (``InvalidRequest`` for a malformed field, before
+anything reaches Redis) and ``StorageUnavailable`` when Redis cannot answer in time; the caller
+may retry with the same Idempotency-Key.
 """
 
 from __future__ import annotations
 
-import base64
-import os
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
@@ -24,29 +24,21 @@ from redis.exceptions import RedisError
 
 from engine import keys
 from engine.campaign import Campaign, parse
-from engine.core.batcher import Batcher
+from engine.core.calls import BatchedScript
 from engine.core.redis_client import connect
+from engine.core.requests import ReserveRequest, check_payment_ref, check_reserve, new_reservation_id
 from engine.core.results import CampaignView, Counters, Holdings, Outcome, ProductHolding, Reservation
 from engine.core.scripts import Scripts
+from engine.core.wire import Wire
 from engine.errors import NotFound, StorageUnavailable, rejection
 from engine.settings import Settings
 
-RESERVE_STRIDE_IN = 6
-RESERVE_STRIDE_OUT = 4
+__all__ = ["Engine", "ReserveRequest", "new_reservation_id"]
 
-
-@dataclass(frozen=True, slots=True)
-class ReserveRequest:
-    user_id: str
-    product_id: str
-    units: int
-    idempotency_key: str
-    storefront: str
-
-
-def new_reservation_id() -> str:
-    """96 random bits, base32: unique across campaigns (the ledger's primary key)."""
-    return base64.b32encode(os.urandom(15)).decode().lower()
+RESERVE_STRIDE_IN = 6  # values per request in reserve.lua's ARGV
+CONFIRM_STRIDE_IN = 2
+CANCEL_STRIDE_IN = 1
+STRIDE_OUT = 4  # reply values per request, every batched script
 
 
 def _text(v: Any) -> str:
@@ -55,6 +47,17 @@ def _text(v: Any) -> str:
 
 def _now_ms(t: Sequence[int]) -> int:
     return int(t[0]) * 1000 + int(t[1]) // 1000
+
+
+def _reserve_keys(campaign_id: str) -> list[str]:
+    k = keys.CampaignKeys(campaign_id)
+    return [k.meta, k.counters, k.users, k.reservations, k.idempotency, k.holds, k.events, k.rate,
+            k.ratelimit]
+
+
+def _transition_keys(campaign_id: str) -> list[str]:
+    k = keys.CampaignKeys(campaign_id)
+    return [k.counters, k.users, k.reservations, k.holds, k.events]
 
 
 @asynccontextmanager
@@ -66,19 +69,36 @@ async def _storage(what: str) -> AsyncIterator[None]:
                                  "retry with the same Idempotency-Key") from exc
 
 
+def _outcome(campaign_id: str, reply: Sequence[Any], subject: str) -> Outcome:
+    code, detail, packed, replayed = reply
+    if code != 0:
+        raise rejection(code, _text(detail), subject)
+    return Outcome(Reservation.unpack(campaign_id, _text(detail), packed), bool(replayed))
+
+
 class Engine:
     def __init__(self, client: aioredis.Redis, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self.redis = client
         self.scripts = Scripts.register(client)
-        self._batchers: dict[str, Batcher] = {}
+        self.wire = Wire.for_client(client, self.settings.redis_timeout_s)
         self._definitions: dict[bytes, Campaign] = {}
+        sizes = {"stride_out": STRIDE_OUT, "max_batch": self.settings.batch_max,
+                 "max_inflight": self.settings.batch_inflight}
+        self._reserve = BatchedScript(self.scripts.reserve, self.wire, _reserve_keys,
+                                      stride_in=RESERVE_STRIDE_IN, **sizes)
+        self._confirm = BatchedScript(self.scripts.confirm, self.wire, _transition_keys,
+                                      stride_in=CONFIRM_STRIDE_IN, **sizes)
+        self._cancel = BatchedScript(self.scripts.cancel, self.wire, _transition_keys,
+                                     stride_in=CANCEL_STRIDE_IN, **sizes)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Engine:
         return cls(connect(settings.redis_url, settings.redis_timeout_s), settings)
 
     async def close(self) -> None:
+        if self.wire is not None:
+            self.wire.close()
         await self.redis.aclose()
 
     async def ready(self) -> bool:
@@ -108,7 +128,6 @@ class Engine:
             if code != 0:
                 raise rejection(code, _text(detail), campaign.id)
             await cast("Awaitable[int]", self.redis.sadd(keys.CAMPAIGNS, campaign.id))
-        self._batchers.pop(campaign.id, None)
         return bool(detail)
 
     async def campaign_ids(self) -> list[str]:
@@ -152,72 +171,49 @@ class Engine:
 
     # -- reservations ----------------------------------------------------------------------
 
-    def _batcher(self, campaign_id: str) -> Batcher:
-        b = self._batchers.get(campaign_id)
-        if b is None:
-            k = keys.CampaignKeys(campaign_id)
-            ks = [k.meta, k.counters, k.users, k.reservations, k.idempotency, k.holds, k.events,
-                  k.rate, k.ratelimit]
-            script = self.scripts.reserve
-
-            async def call(argv: list[Any]) -> Sequence[Any]:
-                result: Sequence[Any] = await script(keys=ks, args=argv)
-                return result
-
-            b = self._batchers[campaign_id] = Batcher(
-                call, stride_in=RESERVE_STRIDE_IN, stride_out=RESERVE_STRIDE_OUT,
-                max_batch=self.settings.batch_max, max_inflight=self.settings.batch_inflight)
-        return b
-
     async def reserve(self, campaign_id: str, req: ReserveRequest) -> Outcome:
-        """Hold ``units`` of a product for a user, or raise the rejection. Batched per campaign."""
-        rid = new_reservation_id()
-        fut = self._batcher(campaign_id).submit(
-            (rid, req.storefront, req.idempotency_key, req.user_id, req.product_id, req.units))
+        """Hold ``units`` of a product for a user, or raise the rejection. Batched per campaign.
+
+        The same (storefront, Idempotency-Key) with the same body returns the first reservation
+        as it is now (``replayed``); with another body it raises ``IdempotencyKeyReused``.
+        """
+        check_reserve(req)
+        fut = self._reserve.submit(campaign_id, (new_reservation_id(), req.storefront, req.idempotency_key,
+                                                 req.user_id, req.product_id, req.units))
         async with _storage("a reservation"):
-            code, detail, packed, replayed = await fut
-        if code != 0:
-            raise rejection(code, _text(detail), campaign_id)
-        rid = _text(detail)
-        return Outcome(Reservation.unpack(campaign_id, rid, packed), bool(replayed))
+            reply = await fut
+        return _outcome(campaign_id, reply, campaign_id)
 
     async def reserve_unbatched(self, campaign_id: str, req: ReserveRequest) -> Outcome:
-        """One script call per request: the naive baseline the benchmarks compare against."""
-        k = keys.CampaignKeys(campaign_id)
+        """One redis-py script call per request: the naive baseline the benchmarks compare against."""
+        check_reserve(req)
         argv: list[Any] = [1, new_reservation_id(), req.storefront, req.idempotency_key, req.user_id,
-                req.product_id, req.units]
+                           req.product_id, req.units]
         async with _storage("a reservation"):
-            code, detail, packed, replayed = await self.scripts.reserve(
-                keys=[k.meta, k.counters, k.users, k.reservations, k.idempotency, k.holds, k.events,
-                      k.rate, k.ratelimit], args=argv)
-        if code != 0:
-            raise rejection(code, _text(detail), campaign_id)
-        return Outcome(Reservation.unpack(campaign_id, _text(detail), packed), bool(replayed))
-
-    def _transition_keys(self, campaign_id: str) -> list[str]:
-        k = keys.CampaignKeys(campaign_id)
-        return [k.counters, k.users, k.reservations, k.holds, k.events]
-
-    async def _transition(self, campaign_id: str, script: Any, args: list[Any], what: str) -> Outcome:
-        async with _storage(what):
-            code, detail, packed, replayed = await script(keys=self._transition_keys(campaign_id), args=args)
-        if code != 0:
-            raise rejection(code, _text(detail), f"reservation {args[0]!r}")
-        return Outcome(Reservation.unpack(campaign_id, _text(detail), packed), bool(replayed))
+            reply = await self.scripts.reserve(keys=_reserve_keys(campaign_id), args=argv)
+        return _outcome(campaign_id, reply, campaign_id)
 
     async def confirm(self, campaign_id: str, reservation_id: str, payment_ref: str) -> Outcome:
-        """Payment succeeded: the hold becomes an order. Idempotent for the same payment_ref."""
-        return await self._transition(campaign_id, self.scripts.confirm, [reservation_id, payment_ref],
-                                      "a confirm")
+        """Payment succeeded: the hold becomes an order. Idempotent for the same payment_ref;
+        another payment_ref on a confirmed reservation, or a cancelled or expired one, raises
+        ``InvalidState``. Batched per campaign."""
+        check_payment_ref(payment_ref)
+        fut = self._confirm.submit(campaign_id, (reservation_id, payment_ref))
+        async with _storage("a confirm"):
+            reply = await fut
+        return _outcome(campaign_id, reply, f"reservation {reservation_id!r}")
 
     async def cancel(self, campaign_id: str, reservation_id: str) -> Outcome:
-        """Release a hold. Idempotent."""
-        return await self._transition(campaign_id, self.scripts.cancel, [reservation_id], "a cancel")
+        """Release a hold. Idempotent; a confirmed or expired reservation raises ``InvalidState``."""
+        fut = self._cancel.submit(campaign_id, (reservation_id,))
+        async with _storage("a cancel"):
+            reply = await fut
+        return _outcome(campaign_id, reply, f"reservation {reservation_id!r}")
 
     async def expire_due(self, campaign_id: str, limit: int = 1000) -> tuple[int, bool]:
         """Expire holds past their deadline; returns (expired, more are waiting)."""
         async with _storage("expiring holds"):
-            expired, more = await self.scripts.expire(keys=self._transition_keys(campaign_id), args=[limit])
+            expired, more = await self.scripts.expire(keys=_transition_keys(campaign_id), args=[limit])
         return int(expired), bool(more)
 
     async def reservation(self, campaign_id: str, reservation_id: str) -> Reservation:

@@ -1,0 +1,60 @@
+"""Batched script calls: one queue per (script, campaign), sent over the lean wire.
+
+Each batch is one EVALSHA carrying every request queued when it leaves (``batcher.py``). The
+keys of a campaign are encoded once and kept with its batcher. Without a lean wire (TLS,
+Cluster) the same batches go through redis-py's ``AsyncScript``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis.commands.core import AsyncScript
+
+from engine.core.batcher import Batcher
+from engine.core.wire import Arg, Wire, encode
+
+
+class BatchedScript:
+    """``submit(campaign_id, args)`` -> a future of that request's ``stride_out`` reply values."""
+
+    def __init__(self, script: AsyncScript, wire: Wire | None, keys_of: Callable[[str], list[str]], *,
+                 stride_in: int, stride_out: int, max_batch: int, max_inflight: int) -> None:
+        self.script = script
+        self.wire = wire
+        self.keys_of = keys_of
+        self.stride_in = stride_in
+        self.stride_out = stride_out
+        self.max_batch = max_batch
+        self.max_inflight = max_inflight
+        self._batchers: dict[str, Batcher] = {}
+
+    def submit(self, campaign_id: str, args: Sequence[Arg]) -> asyncio.Future[Sequence[Any]]:
+        b = self._batchers.get(campaign_id)
+        if b is None:
+            b = self._batchers[campaign_id] = self._new_batcher(campaign_id)
+        return b.submit(args)
+
+    def forget(self, campaign_id: str) -> None:
+        self._batchers.pop(campaign_id, None)
+
+    def _new_batcher(self, campaign_id: str) -> Batcher:
+        keys = self.keys_of(campaign_id)
+        script = self.script
+        wire = self.wire
+        if wire is None:
+            async def call(argv: list[Arg]) -> Sequence[Any]:
+                result: Sequence[Any] = await script(keys=keys, args=argv)
+                return result
+        else:
+            text = script.script if isinstance(script.script, str) else bytes(script.script).decode()
+            head = encode([script.sha, len(keys), *keys])
+
+            async def call(argv: list[Arg]) -> Sequence[Any]:
+                result: Sequence[Any] = await wire.evalsha(text, head, encode(argv))
+                return result
+
+        return Batcher(call, stride_in=self.stride_in, stride_out=self.stride_out,
+                       max_batch=self.max_batch, max_inflight=self.max_inflight)

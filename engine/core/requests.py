@@ -1,0 +1,71 @@
+"""What a caller asks of the engine, checked before anything is sent to Redis.
+
+A malformed field raises ``InvalidRequest`` naming it: it must never reach a batched script
+call, where it would fail every request sharing that call.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from dataclasses import dataclass
+
+from engine.campaign import MAX_UNITS
+from engine.errors import InvalidRequest
+
+# '|' separates fields in the users and idempotency hashes (engine/keys.py): never in an id
+USER_ID = re.compile(r"[^|\x00-\x1f\x7f]{1,255}")
+PRINTABLE = re.compile(r"[\x20-\x7e]+")  # printable ASCII
+MAX_IDEMPOTENCY_KEY = 255
+MAX_PAYMENT_REF = 128
+_ID_POOL = 15 * 256  # random bytes drawn at once for reservation ids
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveRequest:
+    user_id: str
+    product_id: str
+    units: int
+    idempotency_key: str
+    storefront: str
+
+
+def check_reserve(req: ReserveRequest) -> None:
+    """Raise ``InvalidRequest`` for a field no script should see."""
+    if not isinstance(req.user_id, str) or not USER_ID.fullmatch(req.user_id):
+        raise InvalidRequest("user_id", "must be 1 to 255 characters, without '|' or control characters")
+    if not isinstance(req.product_id, str) or not req.product_id:
+        raise InvalidRequest("product_id", "must be a product id of the campaign")
+    u = req.units
+    if isinstance(u, bool) or not isinstance(u, int) or not 1 <= u <= MAX_UNITS:
+        raise InvalidRequest("units", f"must be an integer from 1 to {MAX_UNITS}")
+    k = req.idempotency_key
+    if not isinstance(k, str) or len(k) > MAX_IDEMPOTENCY_KEY or not PRINTABLE.fullmatch(k):
+        raise InvalidRequest("idempotency_key", "must be 1 to 255 printable ASCII characters")
+    if not isinstance(req.storefront, str) or not req.storefront or "|" in req.storefront:
+        raise InvalidRequest("storefront", "must be a non-empty name without '|'")
+
+
+def check_payment_ref(ref: str) -> None:
+    if not isinstance(ref, str) or len(ref) > MAX_PAYMENT_REF or not PRINTABLE.fullmatch(ref):
+        raise InvalidRequest("payment_ref", f"must be 1 to {MAX_PAYMENT_REF} printable ASCII characters")
+
+
+class _Ids:
+    """Reservation ids: 120 random bits in base32, unique across campaigns and processes (the
+    ledger's primary key). Random bytes are drawn from the OS in blocks, not per id."""
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._pos = 0
+
+    def __call__(self) -> str:
+        pos = self._pos
+        if pos + 15 > len(self._pool):
+            self._pool, pos = os.urandom(_ID_POOL), 0
+        self._pos = pos + 15
+        return base64.b32encode(self._pool[pos : pos + 15]).decode().lower()
+
+
+new_reservation_id = _Ids()
