@@ -1,0 +1,101 @@
+"""The Starlette application: ``create_app(settings)``; ``factory()`` for the HTTP servers.
+
+The lifespan connects to Redis, refuses a Redis that would lose acknowledged writes (unless
+``allow_volatile_redis``), starts the expiry sweeper, and on shutdown stops it and closes the
+client. Each server worker process runs its own lifespan, so each has its own Engine, batcher
+and sweeper (several sweepers are safe, see ``engine.core.sweeper``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, TypedDict
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute, Route
+
+from engine.api import logs, openapi
+from engine.api.errors import EXCEPTION_HANDLERS
+from engine.api.middleware import RequestContext
+from engine.api.routes import Api
+from engine.core import Engine
+from engine.core.redis_client import require_durable
+from engine.core.sweeper import Sweeper
+from engine.errors import StorageUnavailable
+from engine.ops import web
+from engine.settings import Settings
+
+log = logging.getLogger("flashsale.api")
+STARTUP_WAIT_S = 10.0  # how long a starting worker waits for Redis before giving up
+SWEEPER_STOP_S = 5.0  # how long shutdown waits for the sweeper's call in flight
+
+
+class State(TypedDict):
+    engine: Engine
+    settings: Settings
+
+
+async def _durability_checked(engine: Engine, settings: Settings) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STARTUP_WAIT_S
+    while True:
+        try:
+            profile = await require_durable(engine.redis, allow_volatile=settings.allow_volatile_redis)
+            break
+        except StorageUnavailable:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+    if not profile.safe:
+        log.warning("running on a volatile Redis (allowed): %s", profile.describe())
+
+
+def _lifespan(api: Api, settings: Settings) -> Any:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        engine = Engine.from_settings(settings)
+        try:
+            await _durability_checked(engine, settings)
+            with contextlib.suppress(StorageUnavailable):
+                await engine.ready()  # load the scripts now rather than on the first request
+            sweeper = Sweeper(engine, interval_s=settings.sweep_interval_s)
+            task = asyncio.create_task(sweeper.run(), name="flashsale-sweeper")
+            api.engine = app.state.engine = engine
+            try:
+                yield {"engine": engine, "settings": settings}
+            finally:
+                api.engine = app.state.engine = None
+                sweeper.stop()
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):
+                    await asyncio.wait_for(task, SWEEPER_STOP_S)
+        finally:
+            await engine.close()
+
+    return lifespan
+
+
+def _templates(routes: list[BaseRoute]) -> dict[Any, str]:
+    return {r.endpoint: r.path for r in routes if isinstance(r, Route)}
+
+
+def create_app(settings: Settings) -> Starlette:
+    logs.configure(settings.log_level)
+    api = Api(settings, openapi.spec_bytes())
+    routes: list[BaseRoute] = [*api.routes(), *web.routes()]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestContext, templates=_templates(routes))],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=_lifespan(api, settings),
+    )
+    app.state.api = api
+    return app
+
+
+def factory() -> Starlette:
+    """For ``granian``/``uvicorn --factory``: the settings come from the FLASHSALE_* environment."""
+    return create_app(Settings.from_env())

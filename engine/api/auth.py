@@ -1,0 +1,64 @@
+"""Bearer tokens: several storefronts, one admin; compared in constant time.
+
+A storefront is known by its name (``settings.storefront_tokens``: (name, token) pairs); the name,
+never the token, scopes its Idempotency-Keys and is stored with its reservations. Every token is
+compared on every call (no early exit), so the time taken says nothing about which one nearly
+matched.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from engine.api.errors import ApiError
+from engine.api.validation import header
+
+ADMIN = "admin"
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="flashsale"'}
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    name: str  # the storefront's name, or "admin"
+    admin: bool
+
+
+class Authenticator:
+    def __init__(self, storefront_tokens: tuple[tuple[str, str], ...], admin_token: str) -> None:
+        self._callers: list[tuple[bytes, Caller]] = [
+            (token.encode(), Caller(name, False)) for name, token in storefront_tokens if token]
+        if admin_token:
+            self._callers.append((admin_token.encode(), Caller(ADMIN, True)))
+
+    def caller(self, request: Request) -> Caller:
+        """Who is calling, or 401 UNAUTHENTICATED."""
+        raw = header(request, b"authorization")
+        if raw is None:
+            raise ApiError(401, "UNAUTHENTICATED", "send Authorization: Bearer <token>", headers=_CHALLENGE)
+        scheme, _, token = raw.partition(b" ")
+        if scheme.lower() != b"bearer" or not token:
+            raise ApiError(401, "UNAUTHENTICATED", "the Authorization header must be: Bearer <token>",
+                           headers=_CHALLENGE)
+        token = token.strip()
+        found: Caller | None = None
+        for known, who in self._callers:
+            if hmac.compare_digest(known, token):
+                found = who
+        if found is None:
+            raise ApiError(401, "UNAUTHENTICATED", "unknown token", headers=_CHALLENGE)
+        return found
+
+    def storefront(self, request: Request) -> str:
+        """The calling storefront's name; 403 for the admin token (it is no storefront)."""
+        who = self.caller(request)
+        if who.admin:
+            raise ApiError(403, "FORBIDDEN", "this call needs a storefront token, not the admin token")
+        return who.name
+
+    def admin(self, request: Request) -> None:
+        """Only the admin token passes; a storefront token gets 403."""
+        if not self.caller(request).admin:
+            raise ApiError(403, "FORBIDDEN", "this call needs the admin token")

@@ -1,0 +1,145 @@
+"""Every error the API answers, in one table: exception -> HTTP status, code, the one error shape.
+
+    {"error": {"code": "SOLD_OUT", "message": "human-readable", "details": {}}}
+
+``ApiError`` is what the HTTP layer itself raises (auth, validation, body size); the engine's
+exceptions (``engine.errors``) arrive as they are and are mapped here, nowhere else. Anything not
+in the table is a bug: the request middleware answers 500 ``INTERNAL`` in the same shape and logs
+it with the request id; a stack trace never reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from engine import errors as e
+
+log = logging.getLogger("flashsale.api")
+
+#: Rejections of the engine and their HTTP status (API.md, "Errors").
+REJECTION_STATUS: dict[type[e.Rejected], int] = {
+    e.InvalidRequest: 422,
+    e.NotFound: 404,
+    e.NotOpen: 409,
+    e.Closed: 409,
+    e.Paused: 409,
+    e.SoldOut: 409,
+    e.InsufficientStock: 409,
+    e.UserCapExceeded: 409,
+    e.IdempotencyKeyReused: 409,
+    e.InvalidState: 409,
+    e.RateLimited: 429,
+}
+
+_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+
+
+class ApiError(Exception):
+    """A refusal decided by the HTTP layer (auth, validation, size), before the engine is asked."""
+
+    def __init__(self, status: int, code: str, message: str, details: Mapping[str, Any] | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = dict(details or {})
+        self.headers = dict(headers or {})
+
+
+def invalid(field: str, reason: str, status: int = 422) -> ApiError:
+    """422 INVALID naming the field and what is wrong with it."""
+    return ApiError(status, "INVALID", f"{field}: {reason}", {"field": field, "reason": reason})
+
+
+def error_body(code: str, message: str, details: Mapping[str, Any] | None = None) -> bytes:
+    return orjson.dumps({"error": {"code": code, "message": message, "details": details or {}}})
+
+
+def error_response(status: int, code: str, message: str, details: Mapping[str, Any] | None = None,
+                   headers: Mapping[str, str] | None = None) -> Response:
+    return Response(error_body(code, message, details), status, headers=headers,
+                    media_type="application/json")
+
+
+def public_code(exc: BaseException) -> str:
+    """The API.md code an exception is answered with (metrics count outcomes by it)."""
+    if isinstance(exc, e.Rejected):
+        return exc.code
+    if isinstance(exc, e.StorageUnavailable):
+        return "UNAVAILABLE"
+    if isinstance(exc, ApiError):
+        return exc.code
+    return "INTERNAL"
+
+
+# -- the handlers ------------------------------------------------------------------------------
+
+async def _api_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+
+async def _rejected(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, e.Rejected)
+    status = next((s for cls, s in REJECTION_STATUS.items() if isinstance(exc, cls)), 409)
+    headers = None
+    if isinstance(exc, e.RateLimited):
+        headers = {"Retry-After": str(retry_after_seconds(exc.retry_after_ms))}
+    return error_response(status, exc.code, exc.message, exc.details, headers)
+
+
+async def _unavailable(_: Request, exc: Exception) -> Response:
+    return error_response(503, "UNAVAILABLE", f"{exc}", {}, {"Retry-After": "1"})
+
+
+async def _invalid_definition(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, e.InvalidDefinition)
+    return error_response(422, "INVALID", f"{exc.field}: {exc.reason}",
+                          {"field": exc.field, "reason": exc.reason})
+
+
+async def _http(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "BAD_REQUEST")
+    message = {404: "no such path; see /openapi.json",
+               405: "method not allowed on this path; see the Allow header"}.get(exc.status_code, exc.detail)
+    return error_response(exc.status_code, code, message, {}, exc.headers)
+
+
+async def _disconnect(_: Request, __: Exception) -> Response:
+    return error_response(400, "BAD_REQUEST", "the client went away before the body was read")
+
+
+async def _other_flashsale(_: Request, exc: Exception) -> Response:
+    log.error("unexpected engine error: %s", exc, extra={"error": type(exc).__name__})
+    return error_response(500, "INTERNAL", "internal error; retry with the same Idempotency-Key")
+
+
+EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+    ApiError: _api_error,
+    e.Rejected: _rejected,
+    e.StorageUnavailable: _unavailable,
+    e.InvalidDefinition: _invalid_definition,
+    HTTPException: _http,
+    ClientDisconnect: _disconnect,
+    e.FlashsaleError: _other_flashsale,
+}
+"""Starlette's exception-handler table; lookup follows each exception's MRO, most specific first.
+What is not here (a bug) is answered by ``internal_error`` from the request middleware."""
+
+
+def retry_after_seconds(ms: int) -> int:
+    """``Retry-After`` is whole seconds: round up, and never 0 (which would invite a retry storm)."""
+    return max(1, math.ceil(ms / 1000))
+
+
+INTERNAL_BODY = error_body("INTERNAL", "internal error; it has been logged with the request id")
