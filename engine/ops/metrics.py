@@ -1,11 +1,187 @@
-"""Prometheus metrics (stub: filled in by the ops work; the API calls these hooks)."""
+"""Prometheus metrics: what each process counts, and ``render()`` for ``GET /metrics``.
+
+Two kinds of figures:
+
+- **Counted in the process** (the API calls the hooks): requests and their latency
+  (``observe_request``), engine outcomes by code (``count_outcome``), and, once ``instrument``
+  has wrapped an Engine's scripts, the latency of each script call, the size of reserve
+  batches and the holds the sweeper expires. With several workers, ``flashsale serve`` calls
+  ``prepare_multiprocess()`` before it starts them: each worker then writes its values to files
+  in ``PROMETHEUS_MULTIPROC_DIR`` and a scrape of any worker sums them all.
+- **Read from Redis at scrape time** (``engine.ops.collector``): units sold / held / remaining,
+  rejections, the ledger's lag, the writer's stream backlog and dead letters. They live in
+  Redis, so every worker reports the same values and nothing is counted twice.
+
+The metric objects are built on first use in each process, never at import: a worker forked
+after ``prepare_multiprocess()`` must build them with the multiprocess value class.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.multiprocess import MultiProcessCollector
+from redis.commands.core import AsyncScript
+
+from engine.core import Engine
+from engine.core.scripts import SCRIPT_NAMES, Scripts
+from engine.ops.collector import SnapshotCollector, snapshot
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the text format every Prometheus 2.x parses
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+SCRIPT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+@dataclass(frozen=True, slots=True)
+class _Metrics:
+    registry: CollectorRegistry
+    requests: Counter
+    request_seconds: Histogram
+    outcomes: Counter
+    script_seconds: Histogram
+    reserve_batch: Histogram
+
+
+def _build() -> _Metrics:
+    r = CollectorRegistry(auto_describe=True)
+    return _Metrics(
+        registry=r,
+        requests=Counter("flashsale_http_requests", "HTTP requests served, by route template and status",
+                         ["route", "method", "status"], registry=r),
+        request_seconds=Histogram("flashsale_http_request_duration_seconds", "HTTP request latency",
+                                  ["route", "method"], buckets=REQUEST_BUCKETS, registry=r),
+        outcomes=Counter("flashsale_outcomes", "Engine outcomes: operation and OK or the rejection code",
+                         ["operation", "code"], registry=r),
+        script_seconds=Histogram("flashsale_script_duration_seconds", "Lua script round trip (EVALSHA)",
+                                 ["script"], buckets=SCRIPT_BUCKETS, registry=r),
+        reserve_batch=Histogram("flashsale_reserve_batch_requests", "Reservations carried by one reserve.lua call",
+                                buckets=BATCH_BUCKETS, registry=r),
+    )
+
+
+_state: dict[str, _Metrics] = {}
+
+
+def _metrics() -> _Metrics:
+    m = _state.get("m")
+    if m is None:
+        m = _state["m"] = _build()
+    return m
+
+
+# -- hooks the API and the engine wrapper call --------------------------------------------------
 
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
     """One HTTP request served: route template (``/v1/campaigns/{cid}/reservations``), status, latency."""
+    m = _metrics()
+    m.requests.labels(route, method, str(status)).inc()
+    m.request_seconds.labels(route, method).observe(seconds)
 
 
 def count_outcome(operation: str, code: str) -> None:
     """One engine outcome: operation ``reserve``/``confirm``/``cancel``/``expire``, code ``OK`` or a rejection code."""
+    _metrics().outcomes.labels(operation, code).inc()
+
+
+class TimedScript(AsyncScript):
+    """A registered script that records its round trip (and, for some scripts, what it did)."""
+
+    def __init__(self, client: Any, script: str | bytes, name: str) -> None:
+        super().__init__(client, script)
+        self.name = name
+
+    async def __call__(self, keys: Sequence[Any] | None = None, args: Iterable[Any] | None = None,
+                       client: Any = None) -> Any:
+        argv = list(args or ())
+        start = perf_counter()
+        try:
+            result = await super().__call__(keys, argv, client)
+        finally:
+            _metrics().script_seconds.labels(self.name).observe(perf_counter() - start)
+        if self.name == "reserve" and argv:
+            _metrics().reserve_batch.observe(int(argv[0]))
+        elif self.name == "expire" and int(result[0]) > 0:
+            _metrics().outcomes.labels("expire", "OK").inc(int(result[0]))
+        return result
+
+
+def instrument(engine: Engine) -> None:
+    """Time every script call of ``engine`` (and count the holds its sweeper expires).
+
+    Call once, right after building the Engine and before its first reserve (the reserve
+    batchers keep the script they were made with). Calling it again changes nothing.
+    """
+    if isinstance(engine.scripts.reserve, TimedScript):
+        return
+    engine.scripts = Scripts(**{name: TimedScript(engine.redis, getattr(engine.scripts, name).script, name)
+                                for name in SCRIPT_NAMES})
+
+
+# -- several workers ------------------------------------------------------------------------------
+
+def prepare_multiprocess() -> str:
+    """Switch prometheus-client to multiprocess mode before workers start; returns the directory.
+
+    Uses ``$PROMETHEUS_MULTIPROC_DIR`` when set (emptied first: files left by an earlier run
+    would be summed in), else a fresh temporary directory, removed when this process exits.
+    """
+    path = os.environ.get(MULTIPROC_ENV)
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        for stale in Path(path).glob("*.db"):
+            stale.unlink()
+    else:
+        path = tempfile.mkdtemp(prefix="flashsale-metrics-")
+        os.environ[MULTIPROC_ENV] = path
+        atexit.register(_remove_dir, path, os.getpid())
+    # prometheus_client picks its value class at import: pick again now the variable is set
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    _state.clear()
+    return path
+
+
+def _remove_dir(path: str, owner: int) -> None:
+    if os.getpid() == owner:  # forked workers inherit atexit handlers: only the parent removes it
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def multiprocess_dir() -> str | None:
+    path = os.environ.get(MULTIPROC_ENV)
+    return path if path and os.path.isdir(path) else None
+
+
+class _Forward:
+    """Exposes the process-local registry inside a per-scrape registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Any]:
+        return iter(self.registry.collect())
+
+
+async def render(engine: Engine) -> bytes:
+    """The ``GET /metrics`` body: this process's (or every worker's) metrics and Redis's figures."""
+    snap = await snapshot(engine)
+    registry = CollectorRegistry(auto_describe=False)
+    path = multiprocess_dir()
+    if path is not None:
+        MultiProcessCollector(registry, path)  # type: ignore[no-untyped-call]
+    else:
+        registry.register(_Forward(_metrics().registry))  # type: ignore[arg-type]
+    registry.register(SnapshotCollector(snap))  # type: ignore[arg-type]
+    # reading the workers' files is blocking I/O: keep it off the event loop
+    return await asyncio.to_thread(generate_latest, registry)

@@ -1,9 +1,118 @@
-"""Ops routes mounted by the API app without a token: /metrics, /dashboard (stub: filled in by the ops work)."""
+"""Ops routes the API app mounts without a token (serve them on the ops network):
+
+| route | what |
+|---|---|
+| ``GET /metrics`` | Prometheus text (``engine.ops.metrics.render``) |
+| ``GET /dashboard`` · ``/dashboard?campaign=ID`` | the live sell-through page (static HTML + JS) |
+| ``GET /dashboard/data`` · ``?campaign=ID`` | what the page polls each second: stats and writer state |
+| ``GET /dashboard/static/…`` | the page's script, style and the vendored uPlot (MIT) |
+
+The Engine comes from the app's lifespan state (``request.state.engine``) or ``app.state.engine``.
+Errors use the API's one shape, ``{"error": {"code", "message", "details"}}``.
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import asyncio
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from engine.campaign import ID_PATTERN, ms_to_rfc3339
+from engine.core import Counters, Engine
+from engine.errors import NotFound, StorageUnavailable
+from engine.ops import metrics
+from engine.ops.stats import stats_from_counters
+from engine.ops.streams import writer_state
+
+#: No inline script, nothing from another origin: the page works offline and cannot be injected into.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'",
+    "Cache-Control": "no-cache",
+}
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    body = orjson.dumps({"error": {"code": code, "message": message, "details": {}}})
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return Response(body, status, headers=headers, media_type="application/json")
+
+
+def _engine(request: Request) -> Engine:
+    engine = getattr(request.state, "engine", None) or getattr(request.app.state, "engine", None)
+    if engine is None:
+        raise StorageUnavailable("the server is starting (no engine yet); retry shortly")
+    return engine  # type: ignore[no-any-return]
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    try:
+        body = await metrics.render(_engine(request))
+    except StorageUnavailable as exc:
+        return _error(503, "UNAVAILABLE", str(exc))
+    return Response(body, media_type=metrics.CONTENT_TYPE)
+
+
+@cache
+def _page() -> bytes:
+    return (resources.files("engine.ops") / "static" / "dashboard.html").read_bytes()
+
+
+async def dashboard(request: Request) -> Response:
+    """The page; which campaign it shows is read by its script from ``?campaign=``."""
+    return Response(_page(), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+
+async def dashboard_snapshot(engine: Engine, campaign_id: str | None) -> dict[str, Any]:
+    """What the page shows: stats per campaign and the writer's streams (raises NotFound)."""
+    ids = [campaign_id] if campaign_id is not None else await engine.campaign_ids()
+    read: list[Counters | BaseException] = await asyncio.gather(
+        *(engine.counters(cid) for cid in ids), return_exceptions=True)
+    found: list[Counters] = []
+    for r in read:
+        if isinstance(r, NotFound) and campaign_id is None:
+            continue  # removed between listing and reading
+        if isinstance(r, BaseException):
+            raise r
+        found.append(r)
+    writer = await writer_state(engine.redis, [c.view.campaign.id for c in found])
+    campaigns = []
+    for c in found:
+        s = stats_from_counters(c)
+        st = writer.streams[s["campaign_id"]]
+        s["writer"] = {"stream_entries": st.length, "lag_entries": st.lag, "pending_entries": st.pending}
+        s["title"] = c.view.campaign.title
+        for product, definition in zip(s["products"], c.view.campaign.products, strict=True):
+            product["title"] = definition.title
+        campaigns.append(s)
+    now = max((c.view.now_ms for c in found), default=None)
+    return {"as_of": None if now is None else ms_to_rfc3339(now), "campaigns": campaigns,
+            "dead_letters": writer.dead_letters}
+
+
+async def dashboard_data(request: Request) -> Response:
+    cid = request.query_params.get("campaign") or None
+    if cid is not None and not ID_PATTERN.fullmatch(cid):
+        return _error(404, "NOT_FOUND", f"campaign {cid!r} not found (ids match {ID_PATTERN.pattern})")
+    try:
+        body = await dashboard_snapshot(_engine(request), cid)
+    except NotFound as exc:
+        return _error(404, "NOT_FOUND", str(exc))
+    except StorageUnavailable as exc:
+        return _error(503, "UNAVAILABLE", str(exc))
+    return Response(orjson.dumps(body), media_type="application/json", headers={"Cache-Control": "no-store"})
 
 
 def routes() -> list[BaseRoute]:
-    return []
+    return [
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/dashboard", dashboard, methods=["GET"]),
+        Route("/dashboard/data", dashboard_data, methods=["GET"]),
+        Mount("/dashboard/static", StaticFiles(packages=[("engine.ops", "static")]), name="ops-static"),
+    ]
