@@ -15,16 +15,22 @@ POOL_SIZE = 64  # connections per process; batching keeps the real need far lowe
 
 
 def connect(url: str, timeout_s: float) -> aioredis.Redis:
-    """A client that fails fast: no retries, short timeouts (the caller retries, idempotently)."""
-    return aioredis.Redis.from_url(
+    """A client that fails fast: no retries, short timeouts (the caller retries, idempotently).
+
+    The pool blocks (up to ``timeout_s``) for a free connection when all are busy: redis-py's
+    default pool raises ``MaxConnectionsError`` at once, a 503 for a mere burst of reads.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=POOL_SIZE,
+        timeout=timeout_s,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
         retry_on_timeout=False,
-        max_connections=POOL_SIZE,
         health_check_interval=0,
     )
+    return aioredis.Redis(connection_pool=pool)
 
 
 @dataclass(frozen=True, slots=True)
