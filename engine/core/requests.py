@@ -6,7 +6,6 @@ call, where it would fail every request sharing that call.
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ USER_ID = re.compile(r"[^|\x00-\x1f\x7f]{1,255}")
 PRINTABLE = re.compile(r"[\x20-\x7e]+")  # printable ASCII
 MAX_IDEMPOTENCY_KEY = 255
 MAX_PAYMENT_REF = 128
-_ID_POOL = 15 * 256  # random bytes drawn at once for reservation ids
+ID_BYTES = 12  # 96 random bits per reservation id
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,19 +52,24 @@ def check_payment_ref(ref: str) -> None:
 
 
 class _Ids:
-    """Reservation ids: 120 random bits in base32, unique across campaigns and processes (the
-    ledger's primary key). Random bytes are drawn from the OS in blocks, not per id."""
+    """Reservation ids: 96 random bits as 24 hex digits, unique across campaigns and processes
+    (the ledger's primary key). Random bytes come from the OS in blocks, not per id; a forked
+    child drops its parent's block, or both would hand out the same ids."""
 
     def __init__(self) -> None:
         self._pool = b""
         self._pos = 0
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._pool, self._pos = b"", 0
 
     def __call__(self) -> str:
         pos = self._pos
-        if pos + 15 > len(self._pool):
-            self._pool, pos = os.urandom(_ID_POOL), 0
-        self._pos = pos + 15
-        return base64.b32encode(self._pool[pos : pos + 15]).decode().lower()
+        if pos + ID_BYTES > len(self._pool):
+            self._pool, pos = os.urandom(ID_BYTES * 512), 0
+        self._pos = pos + ID_BYTES
+        return self._pool[pos : pos + ID_BYTES].hex()
 
 
 new_reservation_id = _Ids()
