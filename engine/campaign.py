@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,9 @@ MAX_UNITS = 10**12  # far beyond any tranche; keeps every counter exact in Lua's
 MAX_PRICE = 10**9  # minor units per unit
 MAX_HOLD_SECONDS = 7 * 24 * 3600
 MAX_PRODUCTS = 64
+MAX_AMOUNT = 2**53  # a tranche's worth in minor units stays exact in Lua's doubles
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 DEFAULT_RATE_PER_SECOND = 5  # reserve attempts per user per second, sustained
 DEFAULT_RATE_BURST = 10  # attempts a user may make at once
 
@@ -87,7 +90,7 @@ def _product_dict(p: Product) -> dict[str, Any]:
 
 def ms_to_rfc3339(ms: int) -> str:
     """An instant in ms as RFC 3339 UTC with millisecond precision."""
-    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    dt = _EPOCH + timedelta(milliseconds=ms)  # exact: no float seconds on the way
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
@@ -104,7 +107,7 @@ def parse_time(value: Any, field: str) -> int:
         raise InvalidDefinition(field, "must be an RFC 3339 time string")
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise InvalidDefinition(field, "needs an offset, e.g. +08:00 or Z")
-    return int(dt.timestamp() * 1000)
+    return (dt - _EPOCH) // _MS  # exact integer ms (dt.timestamp() * 1000 can be 1 ms off)
 
 
 def _int(value: Any, field: str, low: int, high: int) -> int:
@@ -191,12 +194,16 @@ def parse(data: Any, *, campaign_id: str | None = None) -> Campaign:
         if p.total_units > total_units:
             raise InvalidDefinition(f"products[{i}].total_units",
                                     f"{p.total_units} exceeds the campaign tranche {total_units}")
+    unit_price = _int(d["unit_price"], "unit_price", 1, MAX_PRICE)
+    if total_units * unit_price > MAX_AMOUNT:
+        raise InvalidDefinition("unit_price", f"total_units × unit_price must not exceed 2^53 minor units, "
+                                f"got {total_units} × {unit_price}")
     cap = d.get("user_cap_units")
     return Campaign(
         id=cid,
         title=_title(d["title"], "title"),
         currency=currency,
-        unit_price=_int(d["unit_price"], "unit_price", 1, MAX_PRICE),
+        unit_price=unit_price,
         opens_at_ms=opens,
         closes_at_ms=closes,
         hold_seconds=_int(d["hold_seconds"], "hold_seconds", 1, MAX_HOLD_SECONDS),

@@ -1,7 +1,7 @@
 """Status codes returned by the Lua scripts, mirrored once in Python.
 
-The same table stands in ``engine/lua/status.lua`` (copied into each script at load time);
-``tests/core/test_status.py`` checks the two agree. ``0`` is success; a negative code is a named
+Each Lua script declares the codes it returns as ``local NAME = -N`` lines at its top;
+``tests/core/test_status.py`` checks every such line against this enum. ``0`` is success; a negative code is a named
 business outcome, never a Lua ``error()``.
 """
 

@@ -14,13 +14,14 @@ import random
 
 from engine.core.engine import Engine
 from engine.errors import FlashsaleError
+from engine.settings import DEFAULT_SWEEP_INTERVAL_S, DEFAULT_SWEEP_LIMIT
 
 log = logging.getLogger("flashsale.sweeper")
-CAMPAIGN_REFRESH_S = 2.0  # how often the list of campaigns is re-read
 
 
 class Sweeper:
-    def __init__(self, engine: Engine, interval_s: float = 0.25, limit: int = 1000) -> None:
+    def __init__(self, engine: Engine, interval_s: float = DEFAULT_SWEEP_INTERVAL_S,
+                 limit: int = DEFAULT_SWEEP_LIMIT) -> None:
         self.engine = engine
         self.interval_s = interval_s
         self.limit = limit
@@ -31,6 +32,7 @@ class Sweeper:
         self._stop.set()
 
     async def sweep_once(self, campaign_ids: list[str]) -> int:
+        """Expire every due hold of these campaigns; how many were expired."""
         expired = 0
         for cid in campaign_ids:
             more = True
@@ -41,15 +43,11 @@ class Sweeper:
         return expired
 
     async def run(self) -> None:
-        campaigns: list[str] = []
-        refreshed = 0.0
-        loop = asyncio.get_running_loop()
+        """Sweep every campaign each ``interval_s`` (jittered) until ``stop``. The campaign list
+        is re-read every tick (one SMEMBERS), so a campaign loaded a moment ago is swept too."""
         while not self._stop.is_set():
             try:
-                if loop.time() - refreshed > CAMPAIGN_REFRESH_S:
-                    campaigns = await self.engine.campaign_ids()
-                    refreshed = loop.time()
-                await self.sweep_once(campaigns)
+                await self.sweep_once(await self.engine.campaign_ids())
             except FlashsaleError as exc:  # Redis away: try again next tick, quietly
                 log.warning("sweeper: %s", exc)
             # jitter keeps several workers' sweeps from landing together
