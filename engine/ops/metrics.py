@@ -3,9 +3,9 @@
 Two kinds of figures:
 
 - **Counted in the process** (the API calls the hooks): requests and their latency
-  (``observe_request``), engine outcomes by code (``count_outcome``), and, once ``instrument``
-  has wrapped an Engine's scripts, the latency of each script call, the size of reserve
-  batches and the holds the sweeper expires. With several workers, ``flashsale serve`` calls
+  (``observe_request``), engine outcomes by code and engine call latency (``count_outcome``),
+  and, once ``engine.ops.instrument.instrument`` has wrapped an Engine, the round trip and
+  batch size of each script call and the holds the sweeper expires. With several workers, ``flashsale serve`` calls
   ``prepare_multiprocess()`` before it starts them: each worker then writes its values to files
   in ``PROMETHEUS_MULTIPROC_DIR`` and a scrape of any worker sums them all.
 - **Read from Redis at scrape time** (``engine.ops.collector``): units sold / held / remaining,
@@ -23,19 +23,16 @@ import atexit
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from time import perf_counter
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.multiprocess import MultiProcessCollector
-from redis.commands.core import AsyncScript
 
 from engine.core import Engine
-from engine.core.scripts import SCRIPT_NAMES, Scripts
 from engine.ops.collector import SnapshotCollector, snapshot
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -51,8 +48,9 @@ class _Metrics:
     requests: Counter
     request_seconds: Histogram
     outcomes: Counter
+    engine_seconds: Histogram
     script_seconds: Histogram
-    reserve_batch: Histogram
+    script_batch: Histogram
 
 
 def _build() -> _Metrics:
@@ -65,10 +63,13 @@ def _build() -> _Metrics:
                                   ["route", "method"], buckets=REQUEST_BUCKETS, registry=r),
         outcomes=Counter("flashsale_outcomes", "Engine outcomes: operation and OK or the rejection code",
                          ["operation", "code"], registry=r),
+        engine_seconds=Histogram("flashsale_engine_call_duration_seconds",
+                                 "Engine call latency as the API sees it (batching wait included)",
+                                 ["operation"], buckets=REQUEST_BUCKETS, registry=r),
         script_seconds=Histogram("flashsale_script_duration_seconds", "Lua script round trip (EVALSHA)",
                                  ["script"], buckets=SCRIPT_BUCKETS, registry=r),
-        reserve_batch=Histogram("flashsale_reserve_batch_requests", "Reservations carried by one reserve.lua call",
-                                buckets=BATCH_BUCKETS, registry=r),
+        script_batch=Histogram("flashsale_script_batch_requests", "Requests carried by one script call",
+                               ["script"], buckets=BATCH_BUCKETS, registry=r),
     )
 
 
@@ -91,43 +92,26 @@ def observe_request(route: str, method: str, status: int, seconds: float) -> Non
     m.request_seconds.labels(route, method).observe(seconds)
 
 
-def count_outcome(operation: str, code: str) -> None:
-    """One engine outcome: operation ``reserve``/``confirm``/``cancel``/``expire``, code ``OK`` or a rejection code."""
-    _metrics().outcomes.labels(operation, code).inc()
+def count_outcome(operation: str, code: str, seconds: float | None = None) -> None:
+    """One engine outcome: operation ``reserve``/``confirm``/``cancel``/``expire``, code ``OK`` or a
+    rejection code; ``seconds``, when given, is how long the engine call took (batching included)."""
+    m = _metrics()
+    m.outcomes.labels(operation, code).inc()
+    if seconds is not None:
+        m.engine_seconds.labels(operation).observe(seconds)
 
 
-class TimedScript(AsyncScript):
-    """A registered script that records its round trip (and, for some scripts, what it did)."""
-
-    def __init__(self, client: Any, script: str | bytes, name: str) -> None:
-        super().__init__(client, script)
-        self.name = name
-
-    async def __call__(self, keys: Sequence[Any] | None = None, args: Iterable[Any] | None = None,
-                       client: Any = None) -> Any:
-        argv = list(args or ())
-        start = perf_counter()
-        try:
-            result = await super().__call__(keys, argv, client)
-        finally:
-            _metrics().script_seconds.labels(self.name).observe(perf_counter() - start)
-        if self.name == "reserve" and argv:
-            _metrics().reserve_batch.observe(int(argv[0]))
-        elif self.name == "expire" and int(result[0]) > 0:
-            _metrics().outcomes.labels("expire", "OK").inc(int(result[0]))
-        return result
+def observe_script(script: str, requests: int, seconds: float) -> None:
+    """One script call (EVALSHA round trip) carrying ``requests`` requests (a batch, or 1)."""
+    m = _metrics()
+    m.script_seconds.labels(script).observe(seconds)
+    m.script_batch.labels(script).observe(requests)
 
 
-def instrument(engine: Engine) -> None:
-    """Time every script call of ``engine`` (and count the holds its sweeper expires).
-
-    Call once, right after building the Engine and before its first reserve (the reserve
-    batchers keep the script they were made with). Calling it again changes nothing.
-    """
-    if isinstance(engine.scripts.reserve, TimedScript):
-        return
-    engine.scripts = Scripts(**{name: TimedScript(engine.redis, getattr(engine.scripts, name).script, name)
-                                for name in SCRIPT_NAMES})
+def count_expired(holds: int) -> None:
+    """Holds the sweeper released at their deadline (outcome ``expire``/``OK``)."""
+    if holds > 0:
+        _metrics().outcomes.labels("expire", "OK").inc(holds)
 
 
 # -- several workers ------------------------------------------------------------------------------

@@ -26,8 +26,11 @@ async def engine(redis_url: str) -> AsyncIterator[Engine]:
 async def next_redis_second(client: aioredis.Redis) -> None:
     """Wait until Redis's clock enters a new second (the rate counts whole seconds only)."""
     start = (await client.time())[0]
-    while (await client.time())[0] == start:
+    for _ in range(100):
+        if (await client.time())[0] != start:
+            return
         await asyncio.sleep(0.05)
+    raise AssertionError("Redis's clock did not move in 5 s")
 
 
 async def publish_persisted(client: aioredis.Redis, campaign_id: str, persisted: int) -> None:

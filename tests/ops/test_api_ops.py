@@ -1,0 +1,160 @@
+"""Ops endpoints of a real `flashsale serve` with 2 workers, after the scripted sale over HTTP.
+
+The server writes its metrics to a PROMETHEUS_MULTIPROC_DIR this test chose, so the test can
+read each worker's own file and check a scrape of either worker sums them exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from engine.ops.stats import REJECTION_CODES
+from tests.ops.promtext import Samples
+from tests.ops.sale import EXPECTED, HttpDriver, definition, run_sale
+from tests.support.processes import ApiServer, admin_headers
+from tests.support.servers import RedisServer
+
+CID = "ops-api"
+OTHER = "ops-api-other"
+
+
+def fresh_get(url: str, **kw: object) -> httpx.Response:
+    """One request on a new connection: over many of them, both workers get some."""
+    with httpx.Client(timeout=10) as c:
+        return c.get(url, **kw)  # type: ignore[arg-type]
+
+
+async def _sale(base_url: str) -> None:
+    # no keep-alive: every request is a new connection, so the two workers share the sale
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=10) as c:
+        await HttpDriver(c, OTHER).load(definition(OTHER))
+        d = HttpDriver(c, CID)
+        await d.load(definition(CID))
+        await run_sale(d)
+
+
+def _redis_second_passes(url: str) -> None:
+    client = redis.Redis.from_url(url)
+    start = client.time()[0]
+    while client.time()[0] == start:
+        time.sleep(0.02)
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def served(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ApiServer, Path]]:
+    client = redis.Redis(port=redis_server.port)
+    client.flushall()
+    client.close()
+    prom = tmp_path_factory.mktemp("prom")
+    server = ApiServer(redis_server.url, workers=2, PROMETHEUS_MULTIPROC_DIR=str(prom)).start()
+    try:
+        asyncio.run(_sale(server.url))
+        _redis_second_passes(redis_server.url)
+        yield server, prom
+    finally:
+        server.stop()
+
+
+def _worker_requests(prom: Path) -> dict[str, float]:
+    """Requests each worker counted, read from its own file."""
+    out = {}
+    for f in prom.glob("counter_*.db"):
+        total = 0.0
+        for metric in MultiProcessCollector.merge([str(f)]):
+            if metric.name == "flashsale_http_requests":
+                total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
+        out[f.name] = total
+    return out
+
+
+def test_both_workers_count_and_any_scrape_sums_them(served: tuple[ApiServer, Path]) -> None:
+    server, prom = served
+    for _ in range(200):  # until each worker has served something (the kernel picks who accepts)
+        if sum(1 for n in _worker_requests(prom).values() if n > 0) >= 2:
+            break
+        fresh_get(f"{server.url}/healthz")
+    per_worker = _worker_requests(prom)
+    assert sum(1 for n in per_worker.values() if n > 0) == 2, per_worker
+
+    scrapes = [Samples(fresh_get(f"{server.url}/metrics").text) for _ in range(6)]
+    for m in scrapes:
+        for (operation, code), n in EXPECTED.outcomes.items():
+            assert m.get("flashsale_outcomes_total", operation=operation, code=code) == n, (operation, code)
+        served_before_scrape = m.get("flashsale_http_requests_total", route="/v1/campaigns/{cid}/reservations",
+                                     method="POST", status="201")
+        assert served_before_scrape == EXPECTED.outcomes[("reserve", "OK")]
+    # every request either worker counted is in the last scrape, which is counted once it is sent
+    total = sum(v for (n, _), v in scrapes[-1].values.items() if n == "flashsale_http_requests_total")
+    for _ in range(100):
+        if sum(_worker_requests(prom).values()) == total + 1:
+            break
+        time.sleep(0.05)
+    assert sum(_worker_requests(prom).values()) == total + 1
+
+
+def test_redis_figures_equal_the_stats_endpoint(served: tuple[ApiServer, Path]) -> None:
+    server, _ = served
+    stats = fresh_get(f"{server.url}/v1/campaigns/{CID}/stats", headers=admin_headers()).json()
+    m = Samples(fresh_get(f"{server.url}/metrics").text)
+    c = {"campaign": CID}
+    assert (stats["sold_units"], stats["held_units"], stats["remaining_units"]) == (
+        EXPECTED.sold, EXPECTED.held, EXPECTED.remaining)
+    assert m.get("flashsale_campaign_sold_units_total", **c) == stats["sold_units"]
+    assert m.get("flashsale_campaign_held_units", **c) == stats["held_units"]
+    assert m.get("flashsale_campaign_remaining_units", **c) == stats["remaining_units"]
+    assert m.get("flashsale_campaign_buyers", **c) == stats["buyers"] == EXPECTED.buyers
+    assert stats["rejections"] == {code: EXPECTED.rejections.get(code, 0) for code in REJECTION_CODES}
+    for code, n in stats["rejections"].items():
+        assert m.get("flashsale_campaign_rejections_total", code=code, **c) == n
+    assert m.get("flashsale_ledger_lag_orders", **c) == stats["ledger"]["lag_orders"] == EXPECTED.orders
+    for p in stats["products"]:
+        assert m.get("flashsale_product_sold_units_total", campaign=CID, product=p["product_id"]) == p["sold_units"]
+    assert m.get("flashsale_campaign_sold_units_total", campaign=OTHER) == 0
+
+
+def test_dashboard_data_is_the_stats_of_every_campaign_or_one(served: tuple[ApiServer, Path]) -> None:
+    server, _ = served
+    stats = fresh_get(f"{server.url}/v1/campaigns/{CID}/stats", headers=admin_headers()).json()
+    every = fresh_get(f"{server.url}/dashboard/data").json()
+    assert [c["campaign_id"] for c in every["campaigns"]] == [CID, OTHER]
+    one = fresh_get(f"{server.url}/dashboard/data", params={"campaign": CID}).json()
+    assert len(one["campaigns"]) == 1
+    page = one["campaigns"][0]
+    for field in ("state", "total_units", "sold_units", "held_units", "remaining_units", "sell_through", "buyers",
+                  "rejections", "ledger"):
+        assert page[field] == stats[field], field
+    assert [{k: p[k] for k in stats["products"][0]} for p in page["products"]] == stats["products"]
+    assert page["writer"] == {"stream_entries": 18, "lag_entries": 18, "pending_entries": 0}
+    assert one["dead_letters"] == 0
+
+
+def test_dashboard_refuses_unknown_campaigns_in_the_error_shape(served: tuple[ApiServer, Path]) -> None:
+    server, _ = served
+    for cid in ("no-such", "bad id!"):
+        res = fresh_get(f"{server.url}/dashboard/data", params={"campaign": cid})
+        assert res.status_code == 404
+        assert res.json()["error"]["code"] == "NOT_FOUND"
+
+
+def test_dashboard_page_and_assets_are_served_without_any_cdn(served: tuple[ApiServer, Path]) -> None:
+    server, _ = served
+    page = fresh_get(f"{server.url}/dashboard", params={"campaign": CID})
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "http://" not in page.text and "https://" not in page.text
+    for asset in ("dashboard.js", "dashboard.css", "uPlot.iife.min.js", "uPlot.min.css", "uPlot.LICENSE"):
+        res = fresh_get(f"{server.url}/dashboard/static/{asset}")
+        assert res.status_code == 200, asset
+    assert "MIT License" in fresh_get(f"{server.url}/dashboard/static/uPlot.LICENSE").text
+    assert fresh_get(f"{server.url}/dashboard/static/../../api/app.py").status_code == 404
