@@ -1,0 +1,432 @@
+"""Each Lua script called directly (EVAL of the text the engine registers): return codes, the keys
+it writes and their layout (no TTLs anywhere), the stream entries it appends, and that a refused
+or malformed call writes nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from engine import keys
+from engine.core import Engine
+from engine.core.scripts import SCRIPT_NAMES, source
+from engine.status import Status
+from tests.core.conftest import (
+    campaign,
+    make_overdue,
+    redis_ms,
+    reserve_keys,
+    run_script,
+    stream,
+    text,
+    transition_keys,
+)
+
+K = keys.CampaignKeys("c1")
+
+
+async def dump(r: aioredis.Redis) -> dict[str, Any]:
+    """Every key's type and content: to show a call changed nothing."""
+    out: dict[str, Any] = {}
+    for key in sorted(await r.keys("*")):
+        kind = text(await r.type(key))
+        if kind == "hash":
+            out[text(key)] = await r.hgetall(key)
+        elif kind == "zset":
+            out[text(key)] = await r.zrange(key, 0, -1, withscores=True)
+        elif kind == "stream":
+            out[text(key)] = await r.xrange(key)
+        elif kind == "set":
+            out[text(key)] = await r.smembers(key)
+        else:
+            out[text(key)] = kind
+    return out
+
+
+async def reserve(r: aioredis.Redis, *requests: tuple[Any, ...], cid: str = "c1") -> list[list[Any]]:
+    """reserve.lua with (rid, storefront, key, user, product, units) per request; 4 values each."""
+    args: list[Any] = [len(requests)]
+    for req in requests:
+        args += list(req)
+    out = await run_script(r, "reserve", reserve_keys(cid), args)
+    return [out[i : i + 4] for i in range(0, len(out), 4)]
+
+
+def record(packed: bytes) -> list[Any]:
+    return list(msgpack.unpackb(packed, raw=False))
+
+
+async def assert_no_ttl(r: aioredis.Redis) -> None:
+    for key in await r.keys("*"):
+        assert await r.ttl(key) == -1, f"{text(key)} carries a TTL"
+
+
+# -- includes -------------------------------------------------------------------------------
+
+
+def test_includes_are_spliced_in() -> None:
+    for name in ("confirm", "cancel", "expire"):
+        text_ = source(name)
+        assert "-- @include" not in text_
+        assert "local function release_hold(rid, r, state, now)" in text_
+        assert "local function redis_now()" in text_
+        assert text_.index("local function release_hold") < text_.rindex("release_hold(rid, r, ")
+    for name in SCRIPT_NAMES:
+        assert "-- @include" not in source(name)
+    assert "release_hold" not in source("reserve")
+
+
+async def test_every_script_compiles(aredis: aioredis.Redis) -> None:
+    for name in SCRIPT_NAMES:
+        sha = await aredis.script_load(source(name))
+        assert len(sha) == 40
+
+
+# -- load ------------------------------------------------------------------------------------
+
+
+async def test_load_creates_meta_and_counters_without_ttl(engine: Engine, aredis: aioredis.Redis) -> None:
+    assert await engine.load_campaign(campaign()) is True
+    meta = {text(k): text(v) for k, v in (await aredis.hgetall(K.meta)).items()}
+    assert meta["flag"] == "active" and meta["total"] == "100" and meta["cap"] == "10"
+    assert meta["price"] == "10000" and meta["hold"] == "900000" and meta["products"] == "2"
+    assert meta["total|p1"] == "60" and meta["cap|p1"] == "4" and meta["total|p2"] == "80"
+    assert "cap|p2" not in meta
+    assert meta["rl_rate"] == "1000000" and meta["rl_burst"] == "1000000"
+    assert int(meta["opens"]) < int(meta["closes"])
+    counters = {text(k): int(v) for k, v in (await aredis.hgetall(K.counters)).items()}
+    assert counters == {"sold": 0, "held": 0, "orders": 0, "buyers": 0}
+    assert await aredis.smembers(keys.CAMPAIGNS) == {b"c1"}
+    assert not await aredis.exists(K.events)
+    await assert_no_ttl(aredis)
+
+
+async def test_load_replaces_before_opening_and_refuses_after(engine: Engine, aredis: aioredis.Redis) -> None:
+    now = await redis_ms(aredis)
+    await engine.load_campaign(campaign(opens_ms=now + 3_600_000))
+    await aredis.hset(K.counters, "rej|NOT_OPEN", 3)  # state of the old definition
+    assert await engine.load_campaign(campaign(opens_ms=now + 7_200_000, total_units=90)) is False
+    assert await aredis.hget(K.meta, "total") == b"90"
+    assert await aredis.hget(K.counters, "rej|NOT_OPEN") is None
+
+    await engine.load_campaign(campaign("c2"))  # open already
+    args = await _load_args(engine, "c2")
+    assert await run_script(aredis, "load", args[0], args[1]) == [Status.ALREADY_OPEN, b"open"]
+    await engine.close_campaign("c2")
+    assert await run_script(aredis, "load", args[0], args[1]) == [Status.ALREADY_OPEN, b"closed"]
+
+
+async def _load_args(engine: Engine, cid: str) -> tuple[list[str], list[Any]]:
+    c = campaign(cid)
+    k = keys.CampaignKeys(cid)
+    argv: list[Any] = [b"{}", c.opens_at_ms, c.closes_at_ms, c.hold_seconds * 1000, c.unit_price,
+                       c.total_units, c.user_cap_units or 0, 5, 10, len(c.products)]
+    for p in c.products:
+        argv += [p.id, p.total_units, p.user_cap_units or 0]
+    return [k.meta, k.counters, k.users, k.reservations, k.idempotency, k.holds, k.rate, k.ratelimit], argv
+
+
+@pytest.mark.parametrize("bad", [
+    lambda a: a.__setitem__(1, "x"),          # opens not a number
+    lambda a: a.__setitem__(3, 0),            # hold 0
+    lambda a: a.__setitem__(2, a[1]),         # closes == opens
+    lambda a: a.__setitem__(11, 0),           # a product of 0 units
+    lambda a: a.__setitem__(12, -1),          # a negative cap
+    lambda a: a.__setitem__(9, 3),            # product count does not match
+])
+async def test_load_malformed_writes_nothing(engine: Engine, aredis: aioredis.Redis, bad: Any) -> None:
+    now = await redis_ms(aredis)
+    await engine.load_campaign(campaign(opens_ms=now + 3_600_000))  # replaceable
+    before = await dump(aredis)
+    keys_, argv = await _load_args(engine, "c1")
+    argv[1] = now + 3_600_000
+    bad(argv)
+    with pytest.raises(ResponseError, match=r"^load: "):
+        await run_script(aredis, "load", keys_, argv)
+    assert await dump(aredis) == before
+
+
+# -- reserve ---------------------------------------------------------------------------------
+
+
+async def test_reserve_writes_every_key(engine: Engine, aredis: aioredis.Redis) -> None:
+    await engine.load_campaign(campaign())
+    [res] = await reserve(aredis, ("rid1", "sf", "key1", "u1", "p1", 3))
+    code, rid, packed, replayed = res
+    assert (code, rid, replayed) == (Status.OK, b"rid1", 0)
+    rec = record(packed)
+    now = await redis_ms(aredis)
+    assert rec[:5] == ["held", "p1", "u1", 3, 30000]
+    assert rec[5] - rec[6] == 900_000 and now - 5000 < rec[6] <= now
+    assert rec[7:] == ["sf", "key1", "", 0]
+    assert await aredis.hget(K.reservations, "rid1") == packed
+    assert await aredis.hget(K.idempotency, "sf|key1") == b"rid1"
+    assert await aredis.zrange(K.holds, 0, -1, withscores=True) == [(b"rid1", float(rec[5]))]
+    assert await aredis.hmget(K.counters, ["held", "held|p1", "sold"]) == [b"3", b"3", b"0"]
+    assert await aredis.hgetall(K.users) == {b"t|u1": b"3", b"t|u1|p1": b"3"}
+    assert float(await aredis.hget(K.ratelimit, "u1") or 0) >= rec[6]
+    ring = {text(k): int(v) for k, v in (await aredis.hgetall(K.rate)).items()}
+    slot = (rec[6] // 1000) % 120
+    assert ring == {f"s{slot}": rec[6] // 1000, f"u{slot}": 3}
+    [event] = await stream(aredis, "c1")
+    assert event == {"e": "reserved", "rid": "rid1", "pid": "p1", "uid": "u1", "units": "3",
+                     "amount": "30000", "at": str(rec[6]), "sf": "sf", "exp": str(rec[5])}
+    await assert_no_ttl(aredis)
+
+
+async def test_reserve_judges_a_batch_in_order(engine: Engine, aredis: aioredis.Redis) -> None:
+    await engine.load_campaign(campaign(products=[{"id": "p1", "title": "t", "total_units": 5}],
+                                        total_units=None))
+    out = await reserve(aredis, ("r1", "sf", "k1", "u1", "p1", 3), ("r2", "sf", "k2", "u2", "p1", 3),
+                        ("r3", "sf", "k1", "u1", "p1", 3), ("r4", "sf", "k4", "u3", "p1", 2),
+                        ("r5", "sf", "k5", "u4", "p1", 1), ("r6", "sf", "k1", "u1", "p1", 2))
+    assert [o[0] for o in out] == [0, Status.INSUFFICIENT_STOCK, 0, 0, Status.SOLD_OUT,
+                                   Status.IDEMPOTENCY_KEY_REUSED]
+    assert out[1][1] == 2  # remaining
+    assert out[2][1:] == [b"r1", out[0][2], 1]  # replay of a reservation made in the same batch
+    assert out[4][1] == b"p1"
+    assert await aredis.hlen(K.reservations) == 2 and await aredis.zcard(K.holds) == 2
+    assert [e["rid"] for e in await stream(aredis, "c1")] == ["r1", "r4"]
+    counters = await aredis.hgetall(K.counters)
+    assert counters[b"held"] == b"5" and counters[b"held|p1"] == b"5"
+    assert counters[b"rej|INSUFFICIENT_STOCK"] == b"1" and counters[b"rej|SOLD_OUT"] == b"1"
+    assert counters[b"rej|IDEMPOTENCY_KEY_REUSED"] == b"1"
+
+
+async def test_reserve_caps(engine: Engine, aredis: aioredis.Redis) -> None:
+    await engine.load_campaign(campaign())  # p1 cap 4, campaign cap 10
+    out = await reserve(aredis, ("r1", "sf", "k1", "u1", "p1", 3), ("r2", "sf", "k2", "u1", "p1", 2),
+                        ("r3", "sf", "k3", "u1", "p2", 7), ("r4", "sf", "k4", "u1", "p2", 1),
+                        ("r5", "sf", "k5", "u1", "p1", 1))
+    assert [(o[0], o[1]) for o in out] == [(0, b"r1"), (Status.USER_CAP_EXCEEDED, 1), (0, b"r3"),
+                                           (Status.USER_CAP_EXCEEDED, 0), (Status.USER_CAP_EXCEEDED, 0)]
+    assert await aredis.hgetall(K.users) == {b"t|u1": b"10", b"t|u1|p1": b"3", b"t|u1|p2": b"7"}
+
+
+async def test_reserve_rejections_write_only_limiter_and_counts(engine: Engine, aredis: aioredis.Redis) -> None:
+    await engine.load_campaign(campaign())
+    await engine.pause("c1")
+    before = await dump(aredis)
+    out = await reserve(aredis, ("r1", "sf", "k1", "u1", "p1", 1), ("r2", "sf", "k2", "u1", "nope", 1))
+    assert [o[0] for o in out] == [Status.PAUSED, Status.PRODUCT_NOT_FOUND]
+    after = await dump(aredis)
+    assert after.pop(K.ratelimit).keys() == {b"u1"}
+    assert after[K.counters].pop(b"rej|PAUSED") == b"1"
+    assert after == before
+
+
+async def test_reserve_unknown_campaign(aredis: aioredis.Redis) -> None:
+    out = await reserve(aredis, ("r1", "sf", "k1", "u1", "p1", 1), ("r2", "sf", "k2", "u2", "p1", 1), cid="nope")
+    assert out == [[Status.CAMPAIGN_NOT_FOUND, b"", b"", 0]] * 2
+    assert await aredis.dbsize() == 0
+
+
+@pytest.mark.parametrize("requests", [
+    [("r1", "sf", "k1", "u1", "p1", 0)],
+    [("r1", "sf", "k1", "u1", "p1", "1.5")],
+    [("r1", "sf", "k1", "u1", "p1", "x")],
+    [("r1", "sf", "k1", "u1", "p1", 10**13)],
+    [("r1", "sf", "k1", "u1", "p1", 1), ("r2", "sf", "k2", "u|2", "p1", 1)],
+    [("r1", "sf", "k1", "u1", "p1", 1), ("", "sf", "k2", "u2", "p1", 1)],
+])
+async def test_reserve_malformed_batch_writes_nothing(engine: Engine, aredis: aioredis.Redis,
+                                                      requests: list[tuple[Any, ...]]) -> None:
+    await engine.load_campaign(campaign())
+    before = await dump(aredis)
+    with pytest.raises(ResponseError, match=r"^reserve: "):
+        await reserve(aredis, *requests)
+    with pytest.raises(ResponseError, match=r"^reserve: "):  # n does not match the values
+        await run_script(aredis, "reserve", reserve_keys("c1"), [2, "r1", "sf", "k1", "u1", "p1", 1])
+    assert await dump(aredis) == before
+
+
+async def test_reserve_key_pointing_at_a_missing_record(engine: Engine, aredis: aioredis.Redis) -> None:
+    await engine.load_campaign(campaign())
+    await aredis.hset(K.idempotency, "sf|k1", "gone")
+    out = await reserve(aredis, ("r1", "sf", "k1", "u1", "p1", 1), ("r2", "sf", "k2", "u1", "p1", 1))
+    assert out[0] == [Status.RESERVATION_NOT_FOUND, b"gone", b"", 0]
+    assert out[1][0] == 0
+    assert await aredis.hkeys(K.reservations) == [b"r2"]
+
+
+async def test_reserve_replay_of_an_overdue_hold_reads_expired(engine: Engine, aredis: aioredis.Redis) -> None:
+    await engine.load_campaign(campaign())
+    await reserve(aredis, ("r1", "sf", "k1", "u1", "p1", 2))
+    await make_overdue(aredis, "c1", "r1")
+    before = await dump(aredis)
+    [(code, rid, packed, replayed)] = await reserve(aredis, ("r9", "sf", "k1", "u1", "p1", 2))
+    assert (code, rid, replayed) == (0, b"r1", 1) and record(packed)[0] == "expired"
+    assert await dump(aredis) == before  # the sweeper, not a read, releases it
+
+
+async def test_reserve_window(engine: Engine, aredis: aioredis.Redis) -> None:
+    now = await redis_ms(aredis)
+    await engine.load_campaign(campaign("early", opens_ms=now + 3_600_000))
+    await engine.load_campaign(campaign("late", opens_ms=now - 7_200_000, closes_ms=now - 3_600_000))
+    [[code, *_]] = await reserve(aredis, ("r1", "sf", "k1", "u1", "p1", 1), cid="early")
+    assert code == Status.NOT_OPEN
+    [[code, *_]] = await reserve(aredis, ("r1", "sf", "k1", "u1", "p1", 1), cid="late")
+    assert code == Status.CLOSED
+    await engine.set_recovering("early", True)
+    [[code, *_]] = await reserve(aredis, ("r1", "sf", "k1", "u1", "p1", 1), cid="early")
+    assert code == Status.RECOVERING
+
+
+async def test_reserve_rate_limit_gcra(engine: Engine, aredis: aioredis.Redis) -> None:
+    await engine.load_campaign(campaign(rate_limit={"per_second": 2, "burst": 3}))
+    reqs = [(f"r{i}", "sf", f"k{i}", "u1", "p2", 1) for i in range(5)]
+    out = await reserve(aredis, *reqs, ("r9", "sf", "k0", "u1", "p2", 1), ("ra", "sf", "ka", "u2", "p2", 1))
+    assert [o[0] for o in out] == [0, 0, 0, Status.RATE_LIMITED, Status.RATE_LIMITED, 0, 0]
+    assert 0 < out[3][1] <= 500  # ms until the next attempt: one emission interval at most
+    assert out[5][3] == 1  # the replay is answered, and does not count
+    assert await aredis.hget(K.counters, "rej|RATE_LIMITED") == b"2"
+
+
+# -- confirm / cancel / expire ----------------------------------------------------------------
+
+
+async def confirm(r: aioredis.Redis, *pairs: tuple[str, str]) -> list[list[Any]]:
+    args: list[Any] = [len(pairs)]
+    for rid, ref in pairs:
+        args += [rid, ref]
+    out = await run_script(r, "confirm", transition_keys("c1"), args)
+    return [out[i : i + 4] for i in range(0, len(out), 4)]
+
+
+async def cancel(r: aioredis.Redis, *rids: str) -> list[list[Any]]:
+    out = await run_script(r, "cancel", transition_keys("c1"), [len(rids), *rids])
+    return [out[i : i + 4] for i in range(0, len(out), 4)]
+
+
+async def test_confirm(engine: Engine, aredis: aioredis.Redis) -> None:
+    await engine.load_campaign(campaign())
+    await reserve(aredis, ("r1", "sf", "k1", "u1", "p1", 3), ("r2", "sf", "k2", "u1", "p2", 2))
+    out = await confirm(aredis, ("r1", "pay-1"), ("r1", "pay-1"), ("r1", "pay-2"), ("r2", "pay-3"),
+                        ("nope", "pay-4"))
+    assert [o[0] for o in out] == [0, 0, Status.INVALID_STATE, 0, Status.RESERVATION_NOT_FOUND]
+    assert [o[3] for o in out[:2]] == [0, 1] and out[0][2] == out[1][2]
+    assert out[2][1] == b"confirmed" and out[4][1] == b"nope"
+    rec = record(out[0][2])
+    assert rec[0] == "confirmed" and rec[9] == "pay-1" and rec[10] >= rec[6]
+    counters = {text(k): int(v) for k, v in (await aredis.hgetall(K.counters)).items()}
+    assert counters == {"sold": 5, "held": 0, "orders": 2, "buyers": 1, "held|p1": 0, "held|p2": 0,
+                        "sold|p1": 3, "sold|p2": 2}
+    users = {text(k): int(v) for k, v in (await aredis.hgetall(K.users)).items()}
+    assert users == {"t|u1": 5, "t|u1|p1": 3, "t|u1|p2": 2, "c|u1": 5, "c|u1|p1": 3, "c|u1|p2": 2}
+    assert await aredis.zcard(K.holds) == 0
+    events = [e for e in await stream(aredis, "c1") if e["e"] == "confirmed"]
+    assert events == [
+        {"e": "confirmed", "rid": "r1", "pid": "p1", "uid": "u1", "units": "3", "amount": "30000",
+         "at": str(rec[10]), "ref": "pay-1"},
+        {"e": "confirmed", "rid": "r2", "pid": "p2", "uid": "u1", "units": "2", "amount": "20000",
+         "at": events[1]["at"], "ref": "pay-3"}]
+    await assert_no_ttl(aredis)
+
+
+async def test_confirm_malformed_writes_nothing(engine: Engine, aredis: aioredis.Redis) -> None:
+    await engine.load_campaign(campaign())
+    await reserve(aredis, ("r1", "sf", "k1", "u1", "p1", 3))
+    before = await dump(aredis)
+    for args in ([1, "r1", ""], [1, "r1", "x" * 129], [2, "r1", "pay"], [0], ["x", "r1", "pay"]):
+        with pytest.raises(ResponseError, match=r"^confirm: "):
+            await run_script(aredis, "confirm", transition_keys("c1"), args)
+    with pytest.raises(ResponseError, match=r"^confirm: "):  # one bad ref fails the batch up front
+        await confirm(aredis, ("r1", "pay"), ("r1", ""))
+    assert await dump(aredis) == before
+
+
+async def test_cancel(engine: Engine, aredis: aioredis.Redis) -> None:
+    await engine.load_campaign(campaign())
+    await reserve(aredis, ("r1", "sf", "k1", "u1", "p1", 3), ("r2", "sf", "k2", "u1", "p2", 2))
+    await confirm(aredis, ("r2", "pay"))
+    out = await cancel(aredis, "r1", "r1", "r2", "nope")
+    assert [o[0] for o in out] == [0, 0, Status.INVALID_STATE, Status.RESERVATION_NOT_FOUND]
+    assert [o[3] for o in out[:2]] == [0, 1] and out[0][2] == out[1][2]
+    assert record(out[0][2])[0] == "cancelled" and out[2][1] == b"confirmed"
+    assert await aredis.hmget(K.counters, ["held", "held|p1", "sold"]) == [b"0", b"0", b"2"]
+    assert await aredis.hmget(K.users, ["t|u1", "t|u1|p1"]) == [b"2", b"0"]
+    assert await aredis.zrange(K.holds, 0, -1) == []
+    cancelled = [e for e in await stream(aredis, "c1") if e["e"] == "cancelled"]
+    assert len(cancelled) == 1 and cancelled[0]["rid"] == "r1" and cancelled[0]["units"] == "3"
+    assert (await confirm(aredis, ("r1", "pay")))[0][:2] == [Status.INVALID_STATE, b"cancelled"]
+    with pytest.raises(ResponseError, match=r"^cancel: "):
+        await run_script(aredis, "cancel", transition_keys("c1"), [2, "r1"])
+
+
+@pytest.mark.parametrize("script", ["confirm", "cancel"])
+async def test_an_overdue_hold_expires_on_touch(engine: Engine, aredis: aioredis.Redis, script: str) -> None:
+    await engine.load_campaign(campaign())
+    await reserve(aredis, ("r1", "sf", "k1", "u1", "p1", 3))
+    await make_overdue(aredis, "c1", "r1")
+    out = await (confirm(aredis, ("r1", "pay")) if script == "confirm" else cancel(aredis, "r1"))
+    assert out == [[Status.INVALID_STATE, b"expired", b"", 0]]
+    assert record(await aredis.hget(K.reservations, "r1") or b"")[0] == "expired"
+    assert await aredis.hmget(K.counters, ["held", "sold"]) == [b"0", b"0"]
+    assert await aredis.hget(K.users, "t|u1") == b"0"
+    again = await (confirm(aredis, ("r1", "pay")) if script == "confirm" else cancel(aredis, "r1"))
+    assert again == out
+    assert [e["e"] for e in await stream(aredis, "c1")] == ["reserved", "expired"]
+
+
+async def test_expire(engine: Engine, aredis: aioredis.Redis) -> None:
+    await engine.load_campaign(campaign())
+    reqs = [(f"r{i}", "sf", f"k{i}", f"u{i}", "p2", 1) for i in range(5)]
+    await reserve(aredis, *reqs)
+    for i in range(4):
+        await make_overdue(aredis, "c1", f"r{i}")
+    await confirm(aredis, ("r3", "pay"))  # overdue: expires instead
+    assert await run_script(aredis, "expire", transition_keys("c1"), [2]) == [2, 1]
+    assert await run_script(aredis, "expire", transition_keys("c1"), [2]) == [1, 0]
+    assert await run_script(aredis, "expire", transition_keys("c1"), [2]) == [0, 0]
+    states = {f"r{i}": record(await aredis.hget(K.reservations, f"r{i}") or b"")[0] for i in range(5)}
+    assert states == {"r0": "expired", "r1": "expired", "r2": "expired", "r3": "expired", "r4": "held"}
+    assert await aredis.zrange(K.holds, 0, -1) == [b"r4"]
+    assert await aredis.hget(K.counters, "held") == b"1"
+    events = await stream(aredis, "c1")
+    assert sorted(e["rid"] for e in events if e["e"] == "expired") == ["r0", "r1", "r2", "r3"]
+    for bad in (0, 10001, "x"):
+        with pytest.raises(ResponseError, match=r"^expire: "):
+            await run_script(aredis, "expire", transition_keys("c1"), [bad])
+
+
+async def test_expire_drops_stale_zset_entries(engine: Engine, aredis: aioredis.Redis) -> None:
+    await engine.load_campaign(campaign())
+    await aredis.zadd(K.holds, {"ghost": 1})
+    assert await run_script(aredis, "expire", transition_keys("c1"), [10]) == [0, 0]
+    assert await aredis.zcard(K.holds) == 0
+
+
+# -- admin -----------------------------------------------------------------------------------
+
+
+async def admin(r: aioredis.Redis, action: str, cid: str = "c1") -> list[Any]:
+    out: list[Any] = await run_script(r, "admin", [keys.CampaignKeys(cid).meta], [action])
+    return out
+
+
+async def test_admin(engine: Engine, aredis: aioredis.Redis) -> None:
+    await engine.load_campaign(campaign())
+    assert await admin(aredis, "pause") == [0, b"paused"]
+    assert await admin(aredis, "pause") == [0, b"paused"]
+    assert await admin(aredis, "resume") == [0, b"active"]
+    assert await admin(aredis, "recovering") == [0, b"recovering"]
+    assert await admin(aredis, "pause") == [Status.INVALID_STATE, b"recovering"]
+    assert await admin(aredis, "recovered") == [0, b"active"]
+    assert await aredis.hget(K.meta, "flag_before_recovery") is None
+    assert await admin(aredis, "recovered") == [0, b"active"]  # no-op
+    await admin(aredis, "pause")
+    await admin(aredis, "recovering")
+    assert await admin(aredis, "recovered") == [0, b"paused"]
+    assert await admin(aredis, "close") == [0, b"closed"]
+    assert await admin(aredis, "resume") == [Status.INVALID_STATE, b"closed"]
+    assert await admin(aredis, "recovered") == [0, b"closed"]  # never reopens a closed campaign
+    await admin(aredis, "recovering")
+    assert await admin(aredis, "recovered") == [0, b"closed"]
+    assert await admin(aredis, "pause", "nope") == [Status.CAMPAIGN_NOT_FOUND, b""]
+    with pytest.raises(ResponseError, match="unknown action"):
+        await admin(aredis, "explode")
+    await assert_no_ttl(aredis)
