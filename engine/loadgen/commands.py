@@ -1,7 +1,108 @@
-"""The `flashsale` subcommands of engine.loadgen (click commands, imported by engine.cli)."""
+"""The `flashsale` subcommands of engine.loadgen: ``loadgen`` and ``demo``."""
 
 from __future__ import annotations
 
-import click
+import os
+import sys
+from typing import Any
 
-COMMANDS: list[click.Command] = []
+import click
+from rich.console import Console
+
+from engine.loadgen.behaviour import Mix
+from engine.loadgen.generator import LoadConfig
+from engine.loadgen.observe import Api
+from engine.loadgen.record import Record
+from engine.loadgen.run import NoApi, RunResult, judge_record, run_async, run_load
+from engine.settings import parse_storefront_tokens
+
+
+def default_token() -> str | None:
+    """The first storefront token of ``FLASHSALE_STOREFRONT_TOKENS``, if any."""
+    tokens = parse_storefront_tokens(os.environ.get("FLASHSALE_STOREFRONT_TOKENS", ""))
+    return tokens[0][1] if tokens else None
+
+
+@click.command("loadgen")
+@click.option("--url", envvar="FLASHSALE_URL", default="http://127.0.0.1:8000", show_default=True,
+              help="the API's base URL (FLASHSALE_URL)")
+@click.option("--campaign", "campaign_id", required=True, help="campaign id to drive (it alone: the verdict "
+              "accounts for every unit)")
+@click.option("--users", default=200, show_default=True, help="peak virtual users (keep-alive connections)")
+@click.option("--duration", default=60.0, show_default=True, help="time bound of the whole run, seconds")
+@click.option("--buyers", default=1_000_000, show_default=True, help="distinct buyers at most")
+@click.option("--rate", type=float, default=None, help="offered requests/s at most (default: flat out)")
+@click.option("--token", envvar="FLASHSALE_LOADGEN_TOKEN", default=None,
+              help="storefront token (default: the first of FLASHSALE_STOREFRONT_TOKENS)")
+@click.option("--database-url", envvar="FLASHSALE_DATABASE_URL", default=None,
+              help="the ledger: check every confirmed order in it, and run `flashsale reconcile`")
+@click.option("--redis-url", envvar="FLASHSALE_REDIS_URL", default=None, help="Redis, for `flashsale reconcile`")
+@click.option("--trickle", default=3.0, show_default=True, help="seconds of pre-opening trickle")
+@click.option("--decay", default=2.0, show_default=True, help="seconds from sold out to nobody")
+@click.option("--keep-going/--stop-at-sellout", default=False, help="keep driving buyers after the sell-out")
+@click.option("--bad-share", default=0.005, show_default=True, help="share of buyers sending a bad request")
+@click.option("--timeout", default=10.0, show_default=True, help="seconds before a request is retried")
+@click.option("--seed", type=int, default=None, help="random seed for the behaviour mix")
+@click.option("--record-out", type=click.Path(dir_okay=False), default=None, help="save the run's record (JSON)")
+@click.option("--judge", "judge_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="send nothing: judge a saved record against the live state")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def loadgen(url: str, campaign_id: str, users: int, duration: float, buyers: int, rate: float | None,
+            token: str | None, database_url: str | None, redis_url: str | None, trickle: float, decay: float,
+            keep_going: bool, bad_share: float, timeout: float, seed: int | None, record_out: str | None,
+            judge_path: str | None, progress: bool) -> None:
+    """Launch-day spike against a running API; checks every invariant at the end (exit 1 if one broke)."""
+    token = token or default_token()
+    if not token:
+        raise click.UsageError("no storefront token: pass --token or set FLASHSALE_STOREFRONT_TOKENS")
+    console = Console(highlight=False)
+    if judge_path:
+        api = Api(url, token, campaign_id)
+        coro: Any = judge_record(api, Record.load(judge_path), console=console, database_url=database_url,
+                                 redis_url=redis_url)
+    else:
+        cfg = LoadConfig(url=url, campaign_id=campaign_id, token=token, users=users, duration_s=duration,
+                         buyers=buyers, rate=rate, mix=Mix(bad=bad_share), trickle_s=trickle, decay_s=decay,
+                         timeout_s=timeout, stop_at_sellout=not keep_going, seed=seed)
+        coro = run_load(cfg, console=console, database_url=database_url, redis_url=redis_url,
+                        progress=progress, record_out=record_out)
+    try:
+        result: RunResult = run_async(coro)
+    except NoApi as exc:
+        click.echo(f"flashsale loadgen: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(result.verdict.exit_code)
+
+
+@click.command("demo")
+@click.option("--buyers", default=300_000, show_default=True, help="simulated buyers on their way")
+@click.option("--units", type=int, default=None, help="scale the tranche to this many units (default: the file's)")
+@click.option("--users", default=256, show_default=True, help="peak virtual users (connections)")
+@click.option("--time-bound", default=80.0, show_default=True, help="seconds of load at most")
+@click.option("--opens-in", default=5.0, show_default=True, help="seconds from loading the campaign to its opening")
+@click.option("--workers", default=2, show_default=True, help="API worker processes")
+@click.option("--campaign-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="campaign TOML (default: campaigns/yulebao-2014-p1.toml)")
+@click.option("--database-url", default=None, help="ledger (default: SQLite in a temporary directory)")
+@click.option("--serve", is_flag=True, help="keep the API and the dashboard up afterwards")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--seed", type=int, default=None)
+def demo(buyers: int, units: int | None, users: int, time_bound: float, opens_in: float, workers: int,
+         campaign_file: str | None, database_url: str | None, serve: bool, progress: bool, seed: int | None) -> None:
+    """Launch day on this machine: private Redis, API, writer, the Yulebao spike, and the verdict."""
+    from engine.demo import DemoConfig, run_demo
+    from engine.loadgen.campaigns import YULEBAO_P1
+
+    cfg = DemoConfig(buyers=buyers, units=units, users=users, time_bound_s=time_bound, opens_in_s=opens_in,
+                     workers=workers, campaign_file=campaign_file or str(YULEBAO_P1), database_url=database_url,
+                     serve=serve, progress=progress, seed=seed)
+    console = Console(highlight=False)
+    try:
+        code = run_demo(cfg, console)
+    except (RuntimeError, FileNotFoundError, NoApi) as exc:
+        console.print(f"[red]flashsale demo: {exc}[/red]")
+        sys.exit(2)
+    sys.exit(code)
+
+
+COMMANDS: list[click.Command] = [loadgen, demo]

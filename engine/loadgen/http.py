@@ -1,0 +1,187 @@
+"""A lean HTTP/1.1 client for load generation: one keep-alive connection per virtual user.
+
+httpx spends ~150-300 µs of CPU per request; a load generator sharing two cores with the server it
+measures cannot afford that. This client writes requests as preformatted bytes on an asyncio
+``Protocol`` and parses responses with httptools (llhttp, C), so a request costs a few tens of µs.
+One request at a time per connection, as a browser does with HTTP/1.1 keep-alive.
+
+    conn = Connection("127.0.0.1", 8000)
+    resp = await conn.request(b"GET", "/healthz", timeout_s=5)
+    resp.status, resp.json()
+    conn.close()
+
+A timeout or a broken connection raises ``TransportError``; the connection is closed and the next
+request opens a new one (an answer arriving late must never be read as the next request's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, cast
+
+import httptools
+import orjson
+
+JSON_HEADERS = b"Content-Type: application/json\r\n"
+
+
+class TransportError(Exception):
+    """No HTTP answer: connection refused or lost, or no answer within the timeout."""
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    retry_after: float | None = None
+
+    def json(self) -> Any:
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            return None
+
+    def error_code(self) -> str | None:
+        """``error.code`` of an API.md error body, or None."""
+        data = self.json()
+        if isinstance(data, dict) and isinstance(data.get("error"), dict):
+            code = data["error"].get("code")
+            return code if isinstance(code, str) else None
+        return None
+
+
+class _Protocol(asyncio.Protocol):
+    """Feeds bytes to an httptools parser; resolves one future per response."""
+
+    __slots__ = ("_body", "_parser", "_retry_after", "_waiter", "closed", "keep_alive", "transport")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._waiter: asyncio.Future[Response] | None = None
+        self._body: list[bytes] = []
+        self._retry_after: float | None = None
+        self.closed = False
+        self.keep_alive = True
+
+    # asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast("asyncio.Transport", transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(TransportError(f"unparseable HTTP response: {exc}"))
+            self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(TransportError(f"connection lost: {exc or 'closed by the server'}"))
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"retry-after":
+            try:
+                self._retry_after = float(value)
+            except ValueError:
+                self._retry_after = None
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.keep_alive = self._parser.should_keep_alive()
+        resp = Response(self._parser.get_status_code(), b"".join(self._body), self._retry_after)
+        self._body = []
+        self._retry_after = None
+        w, self._waiter = self._waiter, None
+        if w is not None and not w.done():
+            w.set_result(resp)
+
+    # ours
+    def _fail(self, exc: Exception) -> None:
+        w, self._waiter = self._waiter, None
+        if w is not None and not w.done():
+            w.set_exception(exc)
+
+    def send(self, data: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Response]:
+        assert self.transport is not None
+        fut: asyncio.Future[Response] = loop.create_future()
+        self._waiter = fut
+        self.transport.write(data)
+        return fut
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection, reopened on demand after an error."""
+
+    __slots__ = ("_head", "_proto", "host", "port")
+
+    def __init__(self, host: str, port: int, *, token: str | None = None) -> None:
+        self.host = host
+        self.port = port
+        self._proto: _Protocol | None = None
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        self._head = f"Host: {host}:{port}\r\n{auth}".encode()
+
+    async def _open(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> _Protocol:
+        try:
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(_Protocol, self.host, self.port), timeout_s)
+        except (OSError, TimeoutError) as exc:
+            raise TransportError(f"cannot connect to {self.host}:{self.port}: {exc!r}") from exc
+        return proto
+
+    async def request(self, method: bytes, path: str, body: bytes | None = None, *,
+                      headers: bytes = b"", timeout_s: float = 10.0) -> Response:
+        """Send one request; ``headers`` are extra preformatted ``Name: value\\r\\n`` lines."""
+        loop = asyncio.get_running_loop()
+        proto = self._proto
+        if proto is None or proto.closed:
+            proto = self._proto = await self._open(loop, timeout_s)
+        parts = [method, b" ", path.encode(), b" HTTP/1.1\r\n", self._head, headers]
+        if body is not None:
+            parts += [JSON_HEADERS, b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body]
+        else:
+            parts.append(b"\r\n")
+        fut = proto.send(b"".join(parts), loop)
+        timer = loop.call_later(timeout_s, _expire, fut)
+        try:
+            resp = await fut
+        except BaseException:
+            proto.abort()
+            self._proto = None
+            raise
+        finally:
+            timer.cancel()
+        if not proto.keep_alive:
+            proto.abort()
+            self._proto = None
+        return resp
+
+    def close(self) -> None:
+        if self._proto is not None:
+            self._proto.abort()
+            self._proto = None
+
+
+def _expire(fut: asyncio.Future[Response]) -> None:
+    if not fut.done():
+        fut.set_exception(TransportError("no answer within the timeout"))
+
+
+def split_url(url: str) -> tuple[str, int, str]:
+    """``http://host:port/prefix`` -> (host, port, prefix). Plain HTTP only (loopback load)."""
+    if not url.startswith("http://"):
+        raise ValueError(f"{url!r}: the load generator speaks plain http:// only")
+    rest = url[len("http://"):]
+    hostport, _, prefix = rest.partition("/")
+    host, _, port = hostport.partition(":")
+    return host or "127.0.0.1", int(port or 80), ("/" + prefix).rstrip("/")

@@ -1,0 +1,119 @@
+"""One load run end to end: read the campaign, drive the spike, observe, judge, report.
+
+``flashsale loadgen``, ``flashsale demo`` and the benchmarks all come through ``run_load``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from engine.loadgen.calls import now_ms
+from engine.loadgen.generator import Generator, LoadConfig
+from engine.loadgen.http import TransportError
+from engine.loadgen.observe import Api, observe
+from engine.loadgen.record import Record
+from engine.loadgen.report import Summary, print_report
+from engine.loadgen.verdict import Observed, Verdict, judge
+
+T = TypeVar("T")
+API_WAIT_S = 30.0  # how long to wait for the API to answer before giving up
+
+
+class NoApi(Exception):
+    """The API did not answer, or the campaign is not there."""
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class RunResult:
+    record: Record
+    observed: Observed
+    verdict: Verdict
+    summary: Summary
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """On uvloop: the generator's hot path is the event loop's."""
+    import uvloop
+
+    return uvloop.run(coro)
+
+
+def rfc3339_ms(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000.0
+
+
+async def wait_for_campaign(api: Api, wait_s: float = API_WAIT_S) -> dict[str, Any]:
+    deadline = now_ms() + wait_s * 1000
+    last = ""
+    while now_ms() < deadline:
+        try:
+            return await api.definition()
+        except (TransportError, LookupError) as exc:
+            last = str(exc)
+        await asyncio.sleep(0.5)
+    raise NoApi(f"cannot read the campaign from the API: {last}")
+
+
+class _Display:
+    """A rich progress bar on a terminal; a plain line every few seconds elsewhere (CI logs)."""
+
+    def __init__(self, console: Console, gen: Generator, total: int, enabled: bool) -> None:
+        self.console, self.gen = console, gen
+        self.tty = enabled and console.is_terminal
+        self.enabled = enabled
+        self.last_line = 0.0
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                                 TimeElapsedColumn(), console=console, disable=not self.tty)
+        self.task = self.progress.add_task("waiting", total=total, info="")
+
+    def tick(self) -> None:
+        if not self.enabled:
+            return
+        st, rec = self.gen.live.stats, self.gen.record
+        taken = int(st.get("sold_units", 0)) + int(st.get("held_units", 0))
+        elapsed = max((now_ms() - max(rec.opens_ms, rec.started_ms)) / 1000.0, 1e-3)
+        info = (f"sold {int(st.get('sold_units', 0)):,} held {int(st.get('held_units', 0)):,} · "
+                f"{self.gen.live.active} users · {rec.attempts() / elapsed:,.0f} req/s")
+        if self.tty:
+            self.progress.update(self.task, completed=taken, description=self.gen.live.phase, info=info)
+        elif now_ms() - self.last_line > 5000:
+            self.last_line = now_ms()
+            self.console.print(f"[{self.gen.live.phase}] {info}", highlight=False)
+
+
+async def run_load(cfg: LoadConfig, *, console: Console, database_url: str | None = None,
+                   redis_url: str | None = None, progress: bool = True, drain_timeout_s: float = 60.0,
+                   record_out: str | None = None) -> RunResult:
+    api = Api(cfg.url, cfg.token, cfg.campaign_id)
+    definition = await wait_for_campaign(api)
+    baseline = await api.stats()
+    gen = Generator(cfg, definition, rfc3339_ms(definition["opens_at"]))
+    gen.record.baseline = baseline
+    display = _Display(console, gen, int(definition["total_units"]), progress)
+    with display.progress:
+        record = await gen.run(display.tick)
+        display.tick()
+    if record_out:
+        record.save(record_out)
+    return await judge_record(api, record, console=console, definition=definition,
+                              database_url=database_url, redis_url=redis_url, drain_timeout_s=drain_timeout_s)
+
+
+async def judge_record(api: Api, record: Record, *, console: Console, definition: dict[str, Any] | None = None,
+                       database_url: str | None = None,
+                       redis_url: str | None = None, drain_timeout_s: float = 60.0) -> RunResult:
+    """Observe the live state, judge the record against it, print the report."""
+    definition = definition or await wait_for_campaign(api)
+    with console.status("checking the invariants (waiting for the ledger to catch up)"):
+        observed = await observe(api, record, baseline=record.baseline, definition=definition,
+                                 database_url=database_url, redis_url=redis_url, drain_timeout_s=drain_timeout_s)
+    verdict = judge(record, observed)
+    summary = print_report(console, record, observed, verdict)
+    return RunResult(record, observed, verdict, summary)
