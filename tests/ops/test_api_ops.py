@@ -6,63 +6,18 @@ read each worker's own file and check a scrape of either worker sums them exactl
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-import pytest
-import redis
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from engine.ops.stats import REJECTION_CODES
+from tests.ops.conftest import API_CID as CID
+from tests.ops.conftest import API_OTHER as OTHER
+from tests.ops.conftest import fresh_get
 from tests.ops.promtext import Samples
-from tests.ops.sale import EXPECTED, HttpDriver, definition, run_sale
+from tests.ops.sale import EXPECTED
 from tests.support.processes import ApiServer, admin_headers
-from tests.support.servers import RedisServer
-
-CID = "ops-api"
-OTHER = "ops-api-other"
-
-
-def fresh_get(url: str, **kw: object) -> httpx.Response:
-    """One request on a new connection: over many of them, both workers get some."""
-    with httpx.Client(timeout=10) as c:
-        return c.get(url, **kw)  # type: ignore[arg-type]
-
-
-async def _sale(base_url: str) -> None:
-    # no keep-alive: every request is a new connection, so the two workers share the sale
-    limits = httpx.Limits(max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=10) as c:
-        await HttpDriver(c, OTHER).load(definition(OTHER))
-        d = HttpDriver(c, CID)
-        await d.load(definition(CID))
-        await run_sale(d)
-
-
-def _redis_second_passes(url: str) -> None:
-    client = redis.Redis.from_url(url)
-    start = client.time()[0]
-    while client.time()[0] == start:
-        time.sleep(0.02)
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def served(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ApiServer, Path]]:
-    client = redis.Redis(port=redis_server.port)
-    client.flushall()
-    client.close()
-    prom = tmp_path_factory.mktemp("prom")
-    server = ApiServer(redis_server.url, workers=2, PROMETHEUS_MULTIPROC_DIR=str(prom)).start()
-    try:
-        asyncio.run(_sale(server.url))
-        _redis_second_passes(redis_server.url)
-        yield server, prom
-    finally:
-        server.stop()
 
 
 def _worker_requests(prom: Path) -> dict[str, float]:

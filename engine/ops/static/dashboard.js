@@ -36,7 +36,7 @@
     const opts = {
       width: Math.max(box.clientWidth, 300), height: 240, series: series,
       axes: [{}, { label: "units sold", size: 70, values: (u, vals) => vals.map((v) => fmt.format(v)) }],
-      scales: { x: { time: true } },
+      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max, 1) * 1.05] } },
     };
     card.chart = new uPlot(opts, card.data, box);
     new ResizeObserver(() => card.chart.setSize({ width: Math.max(box.clientWidth, 300), height: 240 })).observe(box);
@@ -85,9 +85,11 @@
     const state = $(".state", el);
     state.className = "state " + s.state;
     setField(el, "state", s.state, s.state);
+    $(".soldout", el).hidden = s.remaining_units > 0;
     for (const f of ["sold_units", "held_units", "remaining_units", "total_units", "buyers"]) setField(el, f, s[f]);
     setField(el, "units_per_second_1m", s.units_per_second_1m, s.units_per_second_1m.toFixed(2));
-    setField(el, "projected_sellout_at", s.projected_sellout_at, until(s.projected_sellout_at, s.as_of));
+    setField(el, "projected_sellout_at", s.projected_sellout_at,
+      s.remaining_units === 0 ? "sold out" : until(s.projected_sellout_at, s.as_of));
     setField(el, "sell_through", s.sell_through, (s.sell_through * 100).toFixed(2) + "%");
     $(".gauge .fill", el).style.strokeDasharray = Math.min(1000, s.sell_through * 1000) + " 1000";
     setField(el, "persisted_orders", s.ledger.persisted_orders);
