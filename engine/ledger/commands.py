@@ -1,7 +1,198 @@
-"""The `flashsale` subcommands of engine.ledger (click commands, imported by engine.cli)."""
+"""The `flashsale` subcommands of engine.ledger: writer, reconcile, recover, export holders."""
 
 from __future__ import annotations
 
-import click
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any, TypeVar
 
-COMMANDS: list[click.Command] = []
+import click
+import redis.asyncio as aioredis
+
+from engine.core import Engine
+from engine.core.redis_client import connect, require_durable
+from engine.ledger.export import holders_csv, holders_json
+from engine.ledger.factory import sink_for
+from engine.ledger.reconcile import Reconciliation, reconcile
+from engine.ledger.recover import recover
+from engine.ledger.sink import LedgerUnavailable, Sink
+from engine.ledger.writer import Backoff, Writer, WriterSettings, default_consumer
+from engine.settings import Settings
+
+T = TypeVar("T")
+TOOL_TIMEOUT_S = 60.0  # reconcile and recover read whole streams and hashes: allow them time
+log = logging.getLogger("flashsale.writer")
+
+
+def _run(make: Callable[[], Awaitable[T]]) -> T:
+    from engine.cli import run_async  # late: engine.cli imports this module while it loads
+
+    return run_async(make)
+
+
+def _options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--database-url", envvar="FLASHSALE_DATABASE_URL", default=None,
+                     help="postgresql://user@host/db, sqlite:///relative.db or sqlite:////abs/path.db "
+                          "(FLASHSALE_DATABASE_URL; default sqlite:///flashsale-ledger.db)")(f)
+    return click.option("--redis-url", envvar="FLASHSALE_REDIS_URL", default=None,
+                        help="Redis URL (FLASHSALE_REDIS_URL); default redis://127.0.0.1:6379/0")(f)
+
+
+def _sink(url: str) -> Sink:
+    try:
+        return sink_for(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--database-url") from None
+
+
+@asynccontextmanager
+async def _opened(settings: Settings) -> AsyncIterator[tuple[aioredis.Redis, Sink]]:
+    client = connect(settings.redis_url, TOOL_TIMEOUT_S)
+    sink = _sink(settings.database_url)
+    try:
+        await sink.open()
+        yield client, sink
+    finally:
+        await sink.close()
+        await client.aclose()
+
+
+async def _open_with_retry(sink: Sink, stopping: asyncio.Event) -> bool:
+    """Create or migrate the schema, waiting for the database if it is down; False if stopped first."""
+    backoff = Backoff()
+    while not stopping.is_set():
+        try:
+            version = await sink.open()
+            log.info("ledger %s at schema version %d", sink.url_scheme, version)
+            return True
+        except LedgerUnavailable as exc:
+            log.warning("ledger unavailable at start, retrying: %s", exc)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), backoff.next())
+    return False
+
+
+async def run_writer(settings: Settings, ws: WriterSettings, allow_volatile: bool) -> None:
+    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=ws.block_ms / 1000 + 10,
+                                     socket_connect_timeout=5, health_check_interval=0)
+    sink = _sink(settings.database_url)
+    stopping = asyncio.Event()
+    writer: Writer | None = None
+
+    def on_signal() -> None:
+        stopping.set()
+        if writer is not None:
+            writer.stop()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        profile = await require_durable(client, allow_volatile=allow_volatile)
+        log.info("Redis durability: %s", profile.describe())
+        if await _open_with_retry(sink, stopping):
+            writer = Writer(client, sink, ws)
+            if stopping.is_set():
+                writer.stop()
+            await writer.run()
+    finally:
+        await sink.close()
+        await client.aclose()
+
+
+@click.command("writer")
+@_options
+@click.option("--burst", is_flag=True, help="drain every stream, then exit")
+@click.option("--allow-volatile-redis", is_flag=True,
+              help="run even if Redis may lose acknowledged writes (no AOF, or eviction); demos and tests")
+@click.option("--consumer", default=None, help="this writer's name in the consumer group; default HOST-PID")
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=500, show_default=True)
+@click.option("--claim-idle-ms", type=click.IntRange(50), default=5000, show_default=True,
+              help="claim entries another writer left unacknowledged this long")
+def writer_command(database_url: str | None, redis_url: str | None, burst: bool, allow_volatile_redis: bool,
+                   consumer: str | None, batch_size: int, claim_idle_ms: int) -> None:
+    """The durable writer: every campaign's stream into the ledger, exactly once."""
+    settings = Settings.from_env(redis_url=redis_url, database_url=database_url)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=settings.log_level, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    ws = WriterSettings(consumer=consumer or default_consumer(), batch_size=batch_size,
+                        claim_idle_ms=claim_idle_ms, burst=burst)
+    _run(lambda: run_writer(settings, ws, allow_volatile_redis or settings.allow_volatile_redis))
+
+
+def _print(report: Reconciliation) -> None:
+    for d in report.differences:
+        click.echo(str(d))
+    click.echo(report.summary())
+
+
+@click.command("reconcile")
+@click.argument("campaign_id")
+@_options
+def reconcile_command(campaign_id: str, database_url: str | None, redis_url: str | None) -> None:
+    """Redis's counters against the ledger plus the undrained stream; exit 1 on any difference."""
+    settings = Settings.from_env(redis_url=redis_url, database_url=database_url)
+
+    async def go() -> Reconciliation:
+        async with _opened(settings) as (client, sink):
+            return await reconcile(client, sink, campaign_id)
+
+    report = _run(go)
+    _print(report)
+    sys.exit(0 if report.clean else 1)
+
+
+@click.command("recover")
+@click.argument("campaign_id")
+@_options
+def recover_command(campaign_id: str, database_url: str | None, redis_url: str | None) -> None:
+    """Rebuild a campaign in Redis from the ledger after Redis lost data, then reconcile."""
+    settings = Settings.from_env(redis_url=redis_url, database_url=database_url)
+
+    async def go() -> Any:
+        async with _opened(settings) as (client, sink):
+            return await recover(Engine(client, settings), sink, campaign_id)
+
+    r = _run(go)
+    click.echo(f"campaign {campaign_id}: {r.orders} confirmed orders restored, {r.dropped_holds} unpaid holds "
+               f"dropped{', definition reloaded from the ledger' if r.reloaded_definition else ''}")
+    _print(r.reconciliation)
+    if not r.reconciliation.clean:
+        click.echo(f"campaign {campaign_id} stays refused (recovering): fix the differences and run recover again",
+                   err=True)
+        sys.exit(1)
+    click.echo(f"campaign {campaign_id} serves again")
+
+
+@click.group("export")
+def export_group() -> None:
+    """Export from the ledger."""
+
+
+@export_group.command("holders")
+@click.argument("campaign_id")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--database-url", envvar="FLASHSALE_DATABASE_URL", default=None,
+              help="the ledger (FLASHSALE_DATABASE_URL)")
+def export_holders(campaign_id: str, fmt: str, database_url: str | None) -> None:
+    """The holder register (user, product, units, amount) of a campaign, from the ledger."""
+    settings = Settings.from_env(database_url=database_url)
+
+    async def go() -> str:
+        sink = _sink(settings.database_url)
+        try:
+            await sink.open()
+            holders = await sink.holders(campaign_id)
+        finally:
+            await sink.close()
+        return holders_csv(holders) if fmt == "csv" else holders_json(campaign_id, holders)
+
+    click.echo(_run(go), nl=False)
+
+
+COMMANDS: list[click.Command] = [writer_command, reconcile_command, recover_command, export_group]

@@ -1,0 +1,118 @@
+"""What the writers report, for the stats, the metrics and the dashboard (``ledger_status``).
+
+| key | type | what |
+|---|---|---|
+| ``fs:{c:ID}:ledger`` | hash | ``persisted_orders`` (monotonic, after commit), ``dead_letters`` (count) |
+| ``fs:writers`` | set | names of writers that have announced themselves |
+| ``fs:writer:NAME`` | string, TTL | a live writer's latest figures (JSON); gone when it stops or dies |
+
+The lag is what Redis confirmed and the ledger does not hold yet: ``orders`` (counted by
+``confirm.lua``) minus ``persisted_orders``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import orjson
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from engine import keys
+from engine.core.scripts import source
+from engine.ledger.streams import GROUP
+
+WRITERS = f"{keys.PREFIX}:writers"  # set of writer names
+LIVENESS_PREFIX = f"{keys.PREFIX}:writer:"  # + name: a live writer's JSON figures, with a TTL
+
+
+def liveness_key(consumer: str) -> str:
+    return LIVENESS_PREFIX + consumer
+
+
+def progress_script(client: aioredis.Redis) -> AsyncScript:
+    """``ledger_progress.lua``: publish persisted_orders, never backwards."""
+    return client.register_script(source("ledger_progress"))
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignLedger:
+    campaign_id: str
+    confirmed_orders: int  # what Redis has confirmed
+    persisted_orders: int  # what the ledger holds
+    stream_length: int  # entries in the stream (trimmed once every group has them)
+    undelivered: int | None  # entries no writer has read yet (None: Redis cannot tell)
+    pending: int  # read by a writer, not yet committed and acknowledged
+    dead_letters: int  # entries of this campaign parked in fs:dead
+
+    @property
+    def lag_orders(self) -> int:
+        return max(self.confirmed_orders - self.persisted_orders, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"campaign_id": self.campaign_id, "confirmed_orders": self.confirmed_orders,
+                "persisted_orders": self.persisted_orders, "lag_orders": self.lag_orders,
+                "stream_length": self.stream_length, "undelivered": self.undelivered,
+                "pending": self.pending, "dead_letters": self.dead_letters}
+
+
+@dataclass(frozen=True, slots=True)
+class WriterInfo:
+    consumer: str
+    alive: bool
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerStatus:
+    campaigns: dict[str, CampaignLedger]
+    writers: tuple[WriterInfo, ...]
+    dead_letters: int  # every entry in fs:dead
+
+    @property
+    def writers_alive(self) -> int:
+        return sum(w.alive for w in self.writers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"campaigns": {c: v.to_dict() for c, v in self.campaigns.items()},
+                "writers": [{"consumer": w.consumer, "alive": w.alive, **w.figures} for w in self.writers],
+                "writers_alive": self.writers_alive, "dead_letters": self.dead_letters}
+
+
+def _int(v: Any) -> int:
+    return int(v) if v is not None else 0
+
+
+async def campaign_ledger(redis: aioredis.Redis, campaign_id: str) -> CampaignLedger:
+    """One campaign's ledger figures, in one round trip (no key scans)."""
+    k = keys.CampaignKeys(campaign_id)
+    async with redis.pipeline(transaction=False) as p:
+        p.hmget(k.ledger, ["persisted_orders", "dead_letters"])
+        p.hget(k.counters, "orders")
+        p.xlen(k.events)
+        p.xinfo_groups(k.events)
+        (persisted, dead), orders, length, groups = await p.execute(raise_on_error=False)
+    ours = next((g for g in groups if g["name"] in (GROUP, GROUP.encode())), None) \
+        if isinstance(groups, list) else None
+    lag = ours.get("lag") if ours else length
+    return CampaignLedger(campaign_id, _int(orders), _int(persisted), _int(length),
+                          None if lag is None else int(lag), _int(ours["pending"]) if ours else 0, _int(dead))
+
+
+async def writers(redis: aioredis.Redis) -> tuple[WriterInfo, ...]:
+    names = sorted(n.decode() for n in await cast("Awaitable[set[bytes]]", redis.smembers(WRITERS)))
+    if not names:
+        return ()
+    raw = await redis.mget([liveness_key(n) for n in names])
+    return tuple(WriterInfo(n, r is not None, orjson.loads(r) if r is not None else {})
+                 for n, r in zip(names, raw, strict=True))
+
+
+async def ledger_status(redis: aioredis.Redis) -> LedgerStatus:
+    """Per campaign: confirmed vs persisted orders (the lag), undelivered, pending, dead letters;
+    the writers and whether each is alive; the dead-letter total."""
+    cids = sorted(c.decode() for c in await cast("Awaitable[set[bytes]]", redis.smembers(keys.CAMPAIGNS)))
+    campaigns = {c: await campaign_ledger(redis, c) for c in cids}
+    return LedgerStatus(campaigns, await writers(redis), int(await redis.xlen(keys.DEAD_LETTERS)))

@@ -1,0 +1,141 @@
+"""``flashsale reconcile ID``: Redis's counters against the ledger plus the undrained stream.
+
+Redis is read in one MULTI; the ledger before and after it. Ledger events newer than Redis's
+stream are left out (they were written after the read), except those the ledger held before
+Redis was read: those are transitions Redis has lost. Every difference is reported:
+
+- sold, held, remaining, orders and buyers, for the campaign and each product;
+- each user's units taken (held + confirmed) and confirmed, in all and per product;
+- inside the ledger: ``orders`` against the confirmed events, and ``persisted_orders``;
+- entries of the campaign in the dead-letter stream, and stream entries that are not events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
+import redis.asyncio as aioredis
+
+from engine import keys
+from engine.campaign import Campaign, parse
+from engine.ledger.history import Totals, merge, replay, totals
+from engine.ledger.redisview import RedisView, read_view
+from engine.ledger.sink import LedgerSnapshot, Sink, entry_key
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    what: str
+    redis: Any
+    ledger: Any
+
+    def __str__(self) -> str:
+        return f"{self.what}: Redis {self.redis}, ledger + stream {self.ledger}"
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    campaign_id: str
+    differences: tuple[Difference, ...]
+    ledger_events: int  # history rows considered
+    stream_events: int  # undrained entries considered
+    orders: int  # confirmed orders by the history
+
+    @property
+    def clean(self) -> bool:
+        return not self.differences
+
+    def summary(self) -> str:
+        verdict = "no differences" if self.clean else f"{len(self.differences)} difference(s)"
+        return (f"campaign {self.campaign_id}: {self.orders} confirmed orders; {self.ledger_events} ledger events "
+                f"+ {self.stream_events} stream entries; {verdict}")
+
+
+def _user_field(name: str) -> str:
+    kind, _, rest = name.partition("|")
+    uid, _, pid = rest.partition("|")
+    what = "units taken (held + confirmed)" if kind == "t" else "units confirmed"
+    return f"user {uid}: {what}" + (f", product {pid}" if pid else "")
+
+
+def compare(campaign: Campaign, view: RedisView, want: Totals) -> list[Difference]:
+    """Counters and per-user totals in Redis against what the history says."""
+    c = view.counters
+    out: list[Difference] = []
+
+    def check(what: str, have: int, should: int) -> None:
+        if have != should:
+            out.append(Difference(what, have, should))
+
+    check("sold units", c.get("sold", 0), want.sold)
+    check("held units", c.get("held", 0), want.held)
+    check("remaining units", campaign.total_units - c.get("sold", 0) - c.get("held", 0),
+          campaign.total_units - want.sold - want.held)
+    check("confirmed orders", c.get("orders", 0), want.orders)
+    check("buyers", c.get("buyers", 0), want.buyers)
+    pids = [p.id for p in campaign.products]
+    pids += sorted((set(want.product_sold) | set(want.product_held)) - set(pids))
+    for p in pids:
+        total = next((x.total_units for x in campaign.products if x.id == p), 0)
+        sold, held = c.get(f"sold|{p}", 0), c.get(f"held|{p}", 0)
+        check(f"product {p}: sold units", sold, want.product_sold.get(p, 0))
+        check(f"product {p}: held units", held, want.product_held.get(p, 0))
+        check(f"product {p}: remaining units", total - sold - held,
+              total - want.product_sold.get(p, 0) - want.product_held.get(p, 0))
+    for f in sorted(set(view.users) | set(want.users)):
+        check(_user_field(f), view.users.get(f, 0), want.users.get(f, 0))
+    return out
+
+
+def ledger_self_check(ledger: LedgerSnapshot) -> list[Difference]:
+    """``orders`` against the confirmed events of the same ledger, and the published count."""
+    confirmed = {e.reservation_id: (e.product_id, e.user_id, e.units, e.amount, e.payment_ref or "")
+                 for e in ledger.events if e.type == "confirmed"}
+    orders = {o.reservation_id: (o.product_id, o.user_id, o.units, o.amount, o.payment_ref) for o in ledger.orders}
+    out = [Difference(f"ledger order {rid}", "(orders row missing)", confirmed[rid])
+           for rid in sorted(confirmed.keys() - orders.keys())]
+    out += [Difference(f"ledger order {rid}", orders[rid], "(no confirmed event)")
+            for rid in sorted(orders.keys() - confirmed.keys())]
+    out += [Difference(f"ledger order {rid}", orders[rid], confirmed[rid])
+            for rid in sorted(orders.keys() & confirmed.keys()) if orders[rid] != confirmed[rid]]
+    if ledger.persisted_orders != len(orders):
+        out.append(Difference("ledger persisted_orders against rows in orders", ledger.persisted_orders, len(orders)))
+    return out
+
+
+async def dead_letters(redis: aioredis.Redis, campaign_id: str) -> list[Difference]:
+    entries = await cast("Awaitable[list[Any]]", redis.xrange(keys.DEAD_LETTERS))
+    return [Difference(f"dead letter {eid.decode()} (entry {f.get(b'id', b'?').decode()})",
+                       f.get(b"reason", b"?").decode(), "(not in the ledger)")
+            for eid, f in entries if f.get(b"campaign") == campaign_id.encode()]
+
+
+async def definition(view: RedisView, sink: Sink) -> Campaign | None:
+    raw = view.definition.decode() if view.definition is not None else await sink.campaign_definition(view.campaign_id)
+    return None if raw is None else parse(orjson.loads(raw))
+
+
+async def reconcile(redis: aioredis.Redis, sink: Sink, campaign_id: str) -> Reconciliation:
+    """Every difference between Redis and the ledger plus the undrained stream."""
+    ledger_last = await sink.last_entry(campaign_id)  # before Redis: what the ledger surely held
+    view = await read_view(redis, campaign_id)
+    ledger = await sink.snapshot(campaign_id)
+    upto = max(entry_key(view.last_id), entry_key(ledger_last or "0-0"))
+    ledger_events = [e for e in ledger.events if entry_key(e.entry_id) <= upto]
+    states = replay(merge(ledger_events, view.events))
+    want = totals(states.values())
+    diffs: list[Difference] = []
+    campaign = await definition(view, sink)
+    if campaign is None:
+        diffs.append(Difference("campaign definition", "(missing)", "(missing)"))
+    else:
+        if view.definition is None:
+            diffs.append(Difference("campaign definition", "(missing: run flashsale recover)", "(kept)"))
+        diffs += compare(campaign, view, want)
+    diffs += ledger_self_check(ledger)
+    diffs += [Difference(f"stream entry {eid}", "(not a flashsale event)", "(skipped)") for eid in view.malformed]
+    diffs += await dead_letters(redis, campaign_id)
+    return Reconciliation(campaign_id, tuple(diffs), len(ledger_events), len(view.events), want.orders)

@@ -1,0 +1,189 @@
+"""``flashsale recover ID``: rebuild a campaign in Redis from the ledger, after Redis lost data.
+
+1. Refuse the campaign: its admin flag becomes ``recovering`` (reserve answers RECOVERING, HTTP
+   503). If Redis lost the campaign itself, its definition comes from the ledger's ``campaigns``
+   table and is loaded already refused, in one MULTI, so no reserve slips in between.
+2. Plan: replay the ledger's history plus whatever the stream kept (and the reservation records
+   that survived): every confirmed order counts, every hold never confirmed is dropped and its
+   units return. The plan is the new counters, users and changed reservation records.
+3. Apply the plan with ``restore.lua`` if the campaign has not moved since it was read (its
+   stream's last id is unchanged); else plan again.
+4. Reconcile; when clean, the campaign serves again (its flag as it was before).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import msgpack
+import orjson
+import redis.asyncio as aioredis
+
+from engine import keys
+from engine.campaign import Campaign, parse
+from engine.core import Engine
+from engine.core.scripts import source
+from engine.errors import LedgerError
+from engine.ledger.history import ResState, merge, replay, totals
+from engine.ledger.reconcile import Reconciliation, reconcile
+from engine.ledger.redisview import RedisView, read_view
+from engine.ledger.sink import LedgerSnapshot, Sink
+from engine.ledger.streams import GROUP
+
+MAX_ATTEMPTS = 20  # plans made before giving up on a campaign that keeps moving
+STAGE_CHUNK = 1000  # hash fields per HSET while staging
+STALE = 1  # restore.lua: the campaign moved since the plan was read
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    counters: dict[str, Any]
+    users: dict[str, int]
+    records: dict[str, bytes]  # reservation id -> packed record to write
+    dropped: tuple[ResState, ...]  # holds never confirmed
+    orders: int
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    campaign_id: str
+    reloaded_definition: bool  # Redis had lost the campaign itself
+    orders: int
+    dropped_holds: int
+    attempts: int
+    reconciliation: Reconciliation
+
+
+def _stage_keys(campaign_id: str) -> list[str]:
+    tag = keys.CampaignKeys(campaign_id).tag
+    return [f"{tag}:restore:counters", f"{tag}:restore:users", f"{tag}:restore:res"]
+
+
+def _record(r: ResState, state: str, key: str = "") -> bytes:
+    """A reservation record in the layout of ``engine/lua/reserve.lua``."""
+    packed: bytes = msgpack.packb([state, r.product_id, r.user_id, r.units, r.amount, r.expires_ms, r.created_ms,
+                                   r.storefront, key, r.payment_ref, r.confirmed_ms])
+    return packed
+
+
+def _from_record(rid: str, packed: bytes) -> tuple[ResState, str]:
+    st, pid, uid, units, amount, exp, created, sf, key, ref, confirmed = msgpack.unpackb(packed, raw=False)
+    return ResState(rid, pid, uid, int(units), int(amount), st, int(created), int(exp), sf, ref or "",
+                    int(confirmed or 0)), key
+
+
+def plan(campaign: Campaign, view: RedisView, ledger: LedgerSnapshot) -> Plan:
+    """The campaign as the ledger, the surviving stream and the surviving records tell it."""
+    states = replay(merge(ledger.events, view.events))
+    keys_of: dict[str, str] = {}
+    for rid, packed in view.records.items():
+        rec, keys_of[rid] = _from_record(rid, packed)
+        known = states.get(rid)
+        if known is None or (rec.state == "confirmed" and known.state != "confirmed"):
+            states[rid] = rec  # a confirm is final, wherever it survived
+    records: dict[str, bytes] = {}
+    dropped: list[ResState] = []
+    for rid, r in states.items():
+        had = view.records.get(rid)
+        if r.state == "held":
+            dropped.append(r)
+            r.state = "expired"
+            records[rid] = _record(r, "expired", keys_of.get(rid, ""))
+        elif r.state == "confirmed" and (had is None or _from_record(rid, had)[0].state != "confirmed"):
+            records[rid] = _record(r, "confirmed", keys_of.get(rid, ""))
+    want = totals(states.values())
+    counters: dict[str, Any] = {f: v for f, v in view.counters.items()
+                                if not f.startswith(("sold|", "held|"))}
+    pids = {p.id for p in campaign.products} | set(want.product_sold)
+    counters.update({"sold": want.sold, "held": 0, "orders": want.orders, "buyers": want.buyers})
+    for p in pids:
+        counters[f"sold|{p}"] = want.product_sold.get(p, 0)
+        counters[f"held|{p}"] = 0
+    return Plan(counters, want.users, records, tuple(dropped), want.orders)
+
+
+async def _stage(redis: aioredis.Redis, campaign_id: str, p: Plan) -> None:
+    stage = _stage_keys(campaign_id)
+    await redis.delete(*stage)
+    async with redis.pipeline(transaction=False) as pipe:
+        mappings: list[dict[str, Any]] = [p.counters, dict(p.users), dict(p.records)]
+        for key, mapping in zip(stage, mappings, strict=True):
+            items = list(mapping.items())
+            for i in range(0, len(items), STAGE_CHUNK):
+                pipe.hset(key, mapping=dict(items[i : i + STAGE_CHUNK]))
+        await pipe.execute()
+
+
+async def _apply(redis: aioredis.Redis, campaign_id: str, p: Plan, last_id: str, ledger_last: str,
+                 persisted: int) -> bool:
+    k = keys.CampaignKeys(campaign_id)
+    await _stage(redis, campaign_id, p)
+    args: list[Any] = [last_id, ledger_last, persisted, GROUP, len(p.dropped)]
+    for r in p.dropped:
+        args += [r.reservation_id, r.product_id, r.user_id, r.units, r.amount]
+    script = redis.register_script(source("restore"))
+    code, _detail = await script(keys=[k.counters, k.users, k.reservations, k.holds, k.events, k.ledger,
+                                       *_stage_keys(campaign_id)], args=args)
+    if int(code) == STALE:
+        await redis.delete(*_stage_keys(campaign_id))
+        return False
+    return True
+
+
+def _load_args(c: Campaign) -> list[Any]:
+    """``load.lua``'s ARGV (its header), as ``Engine.load_campaign`` builds them."""
+    argv: list[Any] = [orjson.dumps(c.to_dict()), c.opens_at_ms, c.closes_at_ms, c.hold_seconds * 1000,
+                       c.unit_price, c.total_units, c.user_cap_units or 0, c.rate_limit.per_second,
+                       c.rate_limit.burst, len(c.products)]
+    for p in c.products:
+        argv += [p.id, p.total_units, p.user_cap_units or 0]
+    return argv
+
+
+async def refuse(engine: Engine, sink: Sink, campaign_id: str) -> tuple[Campaign, bool]:
+    """Put the campaign in 'recovering', reloading its definition from the ledger if Redis lost it.
+    Returns (the campaign, whether it was reloaded)."""
+    redis = engine.redis
+    k = keys.CampaignKeys(campaign_id)
+    raw = await cast("Awaitable[bytes | None]", redis.hget(k.meta, "def"))
+    if raw is not None:
+        await engine.set_recovering(campaign_id, True)
+        return parse(orjson.loads(raw)), False
+    kept = await sink.campaign_definition(campaign_id)
+    if kept is None:
+        raise LedgerError(f"campaign {campaign_id!r} is neither in Redis nor in the ledger: nothing to recover; "
+                          "load it with `flashsale campaign load FILE`")
+    campaign = parse(orjson.loads(kept))
+    async with redis.pipeline(transaction=True) as p:  # loaded and refused at once
+        await engine.scripts.load(keys=[k.meta, k.counters, k.users, k.reservations, k.idempotency, k.holds,
+                                        k.rate, k.ratelimit], args=_load_args(campaign), client=p)
+        await engine.scripts.admin(keys=[k.meta], args=["recovering"], client=p)
+        p.sadd(keys.CAMPAIGNS, campaign_id)
+        (code, _), (admin_code, _), _ = await p.execute()
+    if code != 0 or admin_code != 0:
+        raise LedgerError(f"could not reload campaign {campaign_id!r} into Redis (codes {code}, {admin_code})")
+    return campaign, True
+
+
+async def recover(engine: Engine, sink: Sink, campaign_id: str) -> Recovery:
+    """Rebuild a campaign from the ledger; it serves again only if reconcile finds no difference."""
+    redis = engine.redis
+    campaign, reloaded = await refuse(engine, sink, campaign_id)
+    attempts = 0
+    while True:
+        attempts += 1
+        view = await read_view(redis, campaign_id, records=True)
+        ledger = await sink.snapshot(campaign_id)
+        p = plan(campaign, view, ledger)
+        last = ledger.events[-1].entry_id if ledger.events else "0-0"
+        if await _apply(redis, campaign_id, p, view.last_id, last, len(ledger.orders)):
+            break
+        if attempts >= MAX_ATTEMPTS:
+            raise LedgerError(f"campaign {campaign_id!r} kept changing during recovery ({attempts} plans); "
+                              "it stays refused: stop the sweepers and API, then run recover again")
+    report = await reconcile(redis, sink, campaign_id)
+    if report.clean:
+        await engine.set_recovering(campaign_id, False)
+    return Recovery(campaign_id, reloaded, p.orders, len(p.dropped), attempts, report)

@@ -1,0 +1,58 @@
+"""Events and orders as database rows: one column order for both back-ends."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from engine.events import Event
+from engine.ledger.sink import Order, entry_key
+
+EVENT_COLUMNS = ("campaign_id", "entry_ms", "entry_seq", "type", "reservation_id", "product_id",
+                 "user_id", "units", "amount", "at_ms", "storefront", "expires_at_ms", "payment_ref")
+ORDER_COLUMNS = ("reservation_id", "campaign_id", "product_id", "user_id", "units", "amount",
+                 "payment_ref", "confirmed_at")
+
+EventRow = tuple[str, int, int, str, str, str, str, int, int, int, str | None, int | None, str | None]
+
+
+def event_row(e: Event) -> EventRow:
+    ms, seq = entry_key(e.entry_id)
+    return (e.campaign_id, ms, seq, e.type, e.reservation_id, e.product_id, e.user_id, e.units,
+            e.amount, e.at_ms, e.storefront, e.expires_at_ms, e.payment_ref)
+
+
+def event_of_row(r: Sequence[Any]) -> Event:
+    return Event(campaign_id=r[0], entry_id=f"{r[1]}-{r[2]}", type=r[3], reservation_id=r[4],
+                 product_id=r[5], user_id=r[6], units=int(r[7]), amount=int(r[8]), at_ms=int(r[9]),
+                 storefront=r[10], expires_at_ms=None if r[11] is None else int(r[11]),
+                 payment_ref=r[12])
+
+
+def order_row(e: Event, at: Any) -> tuple[Any, ...]:
+    """The ``orders`` row of a confirmed event; ``at`` is confirmed_at in the dialect's type."""
+    return (e.reservation_id, e.campaign_id, e.product_id, e.user_id, e.units, e.amount,
+            e.payment_ref or "", at)
+
+
+def utc(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def ms_of(at: datetime | str) -> int:
+    dt = datetime.fromisoformat(at) if isinstance(at, str) else at
+    return round(dt.timestamp() * 1000)
+
+
+def order_of_row(r: Sequence[Any]) -> Order:
+    return Order(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), r[6], ms_of(r[7]))
+
+
+def by_campaign(events: Iterable[Event]) -> dict[str, list[Event]]:
+    """Events grouped by campaign, each group in the order given, campaigns sorted (lock order)."""
+    groups: dict[str, list[Event]] = defaultdict(list)
+    for e in events:
+        groups[e.campaign_id].append(e)
+    return {cid: groups[cid] for cid in sorted(groups)}

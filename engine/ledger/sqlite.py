@@ -1,0 +1,182 @@
+"""The embedded ledger: SQLite (stdlib ``sqlite3``) in WAL mode with ``synchronous=FULL``.
+
+A commit is on disk when ``write`` returns. sqlite3 blocks, so every call runs on one thread of
+the sink's own (the connection never changes threads). Several writer processes may share the
+file: ``BEGIN IMMEDIATE`` takes the write lock up front, and a lock held longer than
+``BUSY_TIMEOUT_MS`` is reported as ``LedgerUnavailable`` (the writer retries the batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from engine.campaign import ms_to_rfc3339
+from engine.events import Event
+from engine.ledger import schema
+from engine.ledger.rows import (
+    EVENT_COLUMNS,
+    ORDER_COLUMNS,
+    by_campaign,
+    event_of_row,
+    event_row,
+    order_of_row,
+    order_row,
+)
+from engine.ledger.sink import Holder, LedgerSnapshot, LedgerUnavailable, RowRejected
+
+T = TypeVar("T")
+BUSY_TIMEOUT_MS = 5000  # how long a writer waits for another's write lock before retrying
+
+_INSERT_EVENT = (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))}) "
+                 "ON CONFLICT DO NOTHING")
+_INSERT_ORDER = (f"INSERT INTO orders ({', '.join(ORDER_COLUMNS)}) VALUES ({', '.join('?' * len(ORDER_COLUMNS))}) "
+                 "ON CONFLICT DO NOTHING")
+_BUMP = ("INSERT INTO ledger_progress (campaign_id, persisted_orders, persisted_events) VALUES (?, ?, ?) "
+         "ON CONFLICT (campaign_id) DO UPDATE SET "
+         "persisted_orders = persisted_orders + excluded.persisted_orders, "
+         "persisted_events = persisted_events + excluded.persisted_events RETURNING persisted_orders")
+
+
+def path_of(url: str) -> str:
+    """``sqlite:///relative.db`` or ``sqlite:////absolute/path.db`` (the SQLAlchemy convention)."""
+    if not url.startswith("sqlite:///"):
+        raise ValueError(f"not a SQLite URL: {url!r}; use sqlite:///relative.db or sqlite:////abs/path.db")
+    return url[len("sqlite:///"):]
+
+
+class SqliteSink:
+    url_scheme = "sqlite"
+
+    def __init__(self, url: str) -> None:
+        self.path = path_of(url)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            if self._conn is None:
+                self._conn = self._connect()
+            try:
+                return fn(self._conn)
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.rollback()
+                raise
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        except sqlite3.OperationalError as exc:
+            raise LedgerUnavailable(f"SQLite ledger {self.path}: {exc}; retrying") from exc
+        except (sqlite3.IntegrityError, OverflowError, sqlite3.DataError) as exc:
+            raise RowRejected(f"SQLite ledger {self.path} refused a row: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                               check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")  # a commit survives a power cut, not just a crash
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return conn
+
+    async def open(self) -> int:
+        return await self._run(_migrate)
+
+    async def close(self) -> None:
+        def shut(conn: sqlite3.Connection) -> None:
+            conn.close()
+            self._conn = None
+
+        if self._conn is not None:
+            await self._run(shut)
+        self._pool.shutdown(wait=True)
+
+    async def schema_version(self) -> int:
+        return await self._run(lambda c: int(c.execute(schema.CURRENT_VERSION_SQL).fetchone()[0]))
+
+    async def write(self, events: Sequence[Event]) -> dict[str, int]:
+        groups = by_campaign(events)
+        return await self._run(lambda c: _write(c, groups))
+
+    async def save_campaign(self, campaign_id: str, definition: str) -> None:
+        def save(c: sqlite3.Connection) -> None:
+            c.execute("INSERT INTO campaigns (campaign_id, definition) VALUES (?, ?) ON CONFLICT (campaign_id) "
+                      "DO UPDATE SET definition = excluded.definition, "
+                      "updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
+                      "WHERE campaigns.definition <> excluded.definition", (campaign_id, definition))
+
+        await self._run(save)
+
+    async def campaign_definition(self, campaign_id: str) -> str | None:
+        def get(c: sqlite3.Connection) -> str | None:
+            row = c.execute("SELECT definition FROM campaigns WHERE campaign_id = ?", (campaign_id,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._run(get)
+
+    async def progress(self) -> dict[str, int]:
+        def get(c: sqlite3.Connection) -> dict[str, int]:
+            return {r[0]: int(r[1]) for r in c.execute("SELECT campaign_id, persisted_orders FROM ledger_progress")}
+
+        return await self._run(get)
+
+    async def snapshot(self, campaign_id: str) -> LedgerSnapshot:
+        return await self._run(lambda c: _snapshot(c, campaign_id))
+
+    async def last_entry(self, campaign_id: str) -> str | None:
+        def get(c: sqlite3.Connection) -> str | None:
+            row = c.execute("SELECT entry_ms, entry_seq FROM events WHERE campaign_id = ? "
+                            "ORDER BY entry_ms DESC, entry_seq DESC LIMIT 1", (campaign_id,)).fetchone()
+            return None if row is None else f"{row[0]}-{row[1]}"
+
+        return await self._run(get)
+
+    async def holders(self, campaign_id: str) -> list[Holder]:
+        def get(c: sqlite3.Connection) -> list[Holder]:
+            rows = c.execute("SELECT user_id, product_id, SUM(units), SUM(amount) FROM orders WHERE campaign_id = ? "
+                             "GROUP BY user_id, product_id ORDER BY user_id, product_id", (campaign_id,))
+            return [Holder(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
+
+        return await self._run(get)
+
+
+def _migrate(c: sqlite3.Connection) -> int:
+    c.execute("BEGIN IMMEDIATE")  # one migrator at a time; the others wait, then find nothing to do
+    c.execute(schema.VERSION_TABLE["sqlite"])
+    found = int(c.execute(schema.CURRENT_VERSION_SQL).fetchone()[0])
+    todo = schema.pending("sqlite", found)
+    for version, statements in todo:
+        for sql in statements:
+            c.execute(sql)
+        c.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+    c.execute("COMMIT")
+    return todo[-1][0] if todo else found
+
+
+def _write(c: sqlite3.Connection, groups: dict[str, list[Event]]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    c.execute("BEGIN IMMEDIATE")
+    for cid, events in groups.items():
+        new_events = c.executemany(_INSERT_EVENT, [event_row(e) for e in events]).rowcount
+        orders = [order_row(e, ms_to_rfc3339(e.at_ms)) for e in events if e.type == "confirmed"]
+        new_orders = c.executemany(_INSERT_ORDER, orders).rowcount if orders else 0
+        totals[cid] = int(c.execute(_BUMP, (cid, new_orders, new_events)).fetchone()[0])
+    c.execute("COMMIT")
+    return totals
+
+
+def _snapshot(c: sqlite3.Connection, campaign_id: str) -> LedgerSnapshot:
+    c.execute("BEGIN")  # one read transaction: events and orders as of the same commit
+    events = tuple(event_of_row(r) for r in c.execute(
+        f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE campaign_id = ? ORDER BY entry_ms, entry_seq",
+        (campaign_id,)))
+    orders = tuple(order_of_row(r) for r in c.execute(
+        f"SELECT {', '.join(ORDER_COLUMNS)} FROM orders WHERE campaign_id = ?", (campaign_id,)))
+    row = c.execute("SELECT persisted_orders FROM ledger_progress WHERE campaign_id = ?", (campaign_id,)).fetchone()
+    c.execute("COMMIT")
+    return LedgerSnapshot(events, orders, int(row[0]) if row else 0)

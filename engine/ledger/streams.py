@@ -1,0 +1,214 @@
+"""The writer's side of the campaign streams: one consumer group, ``ledger``, on each of them.
+
+An entry read by a writer stays in the group's pending list until that writer acknowledges it,
+which it does only after the batch holding it has committed. Entries a writer took and never
+acknowledged (it died, or the database refused a row) are claimed by any writer once idle longer
+than ``claim_idle_ms``; a writer working on a batch for longer (the database is down and it keeps
+retrying) refreshes its entries' idle time with ``XCLAIM … JUSTID``, which does not count as a
+delivery. An entry delivered ``max_deliveries`` times that is still unacknowledged goes to the
+dead-letter stream ``fs:dead``.
+
+Trimming removes only what every group on a stream has acknowledged: below the oldest pending
+entry and at most up to the last entry delivered (``XTRIM MINID``; never ``MAXLEN ~``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from engine import keys
+from engine.ledger.sink import entry_key
+
+GROUP = "ledger"  # the consumer group every writer joins
+CONSUMER_GC_IDLE_MS = 600_000  # a consumer with nothing pending, silent this long, is removed
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    stream: str
+    campaign_id: str
+    entry_id: str
+    fields: dict[bytes, bytes]
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def next_id(entry_id: str) -> str:
+    ms, seq = entry_key(entry_id)
+    return f"{ms}-{seq + 1}"
+
+
+def is_nogroup(exc: ResponseError) -> bool:
+    return str(exc).startswith("NOGROUP")
+
+
+class Streams:
+    """Consumer-group operations over the streams of the campaigns a writer knows."""
+
+    def __init__(self, redis: aioredis.Redis, consumer: str, *, batch_size: int, claim_idle_ms: int,
+                 max_deliveries: int) -> None:
+        self.redis = redis
+        self.consumer = consumer
+        self.batch_size = batch_size
+        self.claim_idle_ms = claim_idle_ms
+        self.max_deliveries = max_deliveries
+        self.streams: dict[str, str] = {}  # stream key -> campaign id
+
+    async def watch(self, campaign_ids: Iterable[str]) -> list[str]:
+        """Follow exactly these campaigns, creating the group where missing; returns the new ones."""
+        wanted = {keys.CampaignKeys(c).events: c for c in campaign_ids}
+        new = [c for k, c in wanted.items() if k not in self.streams]
+        for key, cid in wanted.items():
+            if key not in self.streams:
+                await self.ensure_group(key)
+            self.streams[key] = cid
+        for key in set(self.streams) - set(wanted):
+            del self.streams[key]
+        return new
+
+    async def ensure_group(self, key: str) -> None:
+        try:
+            await self.redis.xgroup_create(key, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def ensure_all(self) -> None:
+        for key in self.streams:
+            await self.ensure_group(key)
+
+    def _entries(self, key: Any, items: Iterable[Any]) -> tuple[list[Entry], list[str]]:
+        """(entries, ids of entries whose content is gone)."""
+        stream = _text(key)
+        cid = self.streams.get(stream) or keys.campaign_of_stream(stream)
+        out: list[Entry] = []
+        gone: list[str] = []
+        for eid, fields in items:
+            if fields is None:
+                gone.append(_text(eid))
+            else:
+                out.append(Entry(stream, cid, _text(eid), fields))
+        return out, gone
+
+    async def read(self, *, block_ms: int | None, own_pending: bool = False) -> list[Entry]:
+        """New entries (``>``), or this consumer's own pending ones (after a restart under the same name)."""
+        if not self.streams:
+            return []
+        start = "0" if own_pending else ">"
+        resp = await self.redis.xreadgroup(GROUP, self.consumer, dict.fromkeys(self.streams, start),
+                                           count=self.batch_size, block=block_ms)
+        out: list[Entry] = []
+        for key, items in resp or []:
+            entries, gone = self._entries(key, items)
+            out += entries
+            if gone:  # deleted under our feet: nothing left to persist
+                await self.redis.xack(_text(key), GROUP, *gone)
+        return out
+
+    async def claim(self) -> tuple[list[Entry], list[tuple[Entry, int]]]:
+        """Entries idle longer than ``claim_idle_ms``: (to retry, [(to dead-letter, deliveries)])."""
+        retry: list[Entry] = []
+        dead: list[tuple[Entry, int]] = []
+        for key in list(self.streams):
+            stuck = await self.redis.xpending_range(key, GROUP, "-", "+", self.batch_size, idle=self.claim_idle_ms)
+            if not stuck:
+                continue
+            deliveries = {_text(p["message_id"]): int(p["times_delivered"]) for p in stuck}
+            spent = [eid for eid, n in deliveries.items() if n >= self.max_deliveries]
+            if spent:
+                # XCLAIM moves only entries still idle: two writers never dead-letter the same one
+                claimed = await self.redis.xclaim(key, GROUP, self.consumer, self.claim_idle_ms, cast("Any", spent))
+                entries, _ = self._entries(key, claimed)
+                dead += [(e, deliveries[e.entry_id]) for e in entries]
+            resp = await self.redis.xautoclaim(key, GROUP, self.consumer, self.claim_idle_ms, "0-0",
+                                               count=self.batch_size)
+            entries, gone = self._entries(key, resp[1])
+            retry += entries
+            if gone:
+                await self.redis.xack(key, GROUP, *gone)
+        return retry, dead
+
+    async def ack(self, entries: Iterable[Entry]) -> None:
+        by_stream: dict[str, list[str]] = defaultdict(list)
+        for e in entries:
+            by_stream[e.stream].append(e.entry_id)
+        if not by_stream:
+            return
+        async with self.redis.pipeline(transaction=False) as p:
+            for stream, ids in by_stream.items():
+                p.xack(stream, GROUP, *ids)
+            await p.execute()
+
+    async def touch(self, entries: Iterable[Entry]) -> None:
+        """Reset the idle time of entries this writer is still working on (no delivery counted)."""
+        by_stream: dict[str, list[str]] = defaultdict(list)
+        for e in entries:
+            by_stream[e.stream].append(e.entry_id)
+        for stream, ids in by_stream.items():
+            await self.redis.xclaim(stream, GROUP, self.consumer, 0, cast("Any", ids), justid=True)
+
+    async def dead_letter(self, entry: Entry, reason: str, deliveries: int) -> None:
+        """Park an entry in ``fs:dead`` and acknowledge it, in one MULTI (the original fields as ``f.*``)."""
+        fields: dict[str | bytes, str | bytes | int] = {
+            "campaign": entry.campaign_id, "stream": entry.stream, "id": entry.entry_id,
+            "reason": reason[:1000], "deliveries": deliveries, "consumer": self.consumer,
+        }
+        for k, v in entry.fields.items():
+            fields[b"f." + k] = v
+        async with self.redis.pipeline(transaction=True) as p:
+            p.xadd(keys.DEAD_LETTERS, cast("Any", fields))
+            p.xack(entry.stream, GROUP, entry.entry_id)
+            p.hincrby(keys.CampaignKeys(entry.campaign_id).ledger, "dead_letters", 1)
+            await p.execute()
+
+    async def idle(self) -> bool:
+        """Nothing pending in any stream (with a read of ``>`` that came back empty: all drained)."""
+        for key in self.streams:
+            if await self.pending(key):
+                return False
+        return True
+
+    async def pending(self, key: str) -> int:
+        summary = await self.redis.xpending(key, GROUP)
+        return int(summary["pending"])
+
+    async def trim(self) -> int:
+        """Trim each stream below what every group has acknowledged; returns the entries removed."""
+        removed = 0
+        for key in list(self.streams):
+            floor = await acked_floor(self.redis, key)
+            if floor is not None:
+                removed += int(await self.redis.xtrim(key, minid=floor, approximate=False))
+        return removed
+
+    async def forget_dead_consumers(self) -> None:
+        for key in list(self.streams):
+            for c in await self.redis.xinfo_consumers(key, GROUP):
+                name = _text(c["name"])
+                if name != self.consumer and int(c["pending"]) == 0 and int(c["idle"]) > CONSUMER_GC_IDLE_MS:
+                    await self.redis.xgroup_delconsumer(key, GROUP, name)
+
+
+async def acked_floor(redis: aioredis.Redis, key: str) -> str | None:
+    """The lowest entry id some group on ``key`` still needs (None: no group, trim nothing)."""
+    try:
+        groups = await cast("Awaitable[list[dict[str, Any]]]", redis.xinfo_groups(key))
+    except ResponseError:
+        return None  # no such stream
+    floor: tuple[int, int] | None = None
+    for g in groups:
+        # last-delivered-id only grows: read before XPENDING, it is never past what is needed
+        need = entry_key(next_id(_text(g["last-delivered-id"])))
+        first = (await redis.xpending(key, g["name"]))["min"] if int(g["pending"]) else None
+        if first is not None:
+            need = min(need, entry_key(_text(first)))
+        floor = need if floor is None or need < floor else floor
+    return None if floor is None else f"{floor[0]}-{floor[1]}"

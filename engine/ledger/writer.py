@@ -1,0 +1,340 @@
+"""The durable writer: every campaign's stream into the ledger, each entry exactly once.
+
+    writer = Writer(redis, sink, WriterSettings(consumer="w1"))
+    await writer.run()        # until stop() (SIGTERM), or, with burst=True, until drained
+
+One loop: read a batch (new entries, or entries other writers left pending), decode it, commit
+it in one transaction, then acknowledge it and publish the campaign's ``persisted_orders``. A
+crash between commit and acknowledgement redelivers the batch; the sink skips what it holds.
+
+- The database away: the same batch is retried with backoff, nothing is acknowledged, nothing
+  more is read; a background task keeps the batch's entries from looking abandoned.
+- A row the database refuses: the batch is split until the culprit stands alone; the rest is
+  committed and the culprit stays pending, to be retried until it has been delivered
+  ``max_deliveries`` times, then dead-lettered. An entry that is not an event at all is
+  dead-lettered at once: no retry could decode it.
+- ``stop()``: no more reads; the batch in flight finishes (or, if the database is away, is left
+  pending for the next writer); ``run`` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from engine import keys
+from engine.events import Event, MalformedEvent, decode
+from engine.ledger.health import WRITERS, liveness_key, progress_script
+from engine.ledger.sink import LedgerUnavailable, RowRejected, Sink
+from engine.ledger.streams import Entry, Streams, is_nogroup
+
+log = logging.getLogger("flashsale.writer")
+T = TypeVar("T")
+
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 5.0
+LOG_EVERY_S = 5.0  # repeated warnings (database down, Redis away) at most this often
+
+
+def default_consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class WriterSettings:
+    consumer: str = field(default_factory=default_consumer)
+    batch_size: int = 500  # entries read per stream per call
+    block_ms: int = 1000  # how long a read waits for new entries
+    claim_idle_ms: int = 5000  # an entry unacknowledged this long is claimed by another writer
+    max_deliveries: int = 5  # then it is dead-lettered
+    refresh_s: float = 2.0  # how often the list of campaigns is re-read
+    trim_interval_s: float = 5.0
+    heartbeat_s: float = 1.0  # liveness key, and idle-time refresh of the batch in flight
+    burst: bool = False  # drain everything, then return
+
+
+@dataclass(slots=True)
+class WriterStats:
+    batches: int = 0
+    events: int = 0  # events committed (first time or again)
+    dead_letters: int = 0
+    db_retries: int = 0
+    trimmed: int = 0
+    persisted: dict[str, int] = field(default_factory=dict)  # campaign -> persisted_orders
+
+
+class Backoff:
+    def __init__(self) -> None:
+        self.delay = BACKOFF_MIN_S
+
+    def next(self) -> float:
+        d = self.delay * random.uniform(0.5, 1.0)
+        self.delay = min(self.delay * 2, BACKOFF_MAX_S)
+        return d
+
+
+class Writer:
+    def __init__(self, redis: aioredis.Redis, sink: Sink, settings: WriterSettings | None = None) -> None:
+        self.redis = redis
+        self.sink = sink
+        self.settings = s = settings or WriterSettings()
+        self.streams = Streams(redis, s.consumer, batch_size=s.batch_size, claim_idle_ms=s.claim_idle_ms,
+                               max_deliveries=s.max_deliveries)
+        self.stats = WriterStats()
+        self.database_ok = True
+        self._progress = progress_script(redis)
+        self._stopping = asyncio.Event()
+        self._inflight: list[Entry] = []
+        self._definitions: dict[str, bytes] = {}
+        self._due: dict[str, float] = {}
+        self._last_log: dict[str, float] = {}
+        self._started = time.time()
+
+    def stop(self) -> None:
+        """Stop reading; the batch in flight finishes; ``run`` returns."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> WriterStats:
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            await self._redis(self._refresh)
+            await self._redis(self._publish_all)
+            await self._drain_own_pending()
+            while not self.stopping:
+                entries = await self._redis(self._next_batch)
+                if entries:
+                    await self._process(entries)
+                elif self.settings.burst and await self._redis(self._drained):
+                    break
+            await self._redis(self._trim)
+            return self.stats
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            with contextlib.suppress(RedisError, OSError):
+                await self._farewell()
+            log.info("writer %s stopped: %s", self.settings.consumer, self.stats)
+
+    async def _drain_own_pending(self) -> None:
+        """Entries this consumer name took before a restart: no need to wait for them to idle."""
+        while not self.stopping:
+            entries = await self._redis(lambda: self.streams.read(block_ms=None, own_pending=True))
+            if not entries:
+                return
+            await self._process(entries)
+
+    async def _next_batch(self) -> list[Entry]:
+        await self._periodic("refresh", self.settings.refresh_s, self._refresh)
+        await self._periodic("trim", self.settings.trim_interval_s, self._trim)
+        if self._tick("claim", max(self.settings.claim_idle_ms / 2000, 0.05)):
+            retry, spent = await self.streams.claim()
+            for entry, deliveries in spent:
+                await self._dead_letter(entry, f"delivered {deliveries} times without being persisted", deliveries)
+            if retry:
+                return retry
+        if not self.streams.streams:
+            await self._sleep(self.settings.block_ms / 1000)
+            return []
+        block = None if self.settings.burst else self.settings.block_ms
+        entries = await self.streams.read(block_ms=block)
+        if not entries and self.settings.burst:
+            await self._sleep(0.02)  # waiting for other writers' pending entries to be claimable
+        return entries
+
+    async def _drained(self) -> bool:
+        """After a read came back empty: no campaign appeared since, and nothing is pending."""
+        before = set(self.streams.streams)
+        await self._refresh()
+        return set(self.streams.streams) <= before and await self.streams.idle()
+
+    async def _process(self, entries: list[Entry]) -> None:
+        good: list[tuple[Entry, Event]] = []
+        for entry in entries:
+            try:
+                good.append((entry, decode(entry.campaign_id, entry.entry_id, entry.fields)))
+            except MalformedEvent as exc:
+                await self._dead_letter(entry, f"malformed: {exc}", 1)
+        if not good:
+            return
+        self._inflight = [e for e, _ in good]
+        try:
+            done, totals = await self._persist(good)
+        finally:
+            self._inflight = []
+        if done:
+            # if Redis stays away until we stop, the batch is redelivered later and skipped by the sink
+            await self._redis(lambda: self.streams.ack(done))
+            self.stats.batches += 1
+            self.stats.events += len(done)
+            await self._redis(lambda: self._publish(totals))
+
+    # -- the database ------------------------------------------------------------------------
+
+    async def _persist(self, batch: list[tuple[Entry, Event]]) -> tuple[list[Entry], dict[str, int]]:
+        """Commit what can be committed: (entries stored, campaign -> persisted_orders)."""
+        try:
+            totals = await self._commit([ev for _, ev in batch])
+        except RowRejected as exc:
+            if len(batch) == 1:
+                entry = batch[0][0]
+                log.error("ledger refused entry %s of %s (left pending, retried until dead-lettered): %s",
+                          entry.entry_id, entry.stream, exc)
+                return [], {}
+            half = len(batch) // 2
+            done_a, totals_a = await self._persist(batch[:half])
+            done_b, totals_b = await self._persist(batch[half:])
+            return done_a + done_b, {**totals_a, **totals_b}
+        if totals is None:
+            return [], {}
+        return [e for e, _ in batch], totals
+
+    async def _commit(self, events: Sequence[Event]) -> dict[str, int] | None:
+        """Write with retries while the database is away; None if stopped before it came back."""
+        backoff = Backoff()
+        while True:
+            try:
+                totals = await self.sink.write(events)
+            except LedgerUnavailable as exc:
+                self.database_ok = False
+                self.stats.db_retries += 1
+                self._warn("db", f"ledger unavailable, retrying the batch of {len(events)}: {exc}")
+                if self.stopping:
+                    log.warning("stopping with %d entries not persisted; they stay pending for another writer",
+                                len(events))
+                    return None
+                await self._sleep(backoff.next())
+                continue
+            if not self.database_ok:
+                log.warning("ledger available again")
+            self.database_ok = True
+            return totals
+
+    # -- Redis -------------------------------------------------------------------------------
+
+    async def _redis(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run a Redis step, riding out outages with backoff (NOGROUP: the groups are re-made).
+        Once stopping, an outage abandons the step (returns an empty list): every step is safe to
+        leave undone, since unacknowledged entries are redelivered and the sink skips duplicates."""
+        backoff = Backoff()
+        while True:
+            try:
+                return await fn()
+            except ResponseError as exc:
+                if not is_nogroup(exc):
+                    raise
+                log.warning("consumer group missing (Redis lost its data?); re-creating: %s", exc)
+                await self._refresh()
+                await self.streams.ensure_all()
+            except (RedisError, OSError) as exc:
+                self._warn("redis", f"Redis unavailable, retrying: {exc.__class__.__name__}: {exc}")
+                if self.stopping:
+                    return cast("T", [])
+                await asyncio.sleep(backoff.next())
+
+    async def _refresh(self) -> None:
+        """Follow every campaign in ``fs:campaigns``; keep each definition in the ledger."""
+        raw = await cast("Awaitable[set[bytes]]", self.redis.smembers(keys.CAMPAIGNS))
+        cids = sorted(c.decode() for c in raw)
+        new = await self.streams.watch(cids)
+        if new:
+            log.info("following campaigns %s", ", ".join(new))
+        for cid in cids:
+            definition = await cast("Awaitable[bytes | None]", self.redis.hget(keys.CampaignKeys(cid).meta, "def"))
+            if definition is not None and self._definitions.get(cid) != definition:
+                try:
+                    await self.sink.save_campaign(cid, definition.decode())
+                    self._definitions[cid] = definition
+                except LedgerUnavailable as exc:
+                    self._warn("db", f"could not save the definition of {cid}, will retry: {exc}")
+
+    async def _publish(self, totals: dict[str, int]) -> None:
+        for cid, n in totals.items():
+            await self._progress(keys=[keys.CampaignKeys(cid).ledger], args=[n])
+            self.stats.persisted[cid] = n
+
+    async def _publish_all(self) -> None:
+        try:
+            await self._publish(await self.sink.progress())
+        except LedgerUnavailable as exc:
+            self._warn("db", f"could not read the ledger's progress: {exc}")
+
+    async def _trim(self) -> None:
+        self.stats.trimmed += await self.streams.trim()
+        await self.streams.forget_dead_consumers()
+
+    async def _dead_letter(self, entry: Entry, reason: str, deliveries: int) -> None:
+        await self._redis(lambda: self.streams.dead_letter(entry, reason, deliveries))
+        self.stats.dead_letters += 1
+        log.error("dead letter: entry %s of %s -> %s (%s)", entry.entry_id, entry.stream, keys.DEAD_LETTERS, reason)
+
+    async def _heartbeat(self) -> None:
+        """Liveness, and the batch in flight kept from looking abandoned while it is retried."""
+        while True:
+            try:
+                if self._inflight:
+                    await self.streams.touch(self._inflight)
+                await self._announce()
+            except (RedisError, OSError) as exc:
+                self._warn("redis", f"heartbeat failed: {exc}")
+            await asyncio.sleep(self.settings.heartbeat_s)
+
+    async def _announce(self) -> None:
+        s = self.stats
+        figures = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": int(self._started * 1000),
+                   "batches": s.batches, "events": s.events, "dead_letters": s.dead_letters,
+                   "db_retries": s.db_retries, "database_ok": self.database_ok,
+                   "campaigns": len(self.streams.streams)}
+        name = self.settings.consumer
+        async with self.redis.pipeline(transaction=False) as p:
+            p.set(liveness_key(name), orjson.dumps(figures), px=int(self.settings.heartbeat_s * 5000))
+            p.sadd(WRITERS, name)
+            await p.execute()
+
+    async def _farewell(self) -> None:
+        async with self.redis.pipeline(transaction=False) as p:
+            p.delete(liveness_key(self.settings.consumer))
+            p.srem(WRITERS, self.settings.consumer)
+            await p.execute()
+
+    # -- small helpers -------------------------------------------------------------------------
+
+    def _tick(self, name: str, every_s: float) -> bool:
+        now = time.monotonic()
+        if now >= self._due.get(name, 0.0):
+            self._due[name] = now + every_s
+            return True
+        return False
+
+    async def _periodic(self, name: str, every_s: float, fn: Callable[[], Awaitable[Any]]) -> None:
+        if self._tick(name, every_s):
+            await fn()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once on stop()."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    def _warn(self, topic: str, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_log.get(topic, -LOG_EVERY_S) >= LOG_EVERY_S:
+            self._last_log[topic] = now
+            log.warning(message)
