@@ -6,6 +6,9 @@ read each worker's own file and check a scrape of either worker sums them exactl
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from tests.ops.conftest import API_OTHER as OTHER
 from tests.ops.conftest import fresh_get
 from tests.ops.promtext import Samples
 from tests.ops.sale import EXPECTED
-from tests.support.processes import ApiServer, admin_headers
+from tests.support.processes import ADMIN_TOKEN, FLASHSALE, ApiServer, admin_headers
 
 
 def _worker_requests(prom: Path) -> dict[str, float]:
@@ -113,3 +116,18 @@ def test_dashboard_page_and_assets_are_served_without_any_cdn(served: tuple[ApiS
         assert res.status_code == 200, asset
     assert "MIT License" in fresh_get(f"{server.url}/dashboard/static/uPlot.LICENSE").text
     assert fresh_get(f"{server.url}/dashboard/static/../../api/app.py").status_code == 404
+
+
+def test_stats_command_reads_a_running_api(served: tuple[ApiServer, Path]) -> None:
+    server, _ = served
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSALE_")}
+    run = [FLASHSALE, "stats", CID, "--url", server.url, "--json"]
+    out = subprocess.run([*run, "--token", ADMIN_TOKEN], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout)
+    expected = fresh_get(f"{server.url}/v1/campaigns/{CID}/stats", headers=admin_headers()).json()
+    assert {k: v for k, v in body.items() if k not in ("as_of", "projected_sellout_at")} == {
+        k: v for k, v in expected.items() if k not in ("as_of", "projected_sellout_at")}
+    refused = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1
+    assert "--token" in refused.stderr and "Traceback" not in refused.stderr
