@@ -14,6 +14,7 @@ from typing import Any
 from redis.commands.core import AsyncScript
 
 from engine.core.batcher import Batcher
+from engine.core.scripts import run
 from engine.core.wire import Arg, Wire, encode
 
 
@@ -46,10 +47,10 @@ class BatchedScript:
         wire = self.wire
         if wire is None:
             async def call(argv: list[Arg]) -> Sequence[Any]:
-                result: Sequence[Any] = await script(keys=keys, args=argv)
+                result: Sequence[Any] = await run(script, keys, argv)
                 return result
         else:
-            text = script.script if isinstance(script.script, str) else bytes(script.script).decode()
+            text = encode([script.script if isinstance(script.script, str) else bytes(script.script)])[0]
             head = encode([script.sha, len(keys), *keys])
 
             async def call(argv: list[Arg]) -> Sequence[Any]:

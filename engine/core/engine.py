@@ -28,7 +28,7 @@ from engine.core.calls import BatchedScript
 from engine.core.redis_client import connect
 from engine.core.requests import ReserveRequest, check_payment_ref, check_reserve, new_reservation_id
 from engine.core.results import CampaignView, Counters, Holdings, Outcome, ProductHolding, Reservation
-from engine.core.scripts import Scripts
+from engine.core.scripts import Scripts, run
 from engine.core.wire import Wire
 from engine.errors import NotFound, StorageUnavailable, rejection
 from engine.settings import Settings
@@ -122,9 +122,8 @@ class Engine:
         for p in campaign.products:
             argv += [p.id, p.total_units, p.user_cap_units or 0]
         async with _storage("loading a campaign"):
-            code, detail = await self.scripts.load(
-                keys=[k.meta, k.counters, k.users, k.reservations, k.idempotency, k.holds, k.rate,
-                      k.ratelimit], args=argv)
+            code, detail = await run(self.scripts.load, [k.meta, k.counters, k.users, k.reservations,
+                                                         k.idempotency, k.holds, k.rate, k.ratelimit], argv)
             if code != 0:
                 raise rejection(code, _text(detail), campaign.id)
             await cast("Awaitable[int]", self.redis.sadd(keys.CAMPAIGNS, campaign.id))
@@ -152,7 +151,7 @@ class Engine:
 
     async def _admin(self, campaign_id: str, action: str) -> str:
         async with _storage(f"{action} of a campaign"):
-            code, flag = await self.scripts.admin(keys=[keys.CampaignKeys(campaign_id).meta], args=[action])
+            code, flag = await run(self.scripts.admin, [keys.CampaignKeys(campaign_id).meta], [action])
         if code != 0:
             raise rejection(code, _text(flag), campaign_id)
         return _text(flag)
@@ -190,7 +189,7 @@ class Engine:
         argv: list[Any] = [1, new_reservation_id(), req.storefront, req.idempotency_key, req.user_id,
                            req.product_id, req.units]
         async with _storage("a reservation"):
-            reply = await self.scripts.reserve(keys=_reserve_keys(campaign_id), args=argv)
+            reply = await run(self.scripts.reserve, _reserve_keys(campaign_id), argv)
         return _outcome(campaign_id, reply, campaign_id)
 
     async def confirm(self, campaign_id: str, reservation_id: str, payment_ref: str) -> Outcome:
@@ -213,7 +212,7 @@ class Engine:
     async def expire_due(self, campaign_id: str, limit: int = 1000) -> tuple[int, bool]:
         """Expire holds past their deadline; returns (expired, more are waiting)."""
         async with _storage("expiring holds"):
-            expired, more = await self.scripts.expire(keys=_transition_keys(campaign_id), args=[limit])
+            expired, more = await run(self.scripts.expire, _transition_keys(campaign_id), [limit])
         return int(expired), bool(more)
 
     async def reservation(self, campaign_id: str, reservation_id: str) -> Reservation:

@@ -2,18 +2,22 @@
 
 A script may say ``-- @include NAME`` on a line of its own; the line is replaced by
 ``engine/lua/includes/NAME.lua`` (the bullmq convention), so helpers shared by several
-scripts stand in one file. Registered scripts run by EVALSHA and reload on NOSCRIPT.
+scripts stand in one file. Registered scripts run by EVALSHA; on NOSCRIPT the same call goes
+as EVAL (``run``), which cannot meet NOSCRIPT again and caches the script for the next call.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 SCRIPT_NAMES = ("reserve", "confirm", "cancel", "expire", "load", "admin")
 _INCLUDE = re.compile(r"^-- @include (\w+)$", re.MULTILINE)
@@ -49,3 +53,14 @@ class Scripts:
     async def loaded(self, client: aioredis.Redis) -> bool:
         shas = [getattr(self, name).sha for name in SCRIPT_NAMES]
         return all(await client.script_exists(*shas))
+
+
+async def run(script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    """EVALSHA of a registered script; EVAL on NOSCRIPT (redis-py's own retry does SCRIPT LOAD
+    then EVALSHA, which a SCRIPT FLUSH in between defeats)."""
+    client = script.registered_client
+    try:
+        return await cast("Awaitable[Any]", client.evalsha(script.sha, len(keys), *keys, *args))
+    except NoScriptError:  # the call did not run: repeating it is safe
+        text = script.script if isinstance(script.script, str) else bytes(script.script).decode()
+        return await cast("Awaitable[Any]", client.eval(text, len(keys), *keys, *args))

@@ -183,16 +183,16 @@ class Wire:
                 proto.transport.abort()
             raise RedisTimeout(f"Redis did not answer within {self.timeout_s}s") from exc
 
-    async def evalsha(self, script: str, head: list[bytes], args: list[bytes]) -> Any:
-        """EVALSHA with ``head`` (sha, numkeys, keys; encoded) and ``args``; on NOSCRIPT, SCRIPT
-        LOAD ``script`` and call again (NOSCRIPT means it did not run: the retry is safe)."""
+    async def evalsha(self, script: bytes, head: list[bytes], args: list[bytes]) -> Any:
+        """EVALSHA with ``head`` (sha, numkeys, keys; RESP-encoded) and ``args``. On NOSCRIPT (the
+        call did not run, so repeating it is safe) the same call goes as EVAL of ``script`` (its
+        RESP bulk string), which also caches it: no SCRIPT LOAD that a concurrent SCRIPT FLUSH
+        could undo before the retry."""
         n = len(head) + len(args) + 1
-        payload = [b"*%d\r\n$7\r\nEVALSHA\r\n" % n, *head, *args]
         try:
-            return await self.call(payload)
+            return await self.call([b"*%d\r\n$7\r\nEVALSHA\r\n" % n, *head, *args])
         except NoScriptError:
-            await self.call(command("SCRIPT", "LOAD", script))
-            return await self.call(payload)
+            return await self.call([b"*%d\r\n$4\r\nEVAL\r\n" % n, script, *head[1:], *args])
 
     def close(self) -> None:
         if self._proto is not None and self._proto.transport is not None:
