@@ -95,11 +95,13 @@ def _schemas() -> dict[str, Any]:
             "properties": view_props},
         "ReserveRequest": {
             "type": "object", "additionalProperties": False, "required": list(v.RESERVE_FIELDS),
+            "example": {"user_id": "u-1024", "product_id": "tiny-times-3", "units": 3},
             "properties": {"user_id": _id("the buyer, as the storefront knows them"),
                            "product_id": _id("a product of the campaign"),
                            "units": _int(1, v.MAX_UNITS_PER_REQUEST)}},
         "ConfirmRequest": {
             "type": "object", "additionalProperties": False, "required": list(v.CONFIRM_FIELDS),
+            "example": {"payment_ref": "alipay-2014032610000001"},
             "properties": {"payment_ref": {"type": "string", "minLength": 1, "maxLength": v.MAX_PAYMENT_REF,
                                            "pattern": v.PAYMENT_REF_REGEX,
                                            "description": "the payment provider's reference (printable ASCII)"}}},
