@@ -8,49 +8,27 @@ turns a snapshot into metric families for ``prometheus_client``.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from engine.core import Counters, Engine
-from engine.errors import FlashsaleError, NotFound
+from engine.core import Engine
+from engine.errors import StorageUnavailable
+from engine.ops.overview import CampaignOverview, Overview, overview
 from engine.ops.stats import RATE_WINDOW_S, projected_sellout_ms, stats_from_counters
-from engine.ops.streams import StreamState, WriterState, writer_state
 
 STATES = ("scheduled", "open", "paused", "closed")
 _C = ("campaign",)
 _P = ("campaign", "product")
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Everything the collector reports; ``redis_up`` False means Redis did not answer."""
-
-    redis_up: bool
-    campaigns: tuple[tuple[Counters, StreamState | None], ...] = ()
-    dead_letters: int = 0
-
-
-async def _counters(engine: Engine, campaign_id: str) -> Counters | None:
+async def snapshot(engine: Engine) -> Overview | None:
+    """Everything the collector reports, or None when Redis did not answer."""
     try:
-        return await engine.counters(campaign_id)
-    except NotFound:  # removed between listing and reading
+        return await overview(engine)
+    except StorageUnavailable:
         return None
-
-
-async def snapshot(engine: Engine) -> Snapshot:
-    """Read every campaign's counters and the writer's streams (a few round trips, no scans)."""
-    try:
-        ids = await engine.campaign_ids()
-        read = await asyncio.gather(*(_counters(engine, cid) for cid in ids))
-        writer: WriterState = await writer_state(engine.redis, ids)
-    except FlashsaleError:
-        return Snapshot(redis_up=False)
-    pairs = tuple((c, writer.streams.get(c.view.campaign.id)) for c in read if c is not None)
-    return Snapshot(True, pairs, writer.dead_letters)
 
 
 def _gauge(name: str, doc: str, labels: tuple[str, ...] = _C) -> GaugeMetricFamily:
@@ -61,58 +39,37 @@ def _counter(name: str, doc: str, labels: tuple[str, ...] = _C) -> CounterMetric
     return CounterMetricFamily(name, doc, labels=list(labels))
 
 
-class SnapshotCollector:
-    """A one-shot collector over a ``Snapshot`` (registered in a per-scrape registry)."""
-
-    def __init__(self, snap: Snapshot) -> None:
-        self.snap = snap
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        up = _gauge("flashsale_redis_up", "1 when Redis answered this scrape, else 0", ())
-        up.add_metric([], 1.0 if self.snap.redis_up else 0.0)
-        yield up
-        if not self.snap.redis_up:
-            return
-        yield from self._campaigns()
-        dead = _gauge("flashsale_writer_dead_letters", "Stream entries the writer gave up on (fs:dead)", ())
-        dead.add_metric([], float(self.snap.dead_letters))
-        yield dead
-
-    def _campaigns(self) -> Iterator[Metric]:
-        f: dict[str, Any] = {
-            "capacity": _gauge("flashsale_campaign_capacity_units", "Units in the tranche"),
-            "sold": _counter("flashsale_campaign_sold_units", "Units in confirmed orders"),
-            "held": _gauge("flashsale_campaign_held_units", "Units in unpaid holds"),
-            "remaining": _gauge("flashsale_campaign_remaining_units", "Units still available"),
-            "ratio": _gauge("flashsale_campaign_sell_through_ratio", "Sold units over the tranche, 0..1"),
-            "orders": _counter("flashsale_campaign_orders", "Confirmed orders"),
-            "buyers": _gauge("flashsale_campaign_buyers", "Users with at least one confirmed order"),
-            "rate": _gauge("flashsale_campaign_take_rate_units_per_second",
-                           "Units reserved per second, averaged over the last minute"),
-            "sellout": _gauge("flashsale_campaign_projected_sellout_timestamp_seconds",
-                              "When the tranche runs out at the last minute's rate (absent without a rate)"),
-            "state": _gauge("flashsale_campaign_state", "1 for the campaign's current state", ("campaign", "state")),
-            "rejections": _counter("flashsale_campaign_rejections", "Reserve attempts refused, by public code",
-                                   ("campaign", "code")),
-            "p_capacity": _gauge("flashsale_product_capacity_units", "Units allotted to the product", _P),
-            "p_sold": _counter("flashsale_product_sold_units", "Units of the product in confirmed orders", _P),
-            "p_held": _gauge("flashsale_product_held_units", "Units of the product in unpaid holds", _P),
-            "p_remaining": _gauge("flashsale_product_remaining_units", "Units of the product still available", _P),
-            "persisted": _counter("flashsale_ledger_persisted_orders", "Orders the writer has made durable"),
-            "lag": _gauge("flashsale_ledger_lag_orders", "Confirmed orders not yet in the durable ledger"),
-            "length": _gauge("flashsale_writer_stream_entries", "Entries in the campaign's events stream"),
-            "unread": _gauge("flashsale_writer_lag_entries", "Stream entries the writer has not read yet"),
-            "pending": _gauge("flashsale_writer_pending_entries", "Stream entries read but not acknowledged"),
-        }
-        for counters, stream in self.snap.campaigns:
-            _add_campaign(f, counters, stream)
-        yield from f.values()
+def _families() -> dict[str, Any]:
+    return {
+        "capacity": _gauge("flashsale_campaign_capacity_units", "Units in the tranche"),
+        "sold": _counter("flashsale_campaign_sold_units", "Units in confirmed orders"),
+        "held": _gauge("flashsale_campaign_held_units", "Units in unpaid holds"),
+        "remaining": _gauge("flashsale_campaign_remaining_units", "Units still available"),
+        "ratio": _gauge("flashsale_campaign_sell_through_ratio", "Sold units over the tranche, 0..1"),
+        "orders": _counter("flashsale_campaign_orders", "Confirmed orders"),
+        "buyers": _gauge("flashsale_campaign_buyers", "Users with at least one confirmed order"),
+        "rate": _gauge("flashsale_campaign_take_rate_units_per_second",
+                       "Units reserved per second, averaged over the last minute"),
+        "sellout": _gauge("flashsale_campaign_projected_sellout_timestamp_seconds",
+                          "When the tranche runs out at the last minute's rate (absent without a rate)"),
+        "state": _gauge("flashsale_campaign_state", "1 for the campaign's current state", ("campaign", "state")),
+        "rejections": _counter("flashsale_campaign_rejections", "Reserve attempts refused, by public code",
+                               ("campaign", "code")),
+        "p_capacity": _gauge("flashsale_product_capacity_units", "Units allotted to the product", _P),
+        "p_sold": _counter("flashsale_product_sold_units", "Units of the product in confirmed orders", _P),
+        "p_held": _gauge("flashsale_product_held_units", "Units of the product in unpaid holds", _P),
+        "p_remaining": _gauge("flashsale_product_remaining_units", "Units of the product still available", _P),
+        "persisted": _counter("flashsale_ledger_persisted_orders", "Orders the writer has made durable"),
+        "lag": _gauge("flashsale_ledger_lag_orders", "Confirmed orders not yet in the durable ledger"),
+        "c_dead": _gauge("flashsale_ledger_dead_letters", "The campaign's stream entries the writer gave up on"),
+        "length": _gauge("flashsale_writer_stream_entries", "Entries in the campaign's events stream"),
+        "undelivered": _gauge("flashsale_writer_undelivered_entries", "Stream entries no writer has read yet"),
+        "pending": _gauge("flashsale_writer_pending_entries", "Stream entries read but not acknowledged yet"),
+    }
 
 
-def _add_campaign(f: dict[str, Any], c: Counters, stream: StreamState | None) -> None:
+def _add_campaign(f: dict[str, Any], co: CampaignOverview) -> None:
+    c, ledger = co.counters, co.ledger
     s = stats_from_counters(c)
     cid = s["campaign_id"]
     for key, field in (("capacity", "total_units"), ("sold", "sold_units"), ("held", "held_units"),
@@ -136,7 +93,35 @@ def _add_campaign(f: dict[str, Any], c: Counters, stream: StreamState | None) ->
         f["p_remaining"].add_metric([cid, pid], float(p["remaining_units"]))
     f["persisted"].add_metric([cid], float(s["ledger"]["persisted_orders"]))
     f["lag"].add_metric([cid], float(s["ledger"]["lag_orders"]))
-    if stream is not None:
-        f["length"].add_metric([cid], float(stream.length))
-        f["unread"].add_metric([cid], float(stream.lag))
-        f["pending"].add_metric([cid], float(stream.pending))
+    f["c_dead"].add_metric([cid], float(ledger.dead_letters))
+    f["length"].add_metric([cid], float(ledger.stream_length))
+    if ledger.undelivered is not None:  # Redis cannot always tell (after deletions)
+        f["undelivered"].add_metric([cid], float(ledger.undelivered))
+    f["pending"].add_metric([cid], float(ledger.pending))
+
+
+class SnapshotCollector:
+    """A one-shot collector over a snapshot (registered in a per-scrape registry)."""
+
+    def __init__(self, snap: Overview | None) -> None:
+        self.snap = snap
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        up = _gauge("flashsale_redis_up", "1 when Redis answered this scrape, else 0", ())
+        up.add_metric([], 0.0 if self.snap is None else 1.0)
+        yield up
+        if self.snap is None:
+            return
+        f = _families()
+        for co in self.snap.campaigns:
+            _add_campaign(f, co)
+        yield from f.values()
+        dead = _gauge("flashsale_writer_dead_letters", "Entries in the dead-letter stream (fs:dead)", ())
+        dead.add_metric([], float(self.snap.dead_letters))
+        yield dead
+        alive = _gauge("flashsale_writers_alive", "Ledger writers alive (liveness key not expired)", ())
+        alive.add_metric([], float(self.snap.writers_alive))
+        yield alive

@@ -16,7 +16,7 @@ and only the expiry is observed. Calling ``instrument`` twice on one engine chan
 from __future__ import annotations
 
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import wraps
 from time import perf_counter
 from typing import Any
@@ -28,22 +28,33 @@ from engine.ops import metrics
 _done: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
-def _batch_size(args: list[bytes]) -> int:
-    """The request count a batched script gets first in ARGV (RESP-encoded: ``$2\\r\\n64\\r\\n``)."""
+def _value(arg: Any) -> bytes:
+    """One argument as the wire got it: RESP-encoded (``$2\\r\\n64\\r\\n``) or plain."""
+    b = arg.encode() if isinstance(arg, str) else bytes(arg)
+    if b.startswith(b"$"):
+        parts = b.split(b"\r\n", 2)
+        if len(parts) == 3:
+            return parts[1]
+    return b
+
+
+def _batch_size(args: Sequence[Any]) -> int:
+    """The request count a batched script gets first in ARGV."""
     try:
-        return int(args[0].split(b"\r\n", 2)[1])
+        return int(_value(args[0]))
     except (IndexError, ValueError):
         return 1
 
 
-def _timed_evalsha(evalsha: Callable[..., Awaitable[Any]], names: dict[str, str]) -> Callable[..., Awaitable[Any]]:
+def _timed_evalsha(evalsha: Callable[..., Awaitable[Any]], names: dict[bytes, str]) -> Callable[..., Awaitable[Any]]:
     @wraps(evalsha)
-    async def timed(script: str, head: list[bytes], args: list[bytes]) -> Any:
+    async def timed(script: Any, head: Sequence[Any], args: Sequence[Any]) -> Any:
         start = perf_counter()
         try:
             return await evalsha(script, head, args)
-        finally:
-            metrics.observe_script(names.get(script, "other"), _batch_size(args), perf_counter() - start)
+        finally:  # head starts with the script's sha
+            name = names.get(_value(head[0]), "other") if head else "other"
+            metrics.observe_script(name, _batch_size(args), perf_counter() - start)
 
     return timed
 
@@ -67,11 +78,8 @@ def instrument(engine: Engine) -> Engine:
     if engine in _done:
         return engine
     if engine.wire is not None:
-        texts = {}
-        for name in SCRIPT_NAMES:
-            text = getattr(engine.scripts, name).script
-            texts[text if isinstance(text, str) else bytes(text).decode()] = name
-        setattr(engine.wire, "evalsha", _timed_evalsha(engine.wire.evalsha, texts))  # noqa: B010
+        shas = {getattr(engine.scripts, name).sha.encode(): name for name in SCRIPT_NAMES}
+        setattr(engine.wire, "evalsha", _timed_evalsha(engine.wire.evalsha, shas))  # noqa: B010
     setattr(engine, "expire_due", _timed_expire(engine.expire_due))  # noqa: B010
     _done.add(engine)
     return engine

@@ -13,7 +13,6 @@ Errors use the API's one shape, ``{"error": {"code", "message", "details"}}``.
 
 from __future__ import annotations
 
-import asyncio
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -25,11 +24,11 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from engine.campaign import ID_PATTERN, ms_to_rfc3339
-from engine.core import Counters, Engine
+from engine.core import Engine
 from engine.errors import NotFound, StorageUnavailable
 from engine.ops import metrics
+from engine.ops.overview import overview
 from engine.ops.stats import stats_from_counters
-from engine.ops.streams import writer_state
 
 #: No inline script, nothing from another origin: the page works offline and cannot be injected into.
 PAGE_HEADERS = {
@@ -70,30 +69,23 @@ async def dashboard(request: Request) -> Response:
 
 
 async def dashboard_snapshot(engine: Engine, campaign_id: str | None) -> dict[str, Any]:
-    """What the page shows: stats per campaign and the writer's streams (raises NotFound)."""
-    ids = [campaign_id] if campaign_id is not None else await engine.campaign_ids()
-    read: list[Counters | BaseException] = await asyncio.gather(
-        *(engine.counters(cid) for cid in ids), return_exceptions=True)
-    found: list[Counters] = []
-    for r in read:
-        if isinstance(r, NotFound) and campaign_id is None:
-            continue  # removed between listing and reading
-        if isinstance(r, BaseException):
-            raise r
-        found.append(r)
-    writer = await writer_state(engine.redis, [c.view.campaign.id for c in found])
+    """What the page shows: each campaign's stats body plus its title, product titles and the
+    writer's figures; the dead letters and live writers (raises NotFound, StorageUnavailable)."""
+    o = await overview(engine, campaign_id)
     campaigns = []
-    for c in found:
-        s = stats_from_counters(c)
-        st = writer.streams[s["campaign_id"]]
-        s["writer"] = {"stream_entries": st.length, "lag_entries": st.lag, "pending_entries": st.pending}
-        s["title"] = c.view.campaign.title
-        for product, definition in zip(s["products"], c.view.campaign.products, strict=True):
-            product["title"] = definition.title
+    for co in o.campaigns:
+        s = stats_from_counters(co.counters)
+        definition = co.counters.view.campaign
+        s["title"] = definition.title
+        for product, p in zip(s["products"], definition.products, strict=True):
+            product["title"] = p.title
+        lg = co.ledger
+        s["writer"] = {"stream_entries": lg.stream_length, "undelivered_entries": lg.undelivered,
+                       "pending_entries": lg.pending, "dead_letters": lg.dead_letters}
         campaigns.append(s)
-    now = max((c.view.now_ms for c in found), default=None)
+    now = max((co.counters.view.now_ms for co in o.campaigns), default=None)
     return {"as_of": None if now is None else ms_to_rfc3339(now), "campaigns": campaigns,
-            "dead_letters": writer.dead_letters}
+            "dead_letters": o.dead_letters, "writers_alive": o.writers_alive}
 
 
 async def dashboard_data(request: Request) -> Response:

@@ -92,8 +92,9 @@ def test_dashboard_data_is_the_stats_of_every_campaign_or_one(served: tuple[ApiS
                   "rejections", "ledger"):
         assert page[field] == stats[field], field
     assert [{k: p[k] for k in stats["products"][0]} for p in page["products"]] == stats["products"]
-    assert page["writer"] == {"stream_entries": 18, "lag_entries": 18, "pending_entries": 0}
-    assert one["dead_letters"] == 0
+    assert page["writer"] == {"stream_entries": 18, "undelivered_entries": 18, "pending_entries": 0,
+                              "dead_letters": 0}
+    assert (one["dead_letters"], one["writers_alive"]) == (0, 0)
 
 
 def test_dashboard_refuses_unknown_campaigns_in_the_error_shape(served: tuple[ApiServer, Path]) -> None:

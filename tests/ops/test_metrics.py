@@ -12,6 +12,7 @@ import pytest
 
 from engine import keys
 from engine.core import Engine
+from engine.ledger.streams import GROUP
 from engine.ops import metrics
 from engine.ops.instrument import instrument
 from engine.ops.stats import REJECTION_CODES
@@ -57,20 +58,24 @@ async def test_campaign_figures_equal_the_sale(engine: Engine, sold: str) -> Non
 
 
 async def test_writer_backlog_pending_and_dead_letters(engine: Engine, sold: str) -> None:
-    """11 reserved + 6 confirmed + 1 cancelled = 18 events; a group reads 5 and acknowledges 3."""
+    """11 reserved + 6 confirmed + 1 cancelled = 18 events; a writer of the group reads 5, acknowledges 3."""
     c = {"campaign": sold}
     stream = keys.CampaignKeys(sold).events
+
+    def backlog(m: Samples) -> tuple[float, float, float]:
+        return (m.get("flashsale_writer_stream_entries", **c), m.get("flashsale_writer_undelivered_entries", **c),
+                m.get("flashsale_writer_pending_entries", **c))
+
     m = await scrape(engine)
-    assert (m.get("flashsale_writer_stream_entries", **c), m.get("flashsale_writer_lag_entries", **c),
-            m.get("flashsale_writer_pending_entries", **c)) == (18, 18, 0)  # no writer group yet
-    await engine.redis.xgroup_create(stream, "ops-test", id="0")
-    read = await engine.redis.xreadgroup("ops-test", "c1", {stream: ">"}, count=5)
+    assert backlog(m) == (18, 18, 0)  # no writer has joined yet
+    assert (m.get("flashsale_writer_dead_letters"), m.get("flashsale_writers_alive")) == (0, 0)
+    await engine.redis.xgroup_create(stream, GROUP, id="0")
+    read = await engine.redis.xreadgroup(GROUP, "w1", {stream: ">"}, count=5)
     ids = [entry_id for entry_id, _ in read[0][1]]
-    await engine.redis.xack(stream, "ops-test", *ids[:3])
+    await engine.redis.xack(stream, GROUP, *ids[:3])
     await engine.redis.xadd(keys.DEAD_LETTERS, {"stream": stream, "reason": "test"})
     m = await scrape(engine)
-    assert (m.get("flashsale_writer_stream_entries", **c), m.get("flashsale_writer_lag_entries", **c),
-            m.get("flashsale_writer_pending_entries", **c)) == (18, 13, 2)
+    assert backlog(m) == (18, 13, 2)
     assert m.get("flashsale_writer_dead_letters") == 1
 
 

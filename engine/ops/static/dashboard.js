@@ -95,7 +95,7 @@
     setField(el, "persisted_orders", s.ledger.persisted_orders);
     setField(el, "lag_orders", s.ledger.lag_orders);
     $('[data-field="lag_orders"]', el).classList.toggle("alert", s.ledger.lag_orders > 1000);
-    setField(el, "lag_entries", s.writer.lag_entries);
+    setField(el, "undelivered_entries", s.writer.undelivered_entries);
     setField(el, "pending_entries", s.writer.pending_entries);
     for (const p of s.products) {
       const tr = el.querySelector('tr[data-product="' + CSS.escape(p.product_id) + '"]');
@@ -125,8 +125,12 @@
       const body = await res.json();
       if (!res.ok) throw new Error(body.error ? body.error.code + ": " + body.error.message : "HTTP " + res.status);
       $("#as-of").textContent = body.as_of || "—";
-      $("#dead-letters").dataset.value = String(body.dead_letters);
-      $("#dead-letters").textContent = fmt.format(body.dead_letters);
+      for (const [id, n, bad] of [["#dead-letters", body.dead_letters, body.dead_letters > 0],
+                                  ["#writers-alive", body.writers_alive, body.writers_alive === 0]]) {
+        $(id).dataset.value = String(n);
+        $(id).textContent = fmt.format(n);
+        $(id).classList.toggle("alert", bad);
+      }
       for (const s of body.campaigns) update(s);
       if (!body.campaigns.length && !$("#campaigns .empty")) {
         $("#campaigns").innerHTML = "<p class='empty'>no campaign loaded yet</p>";
