@@ -12,15 +12,17 @@ import subprocess
 import time
 from pathlib import Path
 
+import redis
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from engine import keys
 from engine.ops.stats import REJECTION_CODES
 from tests.ops.conftest import API_CID as CID
 from tests.ops.conftest import API_OTHER as OTHER
 from tests.ops.conftest import fresh_get
 from tests.ops.promtext import Samples
 from tests.ops.sale import EXPECTED
-from tests.support.processes import ADMIN_TOKEN, FLASHSALE, ApiServer, admin_headers
+from tests.support.processes import ADMIN_TOKEN, FLASHSALE, ApiServer, Process, admin_headers, base_env
 
 
 def _worker_requests(prom: Path) -> dict[str, float]:
@@ -132,3 +134,37 @@ def test_stats_command_reads_a_running_api(served: tuple[ApiServer, Path]) -> No
     refused = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1
     assert "--token" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_live_writer_drains_the_lag_and_dead_letters_show(served: tuple[ApiServer, Path], tmp_path: Path) -> None:
+    """Runs last in this module: a real `flashsale writer` persists the 6 orders of the sale and
+    dead-letters one malformed entry; while it runs it counts as alive, once stopped it does not."""
+    server, _ = served
+    redis_url = server.env["FLASHSALE_REDIS_URL"]
+    client = redis.Redis.from_url(redis_url)
+    client.xadd(keys.CampaignKeys(CID).events, {"e": "bogus"})
+    client.close()
+    writer = Process([FLASHSALE, "writer", "--database-url", f"sqlite:///{tmp_path / 'ledger.db'}",
+                      "--allow-volatile-redis"], base_env(redis_url)).start()
+    try:
+        m = Samples("")
+        for _ in range(300):
+            m = Samples(fresh_get(f"{server.url}/metrics").text)
+            if (m.get("flashsale_ledger_lag_orders", campaign=CID) == 0 and m.get("flashsale_writers_alive") == 1
+                    and m.get("flashsale_writer_dead_letters") == 1):
+                break
+            assert writer.alive(), writer.output()
+            time.sleep(0.1)
+        c = {"campaign": CID}
+        assert m.get("flashsale_ledger_persisted_orders_total", **c) == EXPECTED.orders
+        assert m.get("flashsale_ledger_lag_orders", **c) == 0
+        assert m.get("flashsale_writer_pending_entries", **c) == 0
+        assert m.get("flashsale_writer_undelivered_entries", **c) == 0
+        assert m.get("flashsale_ledger_dead_letters", **c) == 1
+        assert (m.get("flashsale_writer_dead_letters"), m.get("flashsale_writers_alive")) == (1, 1)
+        stats = fresh_get(f"{server.url}/v1/campaigns/{CID}/stats", headers=admin_headers()).json()
+        assert stats["ledger"] == {"persisted_orders": EXPECTED.orders, "lag_orders": 0}
+        assert writer.terminate() == 0
+        assert Samples(fresh_get(f"{server.url}/metrics").text).get("flashsale_writers_alive") == 0
+    finally:
+        writer.stop()
