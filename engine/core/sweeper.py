@@ -36,10 +36,13 @@ class Sweeper:
         expired = 0
         for cid in campaign_ids:
             more = True
-            while more and not self._stop.is_set():
-                n, more = await self.engine.expire_due(cid, self.limit)
-                expired += n
-        self.expired_total += expired
+            try:
+                while more and not self._stop.is_set():
+                    n, more = await self.engine.expire_due(cid, self.limit)
+                    expired += n
+                    self.expired_total += n
+            except FlashsaleError as exc:  # one campaign's trouble must not stop the others' sweep
+                log.warning("sweeper: campaign %s: %s", cid, exc)
         return expired
 
     async def run(self) -> None:
