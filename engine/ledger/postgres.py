@@ -17,16 +17,14 @@ from typing import Any
 import asyncpg
 import orjson
 
-from engine.events import Event
 from engine.ledger import schema
 from engine.ledger.rows import (
     EVENT_COLUMNS,
     ORDER_COLUMNS,
-    by_campaign,
+    EventRow,
     event_of_row,
-    event_row,
     order_of_row,
-    order_row,
+    order_rows,
     utc,
 )
 from engine.ledger.sink import Holder, LedgerSnapshot, LedgerUnavailable, RowRejected
@@ -124,25 +122,22 @@ class PostgresSink:
         result: int = await self._call("reading the schema version", get)
         return result
 
-    async def write(self, events: Sequence[Event]) -> dict[str, int]:
-        groups = by_campaign(events)
-        ev_rows = [event_row(e) for e in events]
-        orders = [order_row(e, utc(e.at_ms)) for e in events if e.type == "confirmed"]
+    async def write(self, rows: Sequence[EventRow]) -> dict[str, int]:
+        cids = sorted({r[0] for r in rows})  # writers touching several campaigns lock them in one order
+        orders = order_rows(rows, utc)
 
         async def copy(conn: asyncpg.Connection) -> dict[str, int]:
             async with conn.transaction():
-                await conn.copy_records_to_table("events", records=ev_rows, columns=EVENT_COLUMNS)
+                await conn.copy_records_to_table("events", records=rows, columns=EVENT_COLUMNS)
                 if orders:
                     await conn.copy_records_to_table("orders", records=orders, columns=ORDER_COLUMNS)
-                return await _bump(conn, groups, Counter(o[1] for o in orders),
-                                   Counter(e.campaign_id for e in events))
+                return await _bump(conn, cids, Counter(o[1] for o in orders), Counter(r[0] for r in rows))
 
         async def upsert(conn: asyncpg.Connection) -> dict[str, int]:
             async with conn.transaction():
-                new_events = await conn.fetch(_INSERT_EVENTS, *_columns(ev_rows, len(EVENT_COLUMNS)))
+                new_events = await conn.fetch(_INSERT_EVENTS, *_columns(rows, len(EVENT_COLUMNS)))
                 new_orders = await conn.fetch(_INSERT_ORDERS, *_columns(orders, len(ORDER_COLUMNS))) if orders else []
-                return await _bump(conn, groups, Counter(r[0] for r in new_orders),
-                                   Counter(r[0] for r in new_events))
+                return await _bump(conn, cids, Counter(r[0] for r in new_orders), Counter(r[0] for r in new_events))
 
         async def write(conn: asyncpg.Connection) -> dict[str, int]:
             try:
@@ -215,8 +210,7 @@ class PostgresSink:
         return result
 
 
-async def _bump(conn: asyncpg.Connection, groups: dict[str, list[Event]], new_orders: Counter[str],
+async def _bump(conn: asyncpg.Connection, cids: list[str], new_orders: Counter[str],
                 new_events: Counter[str]) -> dict[str, int]:
-    cids = list(groups)  # sorted: writers touching several campaigns lock their rows in one order
     rows = await conn.fetch(_BUMP, cids, [new_orders[c] for c in cids], [new_events[c] for c in cids])
     return {r[0]: int(r[1]) for r in rows}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,10 +31,10 @@ def event_of_row(r: Sequence[Any]) -> Event:
                  payment_ref=r[12])
 
 
-def order_row(e: Event, at: Any) -> tuple[Any, ...]:
-    """The ``orders`` row of a confirmed event; ``at`` is confirmed_at in the dialect's type."""
-    return (e.reservation_id, e.campaign_id, e.product_id, e.user_id, e.units, e.amount,
-            e.payment_ref or "", at)
+def order_rows(rows: Sequence[EventRow], at: Callable[[int], Any]) -> list[tuple[Any, ...]]:
+    """The ``orders`` rows of the confirmed events among ``rows``; ``at(ms)`` is confirmed_at in
+    the dialect's type."""
+    return [(r[4], r[0], r[5], r[6], r[7], r[8], r[12] or "", at(r[9])) for r in rows if r[3] == "confirmed"]
 
 
 def utc(ms: int) -> datetime:
@@ -50,9 +50,9 @@ def order_of_row(r: Sequence[Any]) -> Order:
     return Order(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), r[6], ms_of(r[7]))
 
 
-def by_campaign(events: Iterable[Event]) -> dict[str, list[Event]]:
-    """Events grouped by campaign, each group in the order given, campaigns sorted (lock order)."""
-    groups: dict[str, list[Event]] = defaultdict(list)
-    for e in events:
-        groups[e.campaign_id].append(e)
+def by_campaign(rows: Iterable[EventRow]) -> dict[str, list[EventRow]]:
+    """Rows grouped by campaign, each group in the order given, campaigns sorted (lock order)."""
+    groups: dict[str, list[EventRow]] = defaultdict(list)
+    for r in rows:
+        groups[r[0]].append(r)
     return {cid: groups[cid] for cid in sorted(groups)}

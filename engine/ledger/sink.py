@@ -15,10 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from engine.errors import LedgerError
 from engine.events import Event
+
+if TYPE_CHECKING:
+    from engine.ledger.rows import EventRow
 
 
 class LedgerUnavailable(LedgerError):
@@ -87,8 +90,9 @@ class Sink(Protocol):
 
     async def close(self) -> None: ...
 
-    async def write(self, events: Sequence[Event]) -> dict[str, int]:
-        """Store a batch in one transaction, exactly once; campaign -> persisted_orders after it."""
+    async def write(self, rows: Sequence[EventRow]) -> dict[str, int]:
+        """Store a batch of ``events`` rows, and the orders among them, in one transaction, each
+        row once (already stored: skipped); campaign -> persisted_orders after it."""
         ...
 
     async def save_campaign(self, campaign_id: str, definition: str) -> None:

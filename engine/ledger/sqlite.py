@@ -16,16 +16,15 @@ from pathlib import Path
 from typing import TypeVar
 
 from engine.campaign import ms_to_rfc3339
-from engine.events import Event
 from engine.ledger import schema
 from engine.ledger.rows import (
     EVENT_COLUMNS,
     ORDER_COLUMNS,
+    EventRow,
     by_campaign,
     event_of_row,
-    event_row,
     order_of_row,
-    order_row,
+    order_rows,
 )
 from engine.ledger.sink import Holder, LedgerSnapshot, LedgerUnavailable, RowRejected
 
@@ -99,8 +98,8 @@ class SqliteSink:
     async def schema_version(self) -> int:
         return await self._run(lambda c: int(c.execute(schema.CURRENT_VERSION_SQL).fetchone()[0]))
 
-    async def write(self, events: Sequence[Event]) -> dict[str, int]:
-        groups = by_campaign(events)
+    async def write(self, rows: Sequence[EventRow]) -> dict[str, int]:
+        groups = by_campaign(rows)
         return await self._run(lambda c: _write(c, groups))
 
     async def save_campaign(self, campaign_id: str, definition: str) -> None:
@@ -158,12 +157,12 @@ def _migrate(c: sqlite3.Connection) -> int:
     return todo[-1][0] if todo else found
 
 
-def _write(c: sqlite3.Connection, groups: dict[str, list[Event]]) -> dict[str, int]:
+def _write(c: sqlite3.Connection, groups: dict[str, list[EventRow]]) -> dict[str, int]:
     totals: dict[str, int] = {}
     c.execute("BEGIN IMMEDIATE")
-    for cid, events in groups.items():
-        new_events = c.executemany(_INSERT_EVENT, [event_row(e) for e in events]).rowcount
-        orders = [order_row(e, ms_to_rfc3339(e.at_ms)) for e in events if e.type == "confirmed"]
+    for cid, rows in groups.items():
+        new_events = c.executemany(_INSERT_EVENT, rows).rowcount
+        orders = order_rows(rows, ms_to_rfc3339)
         new_orders = c.executemany(_INSERT_ORDER, orders).rowcount if orders else 0
         totals[cid] = int(c.execute(_BUMP, (cid, new_orders, new_events)).fetchone()[0])
     c.execute("COMMIT")

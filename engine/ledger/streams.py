@@ -98,13 +98,14 @@ class Streams:
                 out.append(Entry(stream, cid, _text(eid), fields))
         return out, gone
 
-    async def read(self, *, block_ms: int | None, own_pending: bool = False) -> list[Entry]:
-        """New entries (``>``), or this consumer's own pending ones (after a restart under the same name)."""
+    async def read(self, *, block_ms: int | None, after: dict[str, str] | None = None) -> list[Entry]:
+        """New entries (``>``); or, with ``after`` (stream -> id), this consumer's own pending
+        entries past those ids (what it had taken before a restart under the same name)."""
         if not self.streams:
             return []
-        start = "0" if own_pending else ">"
-        resp = await self.redis.xreadgroup(GROUP, self.consumer, dict.fromkeys(self.streams, start),
-                                           count=self.batch_size, block=block_ms)
+        starts = dict.fromkeys(self.streams, ">") if after is None else {k: after.get(k, "0") for k in self.streams}
+        resp = await self.redis.xreadgroup(GROUP, self.consumer, cast("Any", starts), count=self.batch_size,
+                                           block=block_ms)
         out: list[Entry] = []
         for key, items in resp or []:
             entries, gone = self._entries(key, items)

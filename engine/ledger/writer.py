@@ -26,6 +26,7 @@ import os
 import random
 import socket
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -35,16 +36,19 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from engine import keys
-from engine.events import Event, MalformedEvent, decode
+from engine.events import MalformedEvent
+from engine.ledger.decoding import row_of
 from engine.ledger.health import WRITERS, liveness_key, progress_script
+from engine.ledger.rows import EventRow
 from engine.ledger.sink import LedgerUnavailable, RowRejected, Sink
-from engine.ledger.streams import Entry, Streams, is_nogroup
+from engine.ledger.streams import GROUP, Entry, Streams, is_nogroup
 
 log = logging.getLogger("flashsale.writer")
 T = TypeVar("T")
 
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
+READ_AHEAD = 2  # batches read while the one before commits
 LOG_EVERY_S = 5.0  # repeated warnings (database down, Redis away) at most this often
 
 
@@ -85,6 +89,26 @@ class Backoff:
         return d
 
 
+@dataclass(slots=True)
+class Batch:
+    """Entries delivered to this writer and not yet acknowledged, decoded."""
+
+    entries: list[Entry]
+    rows: list[tuple[Entry, EventRow]]
+    malformed: list[tuple[Entry, str]]
+
+
+def decode_batch(entries: list[Entry]) -> Batch:
+    rows: list[tuple[Entry, EventRow]] = []
+    malformed: list[tuple[Entry, str]] = []
+    for entry in entries:
+        try:
+            rows.append((entry, row_of(entry.campaign_id, entry.entry_id, entry.fields)))
+        except MalformedEvent as exc:
+            malformed.append((entry, str(exc)))
+    return Batch(entries, rows, malformed)
+
+
 class Writer:
     def __init__(self, redis: aioredis.Redis, sink: Sink, settings: WriterSettings | None = None) -> None:
         self.redis = redis
@@ -96,14 +120,14 @@ class Writer:
         self.database_ok = True
         self._progress = progress_script(redis)
         self._stopping = asyncio.Event()
-        self._inflight: list[Entry] = []
+        self._inflight: list[Batch] = []  # read, not yet acknowledged: kept from looking abandoned
         self._definitions: dict[str, bytes] = {}
         self._due: dict[str, float] = {}
         self._last_log: dict[str, float] = {}
         self._started = time.time()
 
     def stop(self) -> None:
-        """Stop reading; the batch in flight finishes; ``run`` returns."""
+        """Stop reading; the batches read finish (unless the database is away); ``run`` returns."""
         self._stopping.set()
 
     @property
@@ -113,34 +137,63 @@ class Writer:
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> WriterStats:
+        """Read ahead (``READ_AHEAD`` batches) while the batch before commits, until stopped or drained."""
         heartbeat = asyncio.create_task(self._heartbeat())
+        queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=READ_AHEAD)
+        reader = asyncio.create_task(self._read_loop(queue))
         try:
             await self._redis(self._refresh)
             await self._redis(self._publish_all)
-            await self._drain_own_pending()
-            while not self.stopping:
-                entries = await self._redis(self._next_batch)
-                if entries:
-                    await self._process(entries)
-                elif self.settings.burst and await self._redis(self._drained):
-                    break
+            await self._commit_loop(queue)
+            if reader.done() and not reader.cancelled() and (exc := reader.exception()) is not None:
+                raise exc
             await self._redis(self._trim)
             return self.stats
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            for task in (reader, heartbeat):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             with contextlib.suppress(RedisError, OSError):
                 await self._farewell()
             log.info("writer %s stopped: %s", self.settings.consumer, self.stats)
 
-    async def _drain_own_pending(self) -> None:
+    async def _read_loop(self, queue: asyncio.Queue[Batch | None]) -> None:
+        try:
+            await self._redis(self._refresh)
+            await self._read_own_pending(queue)
+            while not self.stopping:
+                entries = await self._redis(self._next_batch)
+                if entries:
+                    await self._enqueue(queue, entries)
+                elif self.settings.burst and not self._inflight and await self._redis(self._drained):
+                    break
+        finally:
+            await queue.put(None)
+
+    async def _enqueue(self, queue: asyncio.Queue[Batch | None], entries: list[Entry]) -> None:
+        batch = decode_batch(entries)
+        self._inflight.append(batch)
+        await queue.put(batch)
+
+    async def _commit_loop(self, queue: asyncio.Queue[Batch | None]) -> None:
+        while (batch := await queue.get()) is not None:
+            try:
+                if not await self._process(batch) and self.stopping:
+                    return  # the database is away and we are stopping: the rest stays pending
+            finally:
+                self._inflight.remove(batch)
+
+    async def _read_own_pending(self, queue: asyncio.Queue[Batch | None]) -> None:
         """Entries this consumer name took before a restart: no need to wait for them to idle."""
+        after: dict[str, str] = {}
         while not self.stopping:
-            entries = await self._redis(lambda: self.streams.read(block_ms=None, own_pending=True))
+            entries = await self._redis(lambda: self.streams.read(block_ms=None, after=after))
             if not entries:
                 return
-            await self._process(entries)
+            for e in entries:
+                after[e.stream] = e.entry_id
+            await self._enqueue(queue, entries)
 
     async def _next_batch(self) -> list[Entry]:
         await self._periodic("refresh", self.settings.refresh_s, self._refresh)
@@ -166,31 +219,27 @@ class Writer:
         await self._refresh()
         return set(self.streams.streams) <= before and await self.streams.idle()
 
-    async def _process(self, entries: list[Entry]) -> None:
-        good: list[tuple[Entry, Event]] = []
-        for entry in entries:
-            try:
-                good.append((entry, decode(entry.campaign_id, entry.entry_id, entry.fields)))
-            except MalformedEvent as exc:
-                await self._dead_letter(entry, f"malformed: {exc}", 1)
-        if not good:
-            return
-        self._inflight = [e for e, _ in good]
-        try:
-            done, totals = await self._persist(good)
-        finally:
-            self._inflight = []
+    async def _process(self, batch: Batch) -> bool:
+        """Persist, acknowledge and publish a batch; False if the database stayed away until stop."""
+        for entry, reason in batch.malformed:
+            await self._dead_letter(entry, f"malformed: {reason}", 1)
+        if not batch.rows:
+            return True
+        done, totals = await self._persist(batch.rows)
+        if done is None:
+            return False
         if done:
             # if Redis stays away until we stop, the batch is redelivered later and skipped by the sink
-            await self._redis(lambda: self.streams.ack(done))
+            await self._redis(lambda: self._ack(done, totals))
             self.stats.batches += 1
             self.stats.events += len(done)
-            await self._redis(lambda: self._publish(totals))
+        return True
 
     # -- the database ------------------------------------------------------------------------
 
-    async def _persist(self, batch: list[tuple[Entry, Event]]) -> tuple[list[Entry], dict[str, int]]:
-        """Commit what can be committed: (entries stored, campaign -> persisted_orders)."""
+    async def _persist(self, batch: list[tuple[Entry, EventRow]]) -> tuple[list[Entry] | None, dict[str, int]]:
+        """Commit what can be committed: (entries stored, campaign -> persisted_orders); entries
+        None if the database stayed away until stop."""
         try:
             totals = await self._commit([ev for _, ev in batch])
         except RowRejected as exc:
@@ -201,25 +250,29 @@ class Writer:
                 return [], {}
             half = len(batch) // 2
             done_a, totals_a = await self._persist(batch[:half])
+            if done_a is None:
+                return None, {}
             done_b, totals_b = await self._persist(batch[half:])
+            if done_b is None:
+                return None, {}
             return done_a + done_b, {**totals_a, **totals_b}
         if totals is None:
-            return [], {}
+            return None, {}
         return [e for e, _ in batch], totals
 
-    async def _commit(self, events: Sequence[Event]) -> dict[str, int] | None:
+    async def _commit(self, rows: Sequence[EventRow]) -> dict[str, int] | None:
         """Write with retries while the database is away; None if stopped before it came back."""
         backoff = Backoff()
         while True:
             try:
-                totals = await self.sink.write(events)
+                totals = await self.sink.write(rows)
             except LedgerUnavailable as exc:
                 self.database_ok = False
                 self.stats.db_retries += 1
-                self._warn("db", f"ledger unavailable, retrying the batch of {len(events)}: {exc}")
+                self._warn("db", f"ledger unavailable, retrying the batch of {len(rows)}: {exc}")
                 if self.stopping:
                     log.warning("stopping with %d entries not persisted; they stay pending for another writer",
-                                len(events))
+                                len(rows))
                     return None
                 await self._sleep(backoff.next())
                 continue
@@ -271,6 +324,19 @@ class Writer:
             await self._progress(keys=[keys.CampaignKeys(cid).ledger], args=[n])
             self.stats.persisted[cid] = n
 
+    async def _ack(self, entries: list[Entry], totals: dict[str, int]) -> None:
+        """Acknowledge a committed batch and publish persisted_orders, in one round trip."""
+        by_stream: dict[str, list[str]] = defaultdict(list)
+        for e in entries:
+            by_stream[e.stream].append(e.entry_id)
+        async with self.redis.pipeline(transaction=False) as p:
+            for stream, ids in by_stream.items():
+                p.xack(stream, GROUP, *ids)
+            for cid, n in totals.items():
+                await self._progress(keys=[keys.CampaignKeys(cid).ledger], args=[n], client=p)
+            await p.execute()
+        self.stats.persisted.update(totals)
+
     async def _publish_all(self) -> None:
         try:
             await self._publish(await self.sink.progress())
@@ -287,15 +353,21 @@ class Writer:
         log.error("dead letter: entry %s of %s -> %s (%s)", entry.entry_id, entry.stream, keys.DEAD_LETTERS, reason)
 
     async def _heartbeat(self) -> None:
-        """Liveness, and the batch in flight kept from looking abandoned while it is retried."""
+        """Liveness, and the batches read but not acknowledged kept from looking abandoned (their
+        idle time reset well within ``claim_idle_ms``, however long the database stays away)."""
+        every = min(self.settings.heartbeat_s, self.settings.claim_idle_ms / 4000)
+        announced = 0.0
         while True:
             try:
-                if self._inflight:
-                    await self.streams.touch(self._inflight)
-                await self._announce()
+                inflight = [e for b in self._inflight for e in b.entries]
+                if inflight:
+                    await self.streams.touch(inflight)
+                if time.monotonic() - announced >= self.settings.heartbeat_s:
+                    await self._announce()
+                    announced = time.monotonic()
             except (RedisError, OSError) as exc:
                 self._warn("redis", f"heartbeat failed: {exc}")
-            await asyncio.sleep(self.settings.heartbeat_s)
+            await asyncio.sleep(every)
 
     async def _announce(self) -> None:
         s = self.stats
