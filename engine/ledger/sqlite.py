@@ -144,7 +144,16 @@ class SqliteSink:
         return await self._run(get)
 
 
+def _current(c: sqlite3.Connection) -> int:
+    if c.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_version'").fetchone() is None:
+        return 0
+    return int(c.execute(schema.CURRENT_VERSION_SQL).fetchone()[0])
+
+
 def _migrate(c: sqlite3.Connection) -> int:
+    found = _current(c)  # a read: no need to wait for a writer busy with a batch
+    if not schema.pending("sqlite", found):
+        return found
     c.execute("BEGIN IMMEDIATE")  # one migrator at a time; the others wait, then find nothing to do
     c.execute(schema.VERSION_TABLE["sqlite"])
     found = int(c.execute(schema.CURRENT_VERSION_SQL).fetchone()[0])
