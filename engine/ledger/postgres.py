@@ -10,6 +10,7 @@ skips what is stored. Either way each event and each order is stored once, and t
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -68,6 +69,7 @@ class PostgresSink:
     def __init__(self, url: str) -> None:
         self.url = url
         self._conn: asyncpg.Connection | None = None
+        self._lock = asyncio.Lock()  # one connection, one operation at a time (the writer's tasks share it)
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
@@ -83,6 +85,10 @@ class PostgresSink:
 
     async def _call(self, what: str, fn: Any) -> Any:
         """Run ``fn(conn)``; map errors to LedgerUnavailable (retry) or RowRejected (futile)."""
+        async with self._lock:
+            return await self._call_locked(what, fn)
+
+    async def _call_locked(self, what: str, fn: Any) -> Any:
         try:
             return await fn(await self._connection())
         except _REJECTED as exc:

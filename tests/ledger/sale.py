@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from engine.errors import FlashsaleError
 from engine.ledger import Writer, WriterSettings, sink_for
 from engine.ledger.sink import LedgerSnapshot
 from engine.settings import Settings
+from tests.support.processes import FLASHSALE
 
 DAY_MS = 86_400_000
 PRICE = 10000
@@ -106,6 +108,12 @@ async def until(check: Callable[[], Awaitable[bool]], within_s: float, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {within_s} s: {what}")
         await asyncio.sleep(0.05)
+
+
+async def flashsale(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``flashsale`` command, as an operator would."""
+    return await asyncio.to_thread(subprocess.run, [FLASHSALE, *args], env=env, capture_output=True, text=True,
+                                   timeout=120)
 
 
 async def drain(redis_url: str, db_url: str, **settings: Any) -> Writer:

@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import signal
-import subprocess
 
 import pytest
 import redis.asyncio as aioredis
@@ -16,16 +15,11 @@ import redis.asyncio as aioredis
 from engine import keys
 from engine.core import Engine
 from engine.ledger.streams import GROUP
-from tests.ledger.sale import PRICE, campaign, ledger, sell, until
+from tests.ledger.sale import PRICE, campaign, flashsale, ledger, sell, until
 from tests.support.processes import FLASHSALE, Process, base_env
 from tests.support.servers import RedisServer
 
 CID = "cmd-c1"
-
-
-async def flashsale(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(subprocess.run, [FLASHSALE, *args], env=env, capture_output=True, text=True,
-                                   timeout=120)
 
 
 def writer_process(redis_url: str, db_url: str, *args: str, **env: str) -> Process:
