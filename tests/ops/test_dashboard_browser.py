@@ -119,6 +119,8 @@ async def test_dashboard_of_every_campaign(served: tuple[ApiServer, Path], tmp_p
         await browser.wait_for("document.querySelectorAll('[data-campaign] canvas').length === 2")
         ids = await browser.evaluate("[...document.querySelectorAll('[data-campaign]')].map((e) => e.dataset.campaign)")
         assert ids == [CID, OTHER]
+        link = await browser.evaluate(f"document.querySelector('[data-campaign=\"{OTHER}\"] a.cid').href")
+        assert link == f"{server.url}/dashboard?campaign={OTHER}"
         other = await browser.evaluate(f"{READ_CARD}({OTHER!r})")
         assert other["fields"]["sold_units"]["value"] == "0"
         assert other["fields"]["projected_sellout_at"]["text"] == "—"

@@ -47,6 +47,7 @@
     el.dataset.campaign = s.campaign_id;
     $(".title", el).textContent = s.title;
     $(".cid", el).textContent = s.campaign_id;
+    $(".cid", el).href = "/dashboard?campaign=" + encodeURIComponent(s.campaign_id);
     const card = { el: el, chart: null, data: [[]].concat(s.products.map(() => [])) };
     const rows = $(".products tbody", el);
     for (const p of s.products) {
