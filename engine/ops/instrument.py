@@ -10,7 +10,9 @@ instrumentors wrap a client library, so the core stays free of any metrics code:
   outcome ``expire``/``OK``.
 
 Without a lean wire (TLS, Cluster: ``engine.wire is None``) batched calls go through redis-py
-and only the expiry is observed. Calling ``instrument`` twice on one engine changes nothing.
+and only the expiry is observed. Both seams are looked up at each call, so the engine may be
+instrumented after its batchers or its sweeper have started; a second call changes nothing.
+Meant for the API's lifespan: once per worker, right after building the Engine.
 """
 
 from __future__ import annotations
