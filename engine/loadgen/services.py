@@ -33,11 +33,14 @@ def flashsale_exe() -> list[str]:
 
 
 class LocalRedis:
-    """A private redis-server: loopback, a free port, its own directory, no persistence."""
+    """A private redis-server: loopback, a free port, its own directory; ``durable`` turns on AOF
+    ``appendfsync always`` (no acknowledged write lost), else no persistence at all."""
 
-    def __init__(self, directory: str | None = None) -> None:
+    def __init__(self, directory: str | None = None, *, durable: bool = False) -> None:
+        self.durable = durable
         self.port = free_port()
         self.dir = directory or tempfile.mkdtemp(prefix="flashsale-redis-")
+        os.makedirs(self.dir, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -51,8 +54,8 @@ class LocalRedis:
                                "(Debian: apt-get install redis-server)")
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
-             "--appendonly", "no", "--maxmemory-policy", "noeviction", "--logfile",
-             str(Path(self.dir) / "redis.log")],
+             "--maxmemory-policy", "noeviction", "--logfile", str(Path(self.dir) / "redis.log"),
+             *(["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -304,7 +304,33 @@ def _returned(r: Record, o: Observed) -> list[Check]:
             problems.append(f"{g.rid}: {seen}, expected {'/'.join(sorted(expected))}")
     looked = sum(1 for g in r.grants if g.rid in o.reservations)
     out.append(_check(4, "reservations in the state the record left them", problems, f"{looked} looked up"))
+    out.append(_check(4, "users' holdings match the record", _holdings(r, o), f"{len(o.users)} users"))
     return out
+
+
+def _holdings(r: Record, o: Observed) -> list[str]:
+    """Each looked-up user's held and confirmed units, per product, against the record's range."""
+    expect: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # confirmed lo/hi, held lo/hi
+    for g in r.grants:
+        if g.user in o.users:
+            v, (s_lo, s_hi), (h_lo, h_hi) = expect[g.user, g.product], _sold_range(g, o), _held_range(g, o)
+            v[0], v[1], v[2], v[3] = v[0] + s_lo, v[1] + s_hi, v[2] + h_lo, v[3] + h_hi
+    for d in r.doubts:
+        if d.user in o.users:
+            v = expect[d.user, d.product]
+            v[1], v[3] = v[1] + d.units, v[3] + d.units
+    problems = []
+    for uid, h in o.users.items():
+        seen = {p["product_id"]: p for p in h.get("products", [])}
+        pids = set(seen) | {pid for (u, pid) in expect if u == uid}
+        for pid in sorted(pids):
+            p = seen.get(pid, {})
+            conf, held = int(p.get("confirmed_units", 0)), int(p.get("held_units", 0))
+            v = expect.get((uid, pid), [0, 0, 0, 0])
+            if not (v[0] <= conf <= v[1] and v[2] <= held <= v[3]):
+                problems.append(f"{uid}/{pid}: {conf} confirmed, {held} held; the record explains "
+                                f"{v[0]}..{v[1]} confirmed, {v[2]}..{v[3]} held")
+    return problems
 
 
 # -- 5. idempotency ----------------------------------------------------------------------------

@@ -1,0 +1,157 @@
+"""Launch day in Locust: a storefront buyer and the launch-day spike.
+
+    FLASHSALE_CAMPAIGN=yulebao-2014-p1 FLASHSALE_LOADGEN_TOKEN=… SPIKE_PEAK_USERS=500 \\
+        locust -f loadtests/locustfile.py --headless --host http://127.0.0.1:8000
+
+Each Locust user is a storefront session serving buyers one after another: a buyer reserves 1..cap
+units of one product (weighted by stock), then pays (most), cancels (some) or walks away and lets
+the hold expire (some). A 503 or a timeout is retried with the same Idempotency-Key, as API.md
+allows; business refusals (409 SOLD_OUT, USER_CAP_EXCEEDED …, 429) are outcomes, not failures.
+Anything else (a 5xx, an unexpected 4xx) is a failure, and Locust exits 1.
+
+The ``LaunchDaySpike`` shape (the same curve as ``flashsale loadgen``, engine/loadgen/profile.py):
+a pre-sale trickle, a cliff at the opening to ``SPIKE_PEAK_USERS`` spawned as fast as Locust can,
+a plateau until the campaign sells out (read from its stats) or ``SPIKE_PLATEAU_MAX_S``, a decay
+over ``SPIKE_DECAY_S``. Also ``SPIKE_TRICKLE_USERS``, ``SPIKE_TRICKLE_S``. Time zero is the
+campaign's ``opens_at``; if it cannot be read, the opening is ``SPIKE_TRICKLE_S`` after the start.
+
+Locust is far slower than ``flashsale loadgen`` (one greenlet per user, gevent): use it for a
+realistic browser-like crowd and Locust's UI; use ``flashsale loadgen`` to saturate the server.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import time
+import urllib.request
+import uuid
+from datetime import datetime
+from typing import Any
+
+from locust import LoadTestShape, constant, task
+from locust.contrib.fasthttp import FastHttpUser
+
+from engine.loadgen.behaviour import Mix
+from engine.loadgen.profile import SpikeProfile
+
+CAMPAIGN = os.environ.get("FLASHSALE_CAMPAIGN", "yulebao-2014-p1")
+RETRIES = 5
+BUSINESS = {409, 429}  # refusals API.md documents for a well-formed reserve: outcomes, not failures
+MIX = Mix()
+
+
+def _token() -> str:
+    tok = os.environ.get("FLASHSALE_LOADGEN_TOKEN")
+    if tok:
+        return tok
+    first = os.environ.get("FLASHSALE_STOREFRONT_TOKENS", "").split(",")[0]
+    return first.partition("=")[2] or first
+
+
+def _get(host: str, path: str) -> Any:
+    req = urllib.request.Request(f"{host}/v1/campaigns/{CAMPAIGN}{path}",
+                                 headers={"Authorization": f"Bearer {_token()}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+class Storefront(FastHttpUser):
+    """One storefront session: buyers one after another on a keep-alive connection."""
+
+    wait_time = constant(0)
+    network_timeout = 10.0
+    connection_timeout = 5.0
+    _definition: dict[str, Any] | None = None
+    _ids = itertools.count(1)
+    _prefix = f"lc{uuid.uuid4().hex[:6]}-"
+
+    def on_start(self) -> None:
+        if Storefront._definition is None:
+            Storefront._definition = _get(self.host, "")
+        self.headers = {"Authorization": f"Bearer {_token()}"}
+        self.base = f"/v1/campaigns/{CAMPAIGN}"
+
+    def _product(self) -> tuple[str, int]:
+        d = Storefront._definition or {}
+        products = d["products"]
+        p = random.choices(products, [p["total_units"] for p in products])[0]
+        caps = [c for c in (p.get("user_cap_units"), d.get("user_cap_units")) if c is not None]
+        return p["id"], min(caps) if caps else 10
+
+    def _post(self, name: str, path: str, body: dict[str, Any], key: str | None = None) -> Any:
+        """POST with API.md's retry rule: 503 and timeouts again, with the same Idempotency-Key."""
+        headers = dict(self.headers, **({"Idempotency-Key": key} if key else {}))
+        for attempt in range(RETRIES + 1):
+            with self.client.post(path, json=body, headers=headers, name=name, catch_response=True) as r:
+                if r.status_code in (0, 503) and attempt < RETRIES:  # 0: no answer (timeout, reset)
+                    r.success()
+                    time.sleep(min(0.05 * 2 ** attempt, 1.0))
+                    continue
+                if r.status_code in (200, 201) or r.status_code in BUSINESS:
+                    r.success()
+                    return r.json() if r.status_code in (200, 201) else None
+                r.failure(f"{r.status_code}: {(r.text or '')[:200]}")
+                return None
+        return None
+
+    @task
+    def buy(self) -> None:
+        uid = f"{self._prefix}{next(self._ids)}"
+        pid, cap = self._product()
+        units = MIX.units(random.Random(), cap)
+        res = self._post("reserve", f"{self.base}/reservations",
+                         {"user_id": uid, "product_id": pid, "units": units}, key=f"{uid}-0")
+        if not res:
+            return
+        rid, fate = res["reservation_id"], MIX.fate(random.Random())
+        if fate == "confirm":
+            self._post("confirm", f"{self.base}/reservations/{rid}/confirm", {"payment_ref": f"pay-{rid}"})
+        elif fate == "cancel":
+            self._post("cancel", f"{self.base}/reservations/{rid}/cancel", {})
+
+
+class LaunchDaySpike(LoadTestShape):
+    """Trickle, cliff, plateau until sold out, decay: ``SPIKE_*`` environment variables."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.profile = SpikeProfile.from_env(peak_users=50)
+        self.opens_at: float | None = None  # wall-clock seconds
+        self.sold_out_at: float | None = None
+        self.polled = 0.0
+
+    def _host(self) -> str | None:
+        runner = self.runner
+        return runner.environment.host if runner is not None else None
+
+    def _poll(self) -> None:
+        """The opening once, then the stats every second: the plateau lasts until sold out."""
+        now = time.time()
+        host = self._host()
+        if host is None or now - self.polled < 1.0:
+            return
+        self.polled = now
+        try:
+            if self.opens_at is None:
+                opens = _get(host, "")["opens_at"]
+                self.opens_at = datetime.fromisoformat(opens.replace("Z", "+00:00")).timestamp()
+            if self.sold_out_at is None and now >= self.opens_at and _get(host, "/stats")["remaining_units"] <= 0:
+                self.sold_out_at = now
+        except (OSError, ValueError, KeyError):
+            pass
+
+    def tick(self) -> tuple[int, float] | None:
+        run_time = self.get_run_time()
+        self._poll()
+        opens = self.opens_at if self.opens_at is not None else time.time() - run_time + self.profile.trickle_s
+        t = time.time() - opens
+        sold = None if self.sold_out_at is None else self.sold_out_at - opens
+        if self.profile.finished(t, sold):
+            return None
+        users = self.profile.users_at(t, sold)
+        if t < 0 and users == 0:
+            return (0, 1.0) if t > -3600 else None
+        return max(users, 0), float(max(self.profile.peak_users, 1))  # the cliff: spawn all at once

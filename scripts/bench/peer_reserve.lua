@@ -1,0 +1,37 @@
+-- wrk script for the peer benchmark: POST /v1/campaigns/<cid>/reservations, 1 unit of p1, a new
+-- user and a new Idempotency-Key on every request (no cap, no rate limit ever binds), then one
+-- JSON line with the run's figures (done()).
+-- Usage: wrk -s scripts/bench/peer_reserve.lua URL -- <campaign id> <storefront token> <run tag>
+
+local next_id = 1
+
+function setup(thread)
+  thread:set("id", next_id)
+  next_id = next_id + 1
+end
+
+function init(args)
+  cid, token, tag = args[1], args[2], args[3]
+  path = "/v1/campaigns/" .. cid .. "/reservations"
+  n = 0
+end
+
+function request()
+  n = n + 1
+  local user = tag .. "-" .. id .. "-" .. n
+  local body = '{"user_id":"' .. user .. '","product_id":"p1","units":1}'
+  local headers = {
+    ["Authorization"] = "Bearer " .. token,
+    ["Idempotency-Key"] = user,
+    ["Content-Type"] = "application/json",
+  }
+  return wrk.format("POST", path, headers, body)
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"max_us":%d,"non2xx":%d,"socket_errors":%d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), latency.max,
+    e.status, e.connect + e.read + e.write + e.timeout))
+end

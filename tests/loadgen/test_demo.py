@@ -1,0 +1,24 @@
+"""`flashsale demo`, the fast variant, end to end: its own Redis, API and writer, one launch day
+through the same code path as `make demo`, a clean verdict, nothing left running."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from tests.support.processes import FLASHSALE
+
+
+def test_the_demo_fast_variant_ends_with_a_clean_verdict() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSALE_")}
+    env["COLUMNS"] = "200"
+    proc = subprocess.run([FLASHSALE, "demo", "--buyers", "20000", "--units", "50000", "--users", "64",
+                           "--opens-in", "3", "--no-progress", "--seed", "1"],
+                          env=env, capture_output=True, text=True, timeout=240)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert "verdict: clean" in out
+    assert "Demo: " in out and "units sold" in out
+    for line in ("ledger: every confirmed order exactly once", "flashsale reconcile exits 0"):
+        row = next(x for x in out.splitlines() if line in x)
+        assert " ok " in row, row
