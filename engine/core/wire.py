@@ -140,7 +140,7 @@ class Wire:
 
     async def _protocol(self) -> _Protocol:
         proto = self._proto
-        if proto is not None and proto.transport is not None:
+        if proto is not None and proto.transport is not None and not proto.transport.is_closing():
             return proto
         if self._connecting is None:  # one connect at a time; concurrent callers share it
             loop = asyncio.get_running_loop()
