@@ -26,6 +26,7 @@ from engine.ledger.streams import GROUP
 
 WRITERS = f"{keys.PREFIX}:writers"  # set of writer names
 LIVENESS_PREFIX = f"{keys.PREFIX}:writer:"  # + name: a live writer's JSON figures, with a TTL
+UNDELIVERED_SCAN = 10_000  # most entries counted one by one when Redis cannot give the lag
 
 
 def liveness_key(consumer: str) -> str:
@@ -43,7 +44,7 @@ class CampaignLedger:
     confirmed_orders: int  # what Redis has confirmed
     persisted_orders: int  # what the ledger holds
     stream_length: int  # entries in the stream (trimmed once every group has them)
-    undelivered: int | None  # entries no writer has read yet (None: Redis cannot tell)
+    undelivered: int | None  # entries no writer has read yet (at most UNDELIVERED_SCAN when counted)
     pending: int  # read by a writer, not yet committed and acknowledged
     dead_letters: int  # entries of this campaign parked in fs:dead
 
@@ -97,6 +98,12 @@ async def campaign_ledger(redis: aioredis.Redis, campaign_id: str) -> CampaignLe
     ours = next((g for g in groups if g["name"] in (GROUP, GROUP.encode())), None) \
         if isinstance(groups, list) else None
     lag = ours.get("lag") if ours else length
+    if ours and lag is None:
+        # Redis cannot tell (e.g. its group counters after an AOF reload): count what lies past
+        # the last delivered entry, up to a bound
+        last = ours["last-delivered-id"]
+        last = last.decode() if isinstance(last, bytes) else str(last)
+        lag = len(await redis.xrange(k.events, min=f"({last}", count=UNDELIVERED_SCAN))
     return CampaignLedger(campaign_id, _int(orders), _int(persisted), _int(length),
                           None if lag is None else int(lag), _int(ours["pending"]) if ours else 0, _int(dead))
 

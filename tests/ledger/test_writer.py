@@ -15,6 +15,7 @@ from engine.ledger.health import progress_script
 from engine.ledger.reconcile import reconcile
 from engine.ledger.streams import GROUP
 from tests.ledger.sale import PRICE, campaign, drain, ledger, sell, until
+from tests.support.servers import RedisServer
 
 CID = "ledger-c1"
 
@@ -209,3 +210,24 @@ async def test_persisted_orders_never_moves_backwards(aredis: aioredis.Redis) ->
     assert await publish(keys=[key], args=[7]) == 10  # a slower writer publishing an older figure
     assert await publish(keys=[key], args=[12]) == 12
     assert int(await aredis.hget(key, "persisted_orders")) == 12
+
+
+async def test_undelivered_is_counted_when_redis_lost_its_group_counters() -> None:
+    """After an AOF reload Redis 7.0 reports no lag for a group; the status counts it instead."""
+    server = RedisServer(durable=True).start()
+    client = aioredis.Redis.from_url(server.url)
+    try:
+        stream = keys.CampaignKeys(CID).events
+        await client.sadd(keys.CAMPAIGNS, CID)
+        for i in range(100):
+            await client.xadd(stream, {"n": i})
+        await client.xgroup_create(stream, GROUP, id="0")
+        await client.xreadgroup(GROUP, "c", {stream: ">"}, count=60)
+        await asyncio.to_thread(server.restart)
+        await client.connection_pool.disconnect()
+        assert (await client.xinfo_groups(stream))[0]["lag"] is None
+        status = (await ledger_status(client)).campaigns[CID]
+        assert (status.undelivered, status.pending, status.stream_length) == (40, 60, 100)
+    finally:
+        await client.aclose()
+        server.stop()
