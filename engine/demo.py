@@ -74,9 +74,10 @@ def _env(redis_url: str, database_url: str, token: str, admin: str) -> dict[str,
 def stack(cfg: DemoConfig, console: Console) -> Iterator[Stack]:
     """Start redis-server, the API and the writer; stop them all on the way out."""
     workdir = tempfile.mkdtemp(prefix="flashsale-demo-")
-    redis = LocalRedis(str(Path(workdir) / "redis")).start()
+    redis = LocalRedis(str(Path(workdir) / "redis"))
     started: list[Child] = []
     try:
+        redis.start()
         database_url = cfg.database_url or f"sqlite:///{workdir}/ledger.db"
         token, admin = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
         env = _env(redis.url, database_url, token, admin)

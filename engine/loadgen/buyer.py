@@ -81,15 +81,6 @@ def _ms(rfc3339: str) -> int:
     return int(datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-def _details(resp: Response) -> dict[str, Any]:
-    data = resp.json()
-    try:
-        d = data["error"]["details"]
-        return d if isinstance(d, dict) else {}
-    except (KeyError, TypeError):
-        return {}
-
-
 class Buyer:
     """A storefront session for one virtual user: one keep-alive connection, many buyers in turn."""
 
@@ -163,11 +154,11 @@ class Buyer:
             code = resp.error_code()
             if code == "SOLD_OUT":
                 self.shelf.mark_out(pid)
-            elif code == "INSUFFICIENT_STOCK" and int(_details(resp).get("remaining", 0)) > 0:
-                units = int(_details(resp)["remaining"])
+            elif code == "INSUFFICIENT_STOCK" and int(resp.details().get("remaining", 0)) > 0:
+                units = int(resp.details()["remaining"])
                 continue
-            elif code == "USER_CAP_EXCEEDED" and int(_details(resp).get("allowed", 0)) > 0:
-                units = int(_details(resp)["allowed"])
+            elif code == "USER_CAP_EXCEEDED" and int(resp.details().get("allowed", 0)) > 0:
+                units = int(resp.details()["allowed"])
                 continue
             else:
                 return None
@@ -217,7 +208,7 @@ class Buyer:
             g.state = CONFIRM_DOUBT
         elif resp.status == 200:
             g.state = CONFIRMED
-        elif resp.status == 409 and _details(resp).get("state") == EXPIRED:
+        elif resp.status == 409 and resp.details().get("state") == EXPIRED:
             g.state = EXPIRED
         else:
             g.state = CONFIRM_DOUBT
@@ -230,7 +221,7 @@ class Buyer:
             g.state = CANCEL_DOUBT
         elif resp.status == 200:
             g.state, g.released_ms = CANCELLED, sent
-        elif resp.status == 409 and _details(resp).get("state") == EXPIRED:
+        elif resp.status == 409 and resp.details().get("state") == EXPIRED:
             g.state = EXPIRED
         else:
             g.state = CANCEL_DOUBT

@@ -17,7 +17,6 @@ request opens a new one (an answer arriving late must never be read as the next 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Any, cast
 
 import httptools
@@ -30,38 +29,58 @@ class TransportError(Exception):
     """No HTTP answer: connection refused or lost, or no answer within the timeout."""
 
 
-@dataclass(frozen=True, slots=True)
 class Response:
-    status: int
-    body: bytes
-    retry_after: float | None = None
+    """One answer; its JSON body is parsed once, on first use."""
+
+    __slots__ = ("_data", "body", "status")
+
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status = status
+        self.body = body
+        self._data: Any = _UNPARSED
 
     def json(self) -> Any:
-        try:
-            return orjson.loads(self.body)
-        except orjson.JSONDecodeError:
-            return None
+        if self._data is _UNPARSED:
+            try:
+                self._data = orjson.loads(self.body)
+            except orjson.JSONDecodeError:
+                self._data = None
+        return self._data
+
+    def error(self) -> dict[str, Any]:
+        """``error`` of an API.md error body ({} when there is none)."""
+        data = self.json()
+        err = data.get("error") if isinstance(data, dict) else None
+        return err if isinstance(err, dict) else {}
 
     def error_code(self) -> str | None:
-        """``error.code`` of an API.md error body, or None."""
-        data = self.json()
-        if isinstance(data, dict) and isinstance(data.get("error"), dict):
-            code = data["error"].get("code")
-            return code if isinstance(code, str) else None
-        return None
+        code = self.error().get("code")
+        return code if isinstance(code, str) else None
+
+    def details(self) -> dict[str, Any]:
+        d = self.error().get("details")
+        return d if isinstance(d, dict) else {}
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds to wait after a 429, from ``details.retry_after_ms`` (no header parsing on the hot path)."""
+        ms = self.details().get("retry_after_ms")
+        return ms / 1000.0 if isinstance(ms, int | float) else None
+
+
+_UNPARSED: Any = object()
 
 
 class _Protocol(asyncio.Protocol):
     """Feeds bytes to an httptools parser; resolves one future per response."""
 
-    __slots__ = ("_body", "_parser", "_retry_after", "_waiter", "closed", "keep_alive", "transport")
+    __slots__ = ("_body", "_parser", "_waiter", "closed", "keep_alive", "transport")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[Response] | None = None
         self._body: list[bytes] = []
-        self._retry_after: float | None = None
         self.closed = False
         self.keep_alive = True
 
@@ -80,22 +99,14 @@ class _Protocol(asyncio.Protocol):
         self.closed = True
         self._fail(TransportError(f"connection lost: {exc or 'closed by the server'}"))
 
-    # httptools callbacks
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"retry-after":
-            try:
-                self._retry_after = float(value)
-            except ValueError:
-                self._retry_after = None
-
+    # httptools callbacks (no on_header: a Python call per header costs more than the rest)
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
 
     def on_message_complete(self) -> None:
         self.keep_alive = self._parser.should_keep_alive()
-        resp = Response(self._parser.get_status_code(), b"".join(self._body), self._retry_after)
+        resp = Response(self._parser.get_status_code(), b"".join(self._body))
         self._body = []
-        self._retry_after = None
         w, self._waiter = self._waiter, None
         if w is not None and not w.done():
             w.set_result(resp)

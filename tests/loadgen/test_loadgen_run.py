@@ -92,3 +92,16 @@ def test_no_token_is_a_usage_error(stack: Stack) -> None:
     proc = subprocess.run([FLASHSALE, "loadgen", "--url", stack.api.url, "--campaign", CAMPAIGN],
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "storefront token" in proc.stderr
+
+
+def test_a_paced_run_to_its_time_bound_is_clean(stack: Stack) -> None:
+    """--rate paces the offered load; --keep-going runs to the time bound on stock that lasts."""
+    stack.campaign("lg-paced", units=200_000, opens_in_s=1.0)
+    env = base_env(stack.redis.url, COLUMNS="250")
+    proc = subprocess.run(
+        [FLASHSALE, "loadgen", "--url", stack.api.url, "--campaign", "lg-paced", "--token", TOKEN,
+         "--database-url", stack.database_url, "--redis-url", stack.redis.url, "--no-progress",
+         "--users", "16", "--duration", "5", "--rate", "300", "--keep-going", "--trickle", "0.5"],
+        env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "verdict: clean" in proc.stdout and "not sold out" in proc.stdout
