@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import random
 import secrets
 from collections.abc import Callable
@@ -151,6 +152,7 @@ class Generator:
         start_at = rec.opens_ms - self.cfg.trickle_s * 1000.0
         if start_at > rec.started_ms:  # nobody is around until the trickle starts
             await asyncio.sleep(min(start_at, deadline) / 1000.0 - rec.started_ms / 1000.0)
+        gc.disable()  # a run allocates ~10^5 long-lived grants: generational scans would only slow it
         workers = [asyncio.ensure_future(self._worker(i)) for i in range(self.cfg.users)]
         helpers = [asyncio.ensure_future(self._poll_stats()),
                    asyncio.ensure_future(self._control(deadline, on_tick))]
@@ -168,6 +170,7 @@ class Generator:
             for w in pending:
                 w.cancel()
         finally:
+            gc.enable()
             self._done.set()
             for h in helpers:
                 h.cancel()

@@ -69,6 +69,8 @@ class _Display:
         self.tty = enabled and console.is_terminal
         self.enabled = enabled
         self.last_line = 0.0
+        self.window = (now_ms(), 0)
+        self.rate = 0.0
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                                  TimeElapsedColumn(), console=console, disable=not self.tty)
         self.task = self.progress.add_task("waiting", total=total, info="")
@@ -77,14 +79,17 @@ class _Display:
         if not self.enabled:
             return
         st, rec = self.gen.live.stats, self.gen.record
+        now, n = now_ms(), rec.attempts()
+        if now - self.window[0] >= 1000:  # the request rate over about the last second
+            self.rate = (n - self.window[1]) * 1000.0 / (now - self.window[0])
+            self.window = (now, n)
         taken = int(st.get("sold_units", 0)) + int(st.get("held_units", 0))
-        elapsed = max((now_ms() - max(rec.opens_ms, rec.started_ms)) / 1000.0, 1e-3)
         info = (f"sold {int(st.get('sold_units', 0)):,} held {int(st.get('held_units', 0)):,} · "
-                f"{self.gen.live.active} users · {rec.attempts() / elapsed:,.0f} req/s")
+                f"{self.gen.live.active} users · {self.rate:,.0f} req/s")
         if self.tty:
             self.progress.update(self.task, completed=taken, description=self.gen.live.phase, info=info)
-        elif now_ms() - self.last_line > 5000:
-            self.last_line = now_ms()
+        elif now - self.last_line > 5000:
+            self.last_line = now
             self.console.print(f"[{self.gen.live.phase}] {info}", highlight=False)
 
 
