@@ -60,13 +60,28 @@ def _transition_keys(campaign_id: str) -> list[str]:
     return [k.counters, k.users, k.reservations, k.holds, k.events]
 
 
+STORAGE_ERRORS = (RedisError, OSError, TimeoutError)
+
+
+def _unavailable(what: str, exc: BaseException) -> StorageUnavailable:
+    return StorageUnavailable(f"Redis did not answer {what}: {exc.__class__.__name__}: {exc}; "
+                              "retry with the same Idempotency-Key")
+
+
 @asynccontextmanager
 async def _storage(what: str) -> AsyncIterator[None]:
     try:
         yield
-    except (RedisError, OSError, TimeoutError) as exc:
-        raise StorageUnavailable(f"Redis did not answer {what}: {exc.__class__.__name__}: {exc}; "
-                                 "retry with the same Idempotency-Key") from exc
+    except STORAGE_ERRORS as exc:
+        raise _unavailable(what, exc) from exc
+
+
+async def _reply(fut: Awaitable[Sequence[Any]], what: str) -> Sequence[Any]:
+    """Await a batched call's reply (the hot path: no context manager around it)."""
+    try:
+        return await fut
+    except STORAGE_ERRORS as exc:
+        raise _unavailable(what, exc) from exc
 
 
 def _outcome(campaign_id: str, reply: Sequence[Any], subject: str) -> Outcome:
@@ -179,9 +194,7 @@ class Engine:
         check_reserve(req)
         fut = self._reserve.submit(campaign_id, (new_reservation_id(), req.storefront, req.idempotency_key,
                                                  req.user_id, req.product_id, req.units))
-        async with _storage("a reservation"):
-            reply = await fut
-        return _outcome(campaign_id, reply, campaign_id)
+        return _outcome(campaign_id, await _reply(fut, "a reservation"), campaign_id)
 
     async def reserve_unbatched(self, campaign_id: str, req: ReserveRequest) -> Outcome:
         """One redis-py script call per request: the naive baseline the benchmarks compare against."""
@@ -198,15 +211,13 @@ class Engine:
         ``InvalidState``. Batched per campaign."""
         check_payment_ref(payment_ref)
         fut = self._confirm.submit(campaign_id, (reservation_id, payment_ref))
-        async with _storage("a confirm"):
-            reply = await fut
+        reply = await _reply(fut, "a confirm")
         return _outcome(campaign_id, reply, f"reservation {reservation_id!r}")
 
     async def cancel(self, campaign_id: str, reservation_id: str) -> Outcome:
         """Release a hold. Idempotent; a confirmed or expired reservation raises ``InvalidState``."""
         fut = self._cancel.submit(campaign_id, (reservation_id,))
-        async with _storage("a cancel"):
-            reply = await fut
+        reply = await _reply(fut, "a cancel")
         return _outcome(campaign_id, reply, f"reservation {reservation_id!r}")
 
     async def expire_due(self, campaign_id: str, limit: int = 1000) -> tuple[int, bool]:
