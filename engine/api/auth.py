@@ -11,10 +11,8 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from starlette.requests import Request
-
 from engine.api.errors import ApiError
-from engine.api.validation import header
+from engine.api.validation import Headers
 
 ADMIN = "admin"
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="flashsale"'}
@@ -33,9 +31,9 @@ class Authenticator:
         if admin_token:
             self._callers.append((admin_token.encode(), Caller(ADMIN, True)))
 
-    def caller(self, request: Request) -> Caller:
+    def caller(self, hdrs: Headers) -> Caller:
         """Who is calling, or 401 UNAUTHENTICATED."""
-        raw = header(request, b"authorization")
+        raw = hdrs.get(b"authorization")
         if raw is None:
             raise ApiError(401, "UNAUTHENTICATED", "send Authorization: Bearer <token>", headers=_CHALLENGE)
         scheme, _, token = raw.partition(b" ")
@@ -51,14 +49,14 @@ class Authenticator:
             raise ApiError(401, "UNAUTHENTICATED", "unknown token", headers=_CHALLENGE)
         return found
 
-    def storefront(self, request: Request) -> str:
+    def storefront(self, hdrs: Headers) -> str:
         """The calling storefront's name; 403 for the admin token (it is no storefront)."""
-        who = self.caller(request)
+        who = self.caller(hdrs)
         if who.admin:
             raise ApiError(403, "FORBIDDEN", "this call needs a storefront token, not the admin token")
         return who.name
 
-    def admin(self, request: Request) -> None:
+    def admin(self, hdrs: Headers) -> None:
         """Only the admin token passes; a storefront token gets 403."""
-        if not self.caller(request).admin:
+        if not self.caller(hdrs).admin:
             raise ApiError(403, "FORBIDDEN", "this call needs the admin token")

@@ -22,10 +22,16 @@ async def _check_redis(settings: Settings) -> str:
         await client.aclose()
 
 
-def _prepare_metrics() -> None:
-    """Prometheus multiprocess mode must be set up before the workers fork (when ops provides it)."""
+def _prepare_metrics(workers: int) -> None:
+    """Prometheus multiprocess mode must be set up before the workers fork (when ops provides it).
+
+    Only with several workers: in that mode every counter update takes a lock, a getpid() and an
+    mmap write, which one worker (a scrape sees its own registry) does not need to pay.
+    """
     from engine.ops import metrics
 
+    if workers < 2:
+        return
     prepare = getattr(metrics, "prepare_multiprocess", None)
     if callable(prepare):
         prepare()
@@ -63,7 +69,7 @@ def serve(host: str | None, port: int | None, workers: int | None, server: str |
         sys.exit(1)
     click.echo(f"flashsale serve: {settings.server}, {settings.workers} worker(s) on "
                f"http://{settings.host}:{settings.port}; Redis: {profile}", err=True)
-    _prepare_metrics()
+    _prepare_metrics(settings.workers)
     http.run(settings)
 
 

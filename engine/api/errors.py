@@ -19,6 +19,7 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from engine import errors as e
 
@@ -133,8 +134,26 @@ EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]
     ClientDisconnect: _disconnect,
     e.FlashsaleError: _other_flashsale,
 }
-"""Starlette's exception-handler table; lookup follows each exception's MRO, most specific first.
-What is not here (a bug) is answered by ``internal_error`` from the request middleware."""
+"""The exception-handler table; lookup follows each exception's MRO, most specific first. What is
+not here (a bug) is answered 500 ``INTERNAL`` by the request middleware."""
+
+
+def handler_for(exc: Exception) -> Callable[[Request, Exception], Awaitable[Response]] | None:
+    for cls in type(exc).__mro__:
+        handler = EXCEPTION_HANDLERS.get(cls)
+        if handler is not None:
+            return handler
+    return None
+
+
+async def respond(exc: Exception, scope: Scope, receive: Receive, send: Send) -> bool:
+    """Answer ``exc`` from the table; False when it is not in the table (a bug)."""
+    handler = handler_for(exc)
+    if handler is None:
+        return False
+    response = await handler(Request(scope, receive), exc)
+    await response(scope, receive, send)
+    return True
 
 
 def retry_after_seconds(ms: int) -> int:

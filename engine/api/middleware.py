@@ -1,13 +1,17 @@
-"""The one middleware: request id, metrics, and the last line of defence against a stack trace.
+"""The one middleware: request id, the exception table, metrics, and no stack trace to a client.
 
-A pure ASGI middleware (not ``BaseHTTPMiddleware``, which costs a task and a stream per request):
-it reads ``X-Request-Id`` (or makes one), returns it on every response, observes the request for
-/metrics under its route template, and turns any exception that escaped the handler table into
-a 500 in the error shape, logged with the request id.
+A pure ASGI middleware (not ``BaseHTTPMiddleware``, which costs a task and a stream per request),
+and the only layer between the server and the router: the app drops Starlette's two default
+exception middlewares for it (``engine.api.app.FlashsaleApp``), since it answers every exception
+itself, from the one table in ``engine.api.errors``. Per request it reads ``X-Request-Id`` (or
+makes one), returns it on every response, binds it to the log lines, and observes the request for
+/metrics under its route template. An exception not in the table is a bug: 500 ``INTERNAL`` in the
+error shape, logged with the request id and the trace (the trace goes to the log, never the client).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -18,22 +22,32 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.api import logs
-from engine.api.errors import INTERNAL_BODY
+from engine.api.errors import INTERNAL_BODY, respond
 from engine.ops import metrics
 
 log = logging.getLogger("flashsale.api")
 _VALID_ID = re.compile(rb"[!-~]{1,128}")
 UNMATCHED = "<unmatched>"  # the template of a path no route matched (keeps /metrics bounded)
+_INTERNAL_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(INTERNAL_BODY)).encode())]
 
 
-def new_request_id() -> bytes:
-    return os.urandom(8).hex().encode()
+class RequestIds:
+    """Ids unique across processes and restarts: a random prefix per process, then a counter
+    (a syscall per request for 64 random bits would cost more than the rest of the middleware)."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(6).hex() + "-"
+        self._count = itertools.count(1)
+
+    def __call__(self) -> bytes:
+        return f"{self._prefix}{next(self._count):x}".encode()
 
 
 class RequestContext:
     def __init__(self, app: ASGIApp, templates: dict[Callable[..., Any], str]) -> None:
         self.app = app
         self.templates = templates  # endpoint -> route template
+        self.new_id = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,7 +60,7 @@ class RequestContext:
                 rid = value
                 break
         if not rid or not _VALID_ID.fullmatch(rid):
-            rid = new_request_id()
+            rid = self.new_id()
         token = logs.request_id.set(rid.decode())
         status = 500
         started = False
@@ -60,14 +74,17 @@ class RequestContext:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception as exc:
+                if started or not await respond(exc, scope, receive, send_with_id):
+                    raise
         except Exception:
             log.exception("unhandled error serving %s %s", scope["method"], scope["path"])
             status = 500
             if not started:
-                await send({"type": "http.response.start", "status": 500, "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(INTERNAL_BODY)).encode()), (b"x-request-id", rid)]})
+                await send({"type": "http.response.start", "status": 500,
+                            "headers": [*_INTERNAL_HEADERS, (b"x-request-id", rid)]})
                 await send({"type": "http.response.body", "body": INTERNAL_BODY})
         finally:
             template = self.templates.get(scope.get("endpoint"), UNMATCHED)  # type: ignore[arg-type]

@@ -14,10 +14,14 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from engine import errors as e
-from engine.api import logs
+from engine.api import logs, render
 from engine.api.app import create_app
+from engine.api.deadline import Deadlines
 from engine.api.errors import EXCEPTION_HANDLERS, REJECTION_STATUS, retry_after_seconds
 from engine.api.openapi import ERROR_CODES, spec
+from engine.api.render import rfc3339_ms
+from engine.campaign import ms_to_rfc3339
+from engine.core import Reservation
 from engine.settings import Settings
 from tests.api.conftest import definition, new_id
 from tests.support.processes import ADMIN_TOKEN, STOREFRONT_TOKENS
@@ -109,3 +113,33 @@ async def test_lifespan_runs_the_sweeper(app_client: httpx.AsyncClient) -> None:
     assert (await app_client.get(f"/v1/campaigns/{cid}/stats", headers=SF)).json()["held_units"] == 0  # swept
     r = await app_client.get(f"/v1/campaigns/{cid}/reservations/{rid}", headers=SF)
     assert r.json()["state"] == "expired"
+
+
+async def test_deadline_cancels_a_call_that_hangs_and_spares_the_rest() -> None:
+    deadlines = Deadlines(0.2, tick_s=0.02)
+    assert await deadlines.run(asyncio.sleep(0.01, result="quick")) == "quick"
+    with pytest.raises(TimeoutError):
+        await deadlines.run(asyncio.Event().wait())
+    assert await deadlines.run(asyncio.sleep(0.05, result="after")) == "after"  # the task is not left cancelled
+
+    async def cancelled_from_outside() -> None:
+        await deadlines.run(asyncio.Event().wait())
+
+    task = asyncio.create_task(cancelled_from_outside())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):  # a cancellation that is not ours passes through
+        await task
+
+
+@pytest.mark.parametrize("ms", [0, 1, 999, 1_000, 1_395_795_600_123, 4_102_444_799_999])
+def test_fast_time_format_matches_the_core(ms: int) -> None:
+    assert rfc3339_ms(ms) == ms_to_rfc3339(ms)
+
+
+def test_reservation_body_matches_the_core() -> None:
+    held = Reservation("r1", "c1", "p1", "u1", 3, 30000, "held", 1_395_796_500_000, 1_395_795_600_000, "shop-a")
+    confirmed = Reservation("r2", "c1", "p1", "u1", 1, 10000, "confirmed", 1_395_796_500_000, 1_395_795_600_000,
+                            "shop-a", "pay-1", 1_395_795_700_001)
+    for r in (held, confirmed):
+        assert orjson.loads(render.reservation(r)) == r.to_dict()
