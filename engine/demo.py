@@ -119,7 +119,7 @@ async def launch_day(cfg: DemoConfig, st: Stack, console: Console) -> RunResult:
     load = LoadConfig(url=st.url, campaign_id=definition["id"], token=st.token, users=cfg.users,
                       duration_s=cfg.time_bound_s + cfg.opens_in_s, buyers=cfg.buyers, seed=cfg.seed)
     return await run_load(load, console=console, database_url=st.database_url, redis_url=st.redis.url,
-                          progress=cfg.progress, drain_timeout_s=60.0)
+                          progress=cfg.progress, drain_timeout_s=30.0)
 
 
 def serve_forever(st: Stack, campaign_id: str, console: Console) -> None:
