@@ -187,7 +187,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=60_000, help="reserves per phase")
     ap.add_argument("--concurrency", type=int, default=100)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-max", type=int, default=Settings().batch_max)
     ap.add_argument("--batch-inflight", type=int, default=Settings().batch_inflight)
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
@@ -195,12 +195,14 @@ def main() -> None:
     unbatched = max(a.requests // 4, 1000)
     server = RedisServer().start()
     best: dict[str, Figure] = {}
+    per_round: list[float] = []  # engine / redis-benchmark within each round
     try:
         settings = Settings(redis_url=server.url, batch_max=a.batch_max, batch_inflight=a.batch_inflight,
                             redis_timeout_s=30.0)  # a loaded host must not turn into errors
         for r in range(a.rounds):
             figs = [redis_benchmark(server, a.requests, a.concurrency),
                     *run_engine(server, a.requests, a.concurrency, settings, unbatched)]
+            per_round.append(figs[1].rate / figs[0].rate)
             for f in figs:
                 print(f"round {r + 1}: {f.name}: {f.rate:,.0f}/s  "
                       f"(py {f.cpu_us:.1f} µs, redis {f.redis_cpu_us:.1f} µs)", flush=True)
@@ -221,7 +223,8 @@ def main() -> None:
         f"rounds run alternately. Engine batches: at most {a.batch_max} requests per call, "
         f"{a.batch_inflight} calls in flight, over the lean pipelined connection (`engine/core/wire.py`).\n\n"
         f"{table(best)}\n\n"
-        f"**Engine `reserve` / redis-benchmark = {ratio:.2f}×** ({verdict} the ≥ 0.6× target); "
+        f"**Engine `reserve` / redis-benchmark = {ratio:.2f}×** ({verdict} the ≥ 0.6× target; "
+        f"within each round: {', '.join(f'{x:.2f}×' for x in per_round)}); "
         f"naive one-call-per-request / redis-benchmark = {naive / rb:.2f}×; batched / naive = {eng / naive:.1f}×."
     )
     print(body)
