@@ -10,31 +10,35 @@ dead-letter stream ``fs:dead``.
 
 Trimming removes only what every group on a stream has acknowledged: below the oldest pending
 entry and at most up to the last entry delivered (``XTRIM MINID``; never ``MAXLEN ~``).
+
+Reads and acknowledgements, the per-entry work, go over the core's lean connections
+(``engine.core.wire``: a reply is hiredis's lists, no per-entry dict or per-argument encoding);
+for a Redis they cannot reach (TLS, …) redis-py does the same.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Iterable
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from engine import keys
+from engine.core.wire import Arg, Wire, command
 from engine.ledger.sink import entry_key
 
 GROUP = "ledger"  # the consumer group every writer joins
 CONSUMER_GC_IDLE_MS = 600_000  # a consumer with nothing pending, silent this long, is removed
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     stream: str
     campaign_id: str
     entry_id: str
-    fields: dict[bytes, bytes]
+    fields: list[bytes]  # flat, as Redis sends them: name, value, name, value, …
 
 
 def _text(v: Any) -> str:
@@ -54,13 +58,21 @@ class Streams:
     """Consumer-group operations over the streams of the campaigns a writer knows."""
 
     def __init__(self, redis: aioredis.Redis, consumer: str, *, batch_size: int, claim_idle_ms: int,
-                 max_deliveries: int) -> None:
+                 max_deliveries: int, timeout_s: float = 30.0) -> None:
         self.redis = redis
         self.consumer = consumer
         self.batch_size = batch_size
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self.streams: dict[str, str] = {}  # stream key -> campaign id
+        # two connections: an acknowledgement never waits behind a blocking read
+        self._reads = Wire.for_client(redis, timeout_s)
+        self._acks = Wire.for_client(redis, timeout_s)
+
+    def close(self) -> None:
+        for wire in (self._reads, self._acks):
+            if wire is not None:
+                wire.close()
 
     async def watch(self, campaign_ids: Iterable[str]) -> list[str]:
         """Follow exactly these campaigns, creating the group where missing; returns the new ones."""
@@ -86,7 +98,7 @@ class Streams:
             await self.ensure_group(key)
 
     def _entries(self, key: Any, items: Iterable[Any]) -> tuple[list[Entry], list[str]]:
-        """(entries, ids of entries whose content is gone)."""
+        """(entries, ids of entries whose content is gone); fields flat or a dict (redis-py)."""
         stream = _text(key)
         cid = self.streams.get(stream) or keys.campaign_of_stream(stream)
         out: list[Entry] = []
@@ -95,7 +107,9 @@ class Streams:
             if fields is None:
                 gone.append(_text(eid))
             else:
-                out.append(Entry(stream, cid, _text(eid), fields))
+                if isinstance(fields, dict):
+                    fields = [x for kv in fields.items() for x in kv]
+                out.append(Entry(stream, cid, eid.decode(), fields))
         return out, gone
 
     async def read(self, *, block_ms: int | None, after: dict[str, str] | None = None) -> list[Entry]:
@@ -103,9 +117,16 @@ class Streams:
         entries past those ids (what it had taken before a restart under the same name)."""
         if not self.streams:
             return []
-        starts = dict.fromkeys(self.streams, ">") if after is None else {k: after.get(k, "0") for k in self.streams}
-        resp = await self.redis.xreadgroup(GROUP, self.consumer, cast("Any", starts), count=self.batch_size,
-                                           block=block_ms)
+        streams = list(self.streams)
+        starts = [">"] * len(streams) if after is None else [after.get(k, "0") for k in streams]
+        if self._reads is not None:
+            args: list[Arg] = ["XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", self.batch_size]
+            if block_ms is not None:
+                args += ["BLOCK", block_ms]
+            resp = await self._reads.call(command(*args, "STREAMS", *streams, *starts))
+        else:
+            resp = await self.redis.xreadgroup(GROUP, self.consumer, dict(zip(streams, starts, strict=True)),
+                                               count=self.batch_size, block=block_ms)
         out: list[Entry] = []
         for key, items in resp or []:
             entries, gone = self._entries(key, items)
@@ -141,12 +162,14 @@ class Streams:
         by_stream: dict[str, list[str]] = defaultdict(list)
         for e in entries:
             by_stream[e.stream].append(e.entry_id)
-        if not by_stream:
-            return
-        async with self.redis.pipeline(transaction=False) as p:
-            for stream, ids in by_stream.items():
-                p.xack(stream, GROUP, *ids)
-            await p.execute()
+        if self._acks is not None:
+            wire = self._acks
+            await asyncio.gather(*(wire.call(command("XACK", key, GROUP, *ids)) for key, ids in by_stream.items()))
+        elif by_stream:
+            async with self.redis.pipeline(transaction=False) as p:
+                for stream, ids in by_stream.items():
+                    p.xack(stream, GROUP, *ids)
+                await p.execute()
 
     async def touch(self, entries: Iterable[Entry]) -> None:
         """Reset the idle time of entries this writer is still working on (no delivery counted)."""
@@ -162,7 +185,8 @@ class Streams:
             "campaign": entry.campaign_id, "stream": entry.stream, "id": entry.entry_id,
             "reason": reason[:1000], "deliveries": deliveries, "consumer": self.consumer,
         }
-        for k, v in entry.fields.items():
+        flat = entry.fields
+        for k, v in zip(flat[0::2], flat[1::2], strict=True):
             fields[b"f." + k] = v
         async with self.redis.pipeline(transaction=True) as p:
             p.xadd(keys.DEAD_LETTERS, cast("Any", fields))

@@ -26,7 +26,6 @@ import os
 import random
 import socket
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -41,7 +40,7 @@ from engine.ledger.decoding import row_of
 from engine.ledger.health import WRITERS, liveness_key, progress_script
 from engine.ledger.rows import EventRow
 from engine.ledger.sink import LedgerUnavailable, RowRejected, Sink
-from engine.ledger.streams import GROUP, Entry, Streams, is_nogroup
+from engine.ledger.streams import Entry, Streams, is_nogroup
 
 log = logging.getLogger("flashsale.writer")
 T = TypeVar("T")
@@ -115,7 +114,7 @@ class Writer:
         self.sink = sink
         self.settings = s = settings or WriterSettings()
         self.streams = Streams(redis, s.consumer, batch_size=s.batch_size, claim_idle_ms=s.claim_idle_ms,
-                               max_deliveries=s.max_deliveries)
+                               max_deliveries=s.max_deliveries, timeout_s=s.block_ms / 1000 + 10)
         self.stats = WriterStats()
         self.database_ok = True
         self._progress = progress_script(redis)
@@ -156,6 +155,7 @@ class Writer:
                     await task
             with contextlib.suppress(RedisError, OSError):
                 await self._farewell()
+            self.streams.close()
             log.info("writer %s stopped: %s", self.settings.consumer, self.stats)
 
     async def _read_loop(self, queue: asyncio.Queue[Batch | None]) -> None:
@@ -325,17 +325,8 @@ class Writer:
             self.stats.persisted[cid] = n
 
     async def _ack(self, entries: list[Entry], totals: dict[str, int]) -> None:
-        """Acknowledge a committed batch and publish persisted_orders, in one round trip."""
-        by_stream: dict[str, list[str]] = defaultdict(list)
-        for e in entries:
-            by_stream[e.stream].append(e.entry_id)
-        async with self.redis.pipeline(transaction=False) as p:
-            for stream, ids in by_stream.items():
-                p.xack(stream, GROUP, *ids)
-            for cid, n in totals.items():
-                await self._progress(keys=[keys.CampaignKeys(cid).ledger], args=[n], client=p)
-            await p.execute()
-        self.stats.persisted.update(totals)
+        """Acknowledge a committed batch and publish persisted_orders, at the same time."""
+        await asyncio.gather(self.streams.ack(entries), self._publish(totals))
 
     async def _publish_all(self) -> None:
         try:
