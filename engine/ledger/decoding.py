@@ -9,7 +9,7 @@ any other layout goes through a dict, and anything unusual to the reference, whi
 
 from __future__ import annotations
 
-from engine.events import decode
+from engine.events import MalformedEvent, decode
 from engine.ledger.rows import EventRow, event_row
 
 _TYPES: dict[bytes, str] = {b"reserved": "reserved", b"confirmed": "confirmed", b"cancelled": "cancelled",
@@ -38,7 +38,10 @@ def row_of(campaign_id: str, entry_id: str, fields: list[bytes] | dict[bytes, by
     except (KeyError, ValueError, TypeError, AttributeError, UnicodeDecodeError):
         if isinstance(fields, list):
             fields = dict(zip(fields[0::2], fields[1::2], strict=False))
-        return event_row(decode(campaign_id, entry_id, fields))
+        try:
+            return event_row(decode(campaign_id, entry_id, fields))
+        except UnicodeDecodeError as exc:  # the reference lets this one through
+            raise MalformedEvent(f"not UTF-8: {exc}") from exc
 
 
 def _by_name(campaign_id: str, entry_id: str, f: dict[bytes, bytes]) -> EventRow:

@@ -96,21 +96,24 @@ async def test_entries_that_are_not_events_are_dead_lettered_at_once(engine: Eng
     stream = keys.CampaignKeys(CID).events
     await sell(engine, CID, 10)
     bad = await aredis.xadd(stream, {"e": "refunded", "rid": "r-x"})
+    garbled = await aredis.xadd(stream, {"e": "cancelled", "rid": "r-y", "pid": "p0", "uid": b"\xff\xfe",
+                                         "units": "1", "amount": "1", "at": "1"})
     await sell(engine, CID, 10, start=10)
     writer = await drain(redis_url, db_url)
-    assert writer.stats.dead_letters == 1
+    assert writer.stats.dead_letters == 2
     dead = await aredis.xrange(keys.DEAD_LETTERS)
-    assert len(dead) == 1
+    assert [f[b"id"] for _, f in dead] == [bad, garbled]
     fields = dead[0][1]
-    assert fields[b"id"] == bad and fields[b"campaign"] == CID.encode()
+    assert fields[b"campaign"] == CID.encode() and fields[b"deliveries"] == b"1"
     assert b"unknown event type" in fields[b"reason"] and fields[b"f.e"] == b"refunded"
+    assert b"not UTF-8" in dead[1][1][b"reason"] and dead[1][1][b"f.uid"] == b"\xff\xfe"
     snap = await ledger(db_url, CID)
     assert len(snap.orders) == 20
     status = await ledger_status(aredis)
-    assert status.dead_letters == 1 and status.campaigns[CID].dead_letters == 1
+    assert status.dead_letters == 2 and status.campaigns[CID].dead_letters == 2
     assert status.campaigns[CID].pending == 0
     report = await reconcile(aredis, sink_for(db_url), CID)
-    assert [d.what.split(" (")[0] for d in report.differences] == [f"dead letter {dead[0][0].decode()}"]
+    assert [d.what.split(" (")[0] for d in report.differences] == [f"dead letter {d.decode()}" for d, _ in dead]
 
 
 async def test_a_row_the_database_refuses_is_retried_then_dead_lettered(engine: Engine, aredis: aioredis.Redis,
@@ -231,3 +234,22 @@ async def test_undelivered_is_counted_when_redis_lost_its_group_counters() -> No
     finally:
         await client.aclose()
         server.stop()
+
+
+async def test_without_the_lean_wire_redis_py_does_the_same(engine: Engine, aredis: aioredis.Redis,
+                                                           redis_url: str, db_url: str) -> None:
+    """A Redis the core's wire cannot reach (TLS, …): reads and acknowledgements go through redis-py."""
+    await engine.load_campaign(campaign(CID))
+    sale = await sell(engine, CID, 300, confirm_every=2)
+    client = aioredis.Redis.from_url(redis_url)
+    sink = sink_for(db_url)
+    await sink.open()
+    writer = Writer(client, sink, WriterSettings(consumer="plain", burst=True))
+    writer.streams.close()
+    writer.streams._reads = writer.streams._acks = None
+    await writer.run()
+    await sink.close()
+    await client.aclose()
+    snap = await ledger(db_url, CID)
+    assert {o.reservation_id for o in snap.orders} == set(sale.confirmed) and len(snap.events) == sale.events
+    assert (await aredis.xpending(keys.CampaignKeys(CID).events, GROUP))["pending"] == 0
