@@ -141,7 +141,6 @@ class Writer:
         queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=READ_AHEAD)
         reader = asyncio.create_task(self._read_loop(queue))
         try:
-            await self._redis(self._refresh)
             await self._redis(self._publish_all)
             await self._commit_loop(queue)
             if reader.done() and not reader.cancelled() and (exc := reader.exception()) is not None:
@@ -288,15 +287,24 @@ class Writer:
         Once stopping, an outage abandons the step (returns an empty list): every step is safe to
         leave undone, since unacknowledged entries are redelivered and the sink skips duplicates."""
         backoff = Backoff()
+        regroup = False
         while True:
             try:
+                if regroup:
+                    await self._refresh()
+                    await self.streams.ensure_all()
+                    regroup = False
                 return await fn()
             except ResponseError as exc:
-                if not is_nogroup(exc):
-                    raise
-                log.warning("consumer group missing (Redis lost its data?); re-creating: %s", exc)
-                await self._refresh()
-                await self.streams.ensure_all()
+                if is_nogroup(exc):
+                    self._warn("nogroup", f"consumer group missing (Redis lost its data?); re-creating: {exc}")
+                    regroup = True
+                # LOADING after a restart, BUSY with a long script, …: wait, as for an outage
+                else:
+                    self._warn("redis", f"Redis refused, retrying: {exc}")
+                if self.stopping:
+                    return cast("T", [])
+                await asyncio.sleep(backoff.next())
             except (RedisError, OSError) as exc:
                 self._warn("redis", f"Redis unavailable, retrying: {exc.__class__.__name__}: {exc}")
                 if self.stopping:

@@ -253,3 +253,28 @@ async def test_without_the_lean_wire_redis_py_does_the_same(engine: Engine, ared
     snap = await ledger(db_url, CID)
     assert {o.reservation_id for o in snap.orders} == set(sale.confirmed) and len(snap.events) == sale.events
     assert (await aredis.xpending(keys.CampaignKeys(CID).events, GROUP))["pending"] == 0
+
+
+async def test_a_stream_lost_under_a_running_writer_is_followed_again(engine: Engine, aredis: aioredis.Redis,
+                                                                      redis_url: str, db_url: str) -> None:
+    """NOGROUP (the stream and its group vanished): the writer re-creates the group and goes on."""
+    await engine.load_campaign(campaign(CID))
+    client = aioredis.Redis.from_url(redis_url)
+    sink = sink_for(db_url)
+    await sink.open()
+    writer = Writer(client, sink, WriterSettings(consumer="w", block_ms=100))
+    run = asyncio.create_task(writer.run())
+    first = await sell(engine, CID, 50)
+
+    async def persisted(n: int) -> bool:
+        return writer.stats.persisted.get(CID, 0) >= n
+
+    await until(lambda: persisted(50), 30, "the first orders are persisted")
+    await aredis.delete(keys.CampaignKeys(CID).events)
+    second = await sell(engine, CID, 50, start=50)
+    await until(lambda: persisted(100), 30, "orders after the loss are persisted")
+    writer.stop()
+    await run
+    assert {o.reservation_id for o in (await sink.snapshot(CID)).orders} == set(first.confirmed) | set(second.confirmed)
+    await sink.close()
+    await client.aclose()
