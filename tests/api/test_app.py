@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -50,9 +51,14 @@ async def app_client(own_redis: RedisServer) -> AsyncIterator[httpx.AsyncClient]
         raise RuntimeError("secret internals")
 
     app.router.routes.append(Route("/boom", boom))
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://flashsale.test") as client:
-        yield client
+    threshold = gc.get_threshold()
+    try:
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://flashsale.test") as client:
+            yield client
+    finally:  # the lifespan tunes the collector for a server process; give pytest its own back
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
 
 
 async def test_a_bug_is_a_500_in_the_error_shape_logged_with_the_request_id(app_client: httpx.AsyncClient) -> None:
