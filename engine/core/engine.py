@@ -27,7 +27,7 @@ from engine.campaign import Campaign, parse
 from engine.core.calls import BatchedScript
 from engine.core.redis_client import connect
 from engine.core.requests import ReserveRequest, check_payment_ref, check_reserve, new_reservation_id
-from engine.core.results import CampaignView, Counters, Holdings, Outcome, ProductHolding, Reservation
+from engine.core.results import CampaignView, Counters, Holdings, Outcome, Reservation
 from engine.core.scripts import Scripts, run
 from engine.core.wire import Wire
 from engine.errors import NotFound, StorageUnavailable, rejection
@@ -97,7 +97,8 @@ class Engine:
         self.redis = client
         self.scripts = Scripts.register(client)
         self.wire = Wire.for_client(client, self.settings.redis_timeout_s)
-        self._definitions: dict[bytes, Campaign] = {}
+        self._definitions: dict[bytes, Campaign] = {}  # parsed definitions, by their stored JSON
+        self._known: dict[str, tuple[bytes, Campaign]] = {}  # campaign id -> its last-read definition
         sizes = {"stride_out": STRIDE_OUT, "max_batch": self.settings.batch_max,
                  "max_inflight": self.settings.batch_inflight}
         self._reserve = BatchedScript(self.scripts.reserve, self.wire, _reserve_keys,
@@ -148,10 +149,11 @@ class Engine:
         async with _storage("listing campaigns"):
             return sorted(_text(c) for c in await cast("Awaitable[set[bytes]]", self.redis.smembers(keys.CAMPAIGNS)))
 
-    def _definition(self, raw: bytes) -> Campaign:
+    def _definition(self, raw: bytes, campaign_id: str) -> Campaign:
         c = self._definitions.get(raw)
         if c is None:
             c = self._definitions[raw] = parse(orjson.loads(raw))
+        self._known[campaign_id] = (raw, c)
         return c
 
     async def view(self, campaign_id: str) -> CampaignView:
@@ -162,7 +164,7 @@ class Engine:
             (raw, flag), t = await p.execute()
         if raw is None:
             raise NotFound("campaign", campaign_id)
-        return CampaignView(self._definition(raw), _text(flag), _now_ms(t))
+        return CampaignView(self._definition(raw, campaign_id), _text(flag), _now_ms(t))
 
     async def _admin(self, campaign_id: str, action: str) -> str:
         async with _storage(f"{action} of a campaign"):
@@ -237,19 +239,25 @@ class Engine:
         return Reservation.unpack(campaign_id, reservation_id, packed).seen_at(_now_ms(t))
 
     async def holdings(self, campaign_id: str, user_id: str) -> Holdings:
-        """A user's held and confirmed units, per product and in all."""
-        view = await self.view(campaign_id)
-        pids = [p.id for p in view.campaign.products]
-        fields = [f"t|{user_id}", f"c|{user_id}"]
-        for pid in pids:
-            fields += [f"t|{user_id}|{pid}", f"c|{user_id}|{pid}"]
+        """A user's held and confirmed units, per product and in all. One round trip when this
+        engine has read the campaign before: its definition is checked in the same pipeline."""
+        k = keys.CampaignKeys(campaign_id)
+        known = self._known.get(campaign_id)
         async with _storage("reading a user's holdings"):
-            users = keys.CampaignKeys(campaign_id).users
-            raw = await cast("Awaitable[list[bytes | None]]", self.redis.hmget(users, fields))
-        vals = [int(v or 0) for v in raw]
-        products = tuple(ProductHolding(pid, vals[2 + 2 * i] - vals[3 + 2 * i], vals[3 + 2 * i])
-                         for i, pid in enumerate(pids))
-        return Holdings(campaign_id, user_id, vals[0] - vals[1], vals[1], products)
+            if known is not None:
+                async with self.redis.pipeline(transaction=False) as p:
+                    p.hget(k.meta, "def")
+                    p.hmget(k.users, Holdings.fields(known[1], user_id))
+                    raw_def, vals = await p.execute()
+                if raw_def == known[0]:
+                    return Holdings.from_values(known[1], user_id, vals)
+            raw_def = await cast("Awaitable[bytes | None]", self.redis.hget(k.meta, "def"))
+            if raw_def is None:
+                raise NotFound("campaign", campaign_id)
+            c = self._definition(raw_def, campaign_id)
+            vals = await cast("Awaitable[list[bytes | None]]",
+                              self.redis.hmget(k.users, Holdings.fields(c, user_id)))
+        return Holdings.from_values(c, user_id, vals)
 
     async def counters(self, campaign_id: str) -> Counters:
         """Everything the scripts count for a campaign, in one round trip (no key scans)."""
@@ -264,7 +272,7 @@ class Engine:
         if raw is None:
             raise NotFound("campaign", campaign_id)
         now = _now_ms(t)
-        view = CampaignView(self._definition(raw), _text(flag), now)
+        view = CampaignView(self._definition(raw, campaign_id), _text(flag), now)
         c = {_text(f): int(v) for f, v in counters.items()}
         r = {_text(f): int(v) for f, v in ring.items()}
         sec = now // 1000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +77,21 @@ class Holdings:
     held_units: int
     confirmed_units: int
     products: tuple[ProductHolding, ...]
+
+    @staticmethod
+    def fields(c: Campaign, user_id: str) -> list[str]:
+        """The users-hash fields that hold them (``engine/keys.py``), in ``from_values`` order."""
+        out = [f"t|{user_id}", f"c|{user_id}"]
+        for p in c.products:
+            out += [f"t|{user_id}|{p.id}", f"c|{user_id}|{p.id}"]
+        return out
+
+    @classmethod
+    def from_values(cls, c: Campaign, user_id: str, raw: Sequence[bytes | None]) -> Holdings:
+        v = [int(x or 0) for x in raw]  # t| counts held + confirmed units, c| confirmed alone
+        products = tuple(ProductHolding(p.id, v[2 + 2 * i] - v[3 + 2 * i], v[3 + 2 * i])
+                         for i, p in enumerate(c.products))
+        return cls(c.id, user_id, v[0] - v[1], v[1], products)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -328,3 +328,18 @@ async def test_unreachable_redis_is_storage_unavailable() -> None:
                 await call
     finally:
         await e.close()
+
+
+async def test_holdings_follow_a_replaced_definition(engine: Engine, aredis: aioredis.Redis) -> None:
+    now = await redis_ms(aredis)
+    await engine.load_campaign(campaign(opens_ms=now + 3_600_000))
+    assert [p.product_id for p in (await engine.holdings("c1", "u1")).products] == ["p1", "p2"]
+    await engine.load_campaign(campaign(opens_ms=now + 3_600_000, products=[
+        {"id": "p3", "title": "t", "total_units": 5}, {"id": "p1", "title": "t", "total_units": 5}]))
+    await aredis.hset(K.users, mapping={"t|u1": 4, "c|u1": 1, "t|u1|p3": 3, "c|u1|p3": 1, "t|u1|p1": 1})
+    h = await engine.holdings("c1", "u1")  # the cached definition is stale: read afresh
+    assert [(p.product_id, p.held_units, p.confirmed_units) for p in h.products] == [("p3", 2, 1), ("p1", 1, 0)]
+    assert (h.held_units, h.confirmed_units) == (3, 1)
+    await aredis.delete(K.meta)
+    with pytest.raises(NotFound):
+        await engine.holdings("c1", "u1")
