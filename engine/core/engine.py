@@ -210,7 +210,9 @@ class Engine:
     async def confirm(self, campaign_id: str, reservation_id: str, payment_ref: str) -> Outcome:
         """Payment succeeded: the hold becomes an order. Idempotent for the same payment_ref;
         another payment_ref on a confirmed reservation, or a cancelled or expired one, raises
-        ``InvalidState``. Batched per campaign."""
+        ``InvalidState``. A hold inside its deadline may be paid even after the campaign was
+        paused or closed: the kill switch stops new reservations, not the ones it promised.
+        Batched per campaign."""
         check_payment_ref(payment_ref)
         fut = self._confirm.submit(campaign_id, (reservation_id, payment_ref))
         reply = await _reply(fut, "a confirm")

@@ -343,3 +343,15 @@ async def test_holdings_follow_a_replaced_definition(engine: Engine, aredis: aio
     await aredis.delete(K.meta)
     with pytest.raises(NotFound):
         await engine.holdings("c1", "u1")
+
+
+async def test_holds_made_before_the_kill_switch_can_still_be_paid_or_cancelled(engine: Engine) -> None:
+    await engine.load_campaign(campaign())
+    a = (await engine.reserve("c1", req(units=1))).reservation.reservation_id
+    b = (await engine.reserve("c1", req(product="p2", units=1))).reservation.reservation_id
+    await engine.pause("c1")
+    assert (await engine.confirm("c1", a, "pay")).reservation.state == "confirmed"
+    await engine.close_campaign("c1")
+    assert (await engine.cancel("c1", b)).reservation.state == "cancelled"
+    c = await engine.counters("c1")
+    assert (c.sold, c.held, c.view.state) == (1, 0, "closed")
