@@ -36,10 +36,10 @@ class Run:
 @pytest.fixture(scope="module")
 def short_run(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     # a 2 s hold: abandoned holds expire during the run, and their units must come back
-    stack.campaign(CAMPAIGN, units=3000, opens_in_s=2.0, hold_seconds=2)
+    stack.campaign(CAMPAIGN, units=3000, opens_in_s=4.0, hold_seconds=2)
     path = tmp_path_factory.mktemp("loadgen") / "record.json"
     proc = loadgen(stack, "--users", "32", "--duration", "40", "--buyers", "2500", "--bad-share", "0.05",
-                   "--seed", "7", "--trickle", "1.5", "--record-out", str(path))
+                   "--seed", "7", "--trickle", "2", "--record-out", str(path))
     yield Run(proc, Record.load(path), path)
 
 
