@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -98,7 +99,29 @@ async def _rejected(_: Request, exc: Exception) -> Response:
     return error_response(status, exc.code, exc.message, exc.details, headers)
 
 
+class _Throttle:
+    """At most one log line per ``every_s`` for a repeated condition (an outage answers thousands of
+    requests a second with 503; the log needs to say so once a second, with how many)."""
+
+    def __init__(self, every_s: float = 1.0) -> None:
+        self.every_s = every_s
+        self.last = 0.0
+        self.suppressed = 0
+
+    def warn(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            self.suppressed += 1
+            return
+        log.warning("%s", message, extra={"status": 503, "similar_since_last": self.suppressed})
+        self.last, self.suppressed = now, 0
+
+
+_outage = _Throttle()
+
+
 async def _unavailable(_: Request, exc: Exception) -> Response:
+    _outage.warn(f"answering 503 UNAVAILABLE: {exc}")
     return error_response(503, "UNAVAILABLE", f"{exc}", {}, {"Retry-After": "1"})
 
 

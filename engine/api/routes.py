@@ -10,6 +10,7 @@ per-request wrappers between the router and the handler, since the middleware an
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -83,16 +84,17 @@ class Api:
             raise self._unavailable() from None
 
     async def _counted(self, operation: str, call: Awaitable[Outcome]) -> Outcome:
-        """The engine call under the deadline, its outcome counted for /metrics."""
+        """The engine call under the deadline, its outcome and latency counted for /metrics."""
+        start = time.perf_counter()
         try:
             outcome = await self.deadlines.run(call)
         except TimeoutError:
-            metrics.count_outcome(operation, "UNAVAILABLE")
+            metrics.count_outcome(operation, "UNAVAILABLE", time.perf_counter() - start)
             raise self._unavailable() from None
         except FlashsaleError as exc:
-            metrics.count_outcome(operation, public_code(exc))
+            metrics.count_outcome(operation, public_code(exc), time.perf_counter() - start)
             raise
-        metrics.count_outcome(operation, "OK")
+        metrics.count_outcome(operation, "OK", time.perf_counter() - start)
         return outcome
 
     # -- campaigns (admin writes, anyone with a token reads) -------------------------------

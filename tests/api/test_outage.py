@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 
 import httpx
+import orjson
 import pytest
 
 from tests.api.conftest import definition, error_code, new_id
@@ -67,6 +68,9 @@ def test_redis_killed_then_back(durable: tuple[RedisServer, ApiServer]) -> None:
         assert r.status_code == 503 and error_code(r) == "UNAVAILABLE"
         assert c.get("/healthz").status_code == 200  # alive, just not ready
         assert "Traceback" not in api.output()
+        logged = [orjson.loads(line) for line in api.output().splitlines() if line.startswith("{")]
+        outage = [e for e in logged if e.get("status") == 503]
+        assert outage and outage[0]["level"] == "warning" and outage[0]["request_id"] != "-"
 
         redis.start()  # same port, same AOF directory
         _wait_ready(c)
