@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -284,6 +285,7 @@ def run(seconds: float, connections: int, rounds: int, rate: float,
                     c.stop()
                 if s.redis is not None:
                     s.redis.stop()
+    shutil.rmtree(workdir, ignore_errors=True)  # kept (with the servers' logs) only if the run failed
     return list(best.values()), paced_figs
 
 
