@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,3 +52,4 @@ def stack() -> Iterator[Stack]:
         writer.stop()
         api.stop()
         redis.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,13 +20,13 @@ TOKEN = "tok-peer"
 
 
 @pytest.fixture
-def peer(pg_url: str) -> Iterator[str]:
+def peer(pg_url: str, tmp_path: Path) -> Iterator[str]:
     asyncio.run(prepare_peer(pg_url))
     port = free_port()
     env = {"PEER_DATABASE_URL": pg_url, "PEER_POOL_SIZE": "4", "FLASHSALE_STOREFRONT_TOKENS": f"shop={TOKEN}",
            "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
     child = Child("peer", [sys.executable, "-m", "scripts.bench.peer_app", "--port", str(port), "--workers", "1"],
-                  env, tempfile.mkdtemp(prefix="fs-peer-")).start()
+                  env, str(tmp_path)).start()
     try:
         child.wait_http(f"http://127.0.0.1:{port}/healthz", timeout_s=60)
         yield f"http://127.0.0.1:{port}/v1/campaigns/{CAMPAIGN}"
