@@ -9,7 +9,7 @@ may since have expired the hold), the reservation stays confirmed.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from engine.events import Event
@@ -35,8 +35,11 @@ class ResState:
     confirmed_ms: int = 0
 
 
-def merge(*histories: Iterable[Event]) -> list[Event]:
-    """Events of several sources, each entry id once, in stream order."""
+def merge(*histories: Sequence[Event]) -> list[Event]:
+    """Events of several sources (each in stream order), each entry id once, in stream order."""
+    present = [h for h in histories if h]
+    if len(present) <= 1:
+        return list(present[0]) if present else []
     by_id: dict[str, Event] = {}
     for events in histories:
         for e in events:

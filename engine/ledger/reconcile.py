@@ -86,7 +86,9 @@ def compare(campaign: Campaign, view: RedisView, want: Totals) -> list[Differenc
         check(f"product {p}: remaining units", total - sold - held,
               total - want.product_sold.get(p, 0) - want.product_held.get(p, 0))
     for f in sorted(set(view.users) | set(want.users)):
-        check(_user_field(f), view.users.get(f, 0), want.users.get(f, 0))
+        have, should = view.users.get(f, 0), want.users.get(f, 0)
+        if have != should:
+            out.append(Difference(_user_field(f), have, should))
     return out
 
 
@@ -124,7 +126,9 @@ async def reconcile(redis: aioredis.Redis, sink: Sink, campaign_id: str) -> Reco
     view = await read_view(redis, campaign_id)
     ledger = await sink.snapshot(campaign_id)
     upto = max(entry_key(view.last_id), entry_key(ledger_last or "0-0"))
-    ledger_events = [e for e in ledger.events if entry_key(e.entry_id) <= upto]
+    ledger_events = list(ledger.events)  # in stream order: what lies past ``upto`` is at the end
+    while ledger_events and entry_key(ledger_events[-1].entry_id) > upto:
+        ledger_events.pop()
     states = replay(merge(ledger_events, view.events))
     want = totals(states.values())
     diffs: list[Difference] = []
