@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -14,6 +14,7 @@ from engine.campaign import Campaign, ms_to_rfc3339, parse
 from engine.core import Engine
 from engine.core.scripts import source
 from engine.settings import Settings
+from tests.support.servers import RedisServer
 
 HIGH_RATE = {"per_second": 1_000_000, "burst": 1_000_000}  # the limiter never interferes
 DAY_MS = 86_400_000
@@ -37,6 +38,16 @@ def definition(cid: str = "c1", *, opens_ms: int | None = None, closes_ms: int |
 
 def campaign(cid: str = "c1", **overrides: Any) -> Campaign:
     return parse(definition(cid, **overrides))
+
+
+@pytest.fixture(scope="package")
+def redis_server() -> Iterator[RedisServer]:
+    """tests/core's own redis-server, in place of the session one: another area's long-lived
+    process on the session Redis (a session-scoped API server runs a sweeper) would expire the
+    holds these tests force past their deadline, and race the sweepers they count."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
