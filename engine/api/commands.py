@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 import click
@@ -42,8 +43,8 @@ def _prepare_metrics(workers: int) -> None:
 @click.option("--port", type=int, default=None, help="port (FLASHSALE_PORT; default 8000)")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="worker processes sharing the port (FLASHSALE_WORKERS; default 1)")
-@click.option("--server", type=click.Choice(["granian", "uvicorn"]), default=None,
-              help="HTTP server (FLASHSALE_SERVER; default granian, the faster here: see BENCHMARKS.md)")
+@click.option("--server", type=click.Choice(["uvicorn", "granian"]), default=None,
+              help="HTTP server (FLASHSALE_SERVER; default uvicorn, the faster for this app: see BENCHMARKS.md)")
 @click.option("--redis-url", default=None, help="Redis URL (FLASHSALE_REDIS_URL)")
 @click.option("--allow-volatile-redis", is_flag=True, default=False,
               help="run on a Redis without AOF (demos, tests): a Redis restart then loses holds and orders")
@@ -53,6 +54,7 @@ def serve(host: str | None, port: int | None, workers: int | None, server: str |
     """The storefront HTTP API (API.md) until SIGTERM, which drains requests in flight."""
     from engine.api import server as http
 
+    server = server or os.environ.get("FLASHSALE_SERVER") or http.DEFAULT_SERVER
     try:
         settings = Settings.from_env(host=host, port=port, workers=workers, server=server, redis_url=redis_url,
                                      allow_volatile_redis=True if allow_volatile_redis else None,

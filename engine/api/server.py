@@ -1,4 +1,10 @@
-"""Running the app under an HTTP server: granian (default) or uvicorn, N worker processes on one port.
+"""Running the app under an HTTP server: uvicorn (default) or granian, N worker processes on one port.
+
+uvicorn is the default because it serves this app faster here: ``python -m scripts.bench.http``
+measured more reservations per second and less CPU per request under uvicorn (httptools, uvloop)
+than under granian, whose ASGI bridge hands every request, body and response between its Rust I/O
+thread and the Python event loop (granian wins on a bare GET, see ``shared/LIMITS.md``, not on a
+POST with a body). ``--server granian`` or ``FLASHSALE_SERVER=granian`` selects granian.
 
 Workers are separate processes that rebuild the app from the ``FLASHSALE_*`` environment
 (``engine.api.app:factory``), so the parent exports its settings before spawning them. Both
@@ -13,7 +19,8 @@ import os
 from engine.api import logs
 from engine.settings import Settings
 
-SERVERS = ("granian", "uvicorn")
+SERVERS = ("uvicorn", "granian")
+DEFAULT_SERVER = "uvicorn"  # the faster for this app (BENCHMARKS.md, "HTTP API vs the Starlette yardstick")
 TARGET = "engine.api.app:factory"
 BACKLOG = 4096  # a flash sale opens with a burst of connections
 GRACEFUL_S = 10  # how long a stopping worker may take to finish its requests in flight

@@ -10,8 +10,9 @@ In one run, on loopback, for 1 and 2 worker processes:
    ``http_reserve.lua``: a fresh Idempotency-Key and one of 50,000 users per thread on every
    request, on a campaign with a 10^9-unit tranche and a rate limit no user reaches, so every
    answer is a 201 (any other status is counted and reported);
-3. the same flashsale at a fixed offered load of half the capacity wrk measured, open loop
-   (``http_openloop.py``), for the latency a storefront sees below saturation.
+3. the same flashsale at a fixed offered load of half the capacity wrk measured (wrk paced by
+   ``http_paced.lua``, or ``--pacer python`` for the open-loop ``http_openloop.py``), for the
+   latency a storefront sees below saturation.
 
 Reported: req/s, p50/p99, the ratio to the yardstick, and CPU time per request of the server's
 processes (steadier than req/s when the machine is shared). Redis runs without AOF here: this
@@ -38,6 +39,7 @@ from tests.support.servers import RedisServer, free_port
 HERE = Path(__file__).resolve().parent
 WRK_THREADS = 2
 WRK_CONNECTIONS = 100
+PACED_CONNECTIONS = 256  # for the fixed rate: enough idle connections that a due request never waits for one
 WARMUP_S = 2
 TARGET_RATIO = 0.5
 TARGET_P99_MS = 10.0
@@ -140,13 +142,22 @@ def flashsale(redis: RedisServer, server: str, workers: int) -> Target:
     return Target(f"flashsale POST …/reservations, {server}", api, api.url, "http_reserve.lua", (cid, TOKEN))
 
 
-def open_loop(target: Target, rate: float, seconds: int) -> dict[str, float]:
+def fixed_rate(target: Target, rate: float, seconds: int, pacer: str) -> dict[str, float]:
+    """Latency at an offered ``rate``: wrk paced by ``http_paced.lua`` (default: C, cheap on a shared
+    CPU), or the Python open-loop generator (``http_openloop.py``: latency from when each request
+    was due, so no coordinated omission, but its own CPU competes with the server's)."""
     assert isinstance(target.proc, ApiServer)
-    out = subprocess.run([sys.executable, "-m", "scripts.bench.http_openloop", "--port", str(target.proc.port),
-                          "--campaign", target.args[0], "--token", TOKEN, "--rate", f"{rate:.0f}",
-                          "--seconds", str(seconds)], capture_output=True, text=True, check=True).stdout
-    result: dict[str, float] = orjson.loads(out.strip().splitlines()[-1])
-    return result
+    if pacer == "python":
+        out = subprocess.run([sys.executable, "-m", "scripts.bench.http_openloop", "--port", str(target.proc.port),
+                              "--campaign", target.args[0], "--token", TOKEN, "--rate", f"{rate:.0f}",
+                              "--seconds", str(seconds)], capture_output=True, text=True, check=True).stdout
+        result: dict[str, float] = orjson.loads(out.strip().splitlines()[-1])
+        return result
+    cmd = ["wrk", f"-t{WRK_THREADS}", f"-c{PACED_CONNECTIONS}", f"-d{seconds}s", "-s", str(HERE / "http_paced.lua"),
+           target.url, "--", target.args[0], TOKEN, os.urandom(4).hex(), f"{rate / WRK_THREADS:.1f}"]
+    d = orjson.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    return {"achieved_rps": d["requests"] / (d["duration_us"] / 1e6), "p50_us": d["p50_us"], "p99_us": d["p99_us"],
+            "non2xx": d["non2xx"], "errors": d["socket_errors"]}
 
 
 def main() -> None:
@@ -155,6 +166,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="wrk runs per target, interleaved; the best counts")
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--servers", default="granian,uvicorn")
+    ap.add_argument("--pacer", choices=("wrk", "python"), default="wrk",
+                    help="fixed-rate load: wrk paced by Lua, or the Python open-loop generator")
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     a = ap.parse_args()
     if subprocess.run(["which", "wrk"], capture_output=True).returncode != 0:
@@ -172,8 +185,8 @@ def main() -> None:
                         print(f"{workers}w {target.name}: {target.measure(a.seconds)}", flush=True)
                 rows.append(_row(hello.name, workers, hello.best, hello.best, None))
                 for app in apps:
-                    steady = open_loop(app, app.best.rps / 2, a.seconds)
-                    print(f"{workers}w {app.name} open loop: {steady}", flush=True)
+                    steady = fixed_rate(app, app.best.rps / 2, a.seconds, a.pacer)
+                    print(f"{workers}w {app.name} at half capacity: {steady}", flush=True)
                     rows.append(_row(app.name, workers, app.best, hello.best, steady))
                     verdicts.append(_verdict(app.name, workers, app.best.rps / hello.best.rps, steady))
             finally:
@@ -181,7 +194,7 @@ def main() -> None:
                     target.proc.stop()
     finally:
         redis.stop()
-    body = _report(rows, verdicts, a.seconds, a.rounds)
+    body = _report(rows, verdicts, a.seconds, a.rounds, a.pacer)
     print(body)
     if not a.no_write:
         write_section("http", "HTTP API vs the Starlette yardstick", "python -m scripts.bench.http", body)
@@ -204,16 +217,18 @@ def _verdict(what: str, workers: int, ratio: float, steady: dict[str, float]) ->
             f"{p99:.1f} ms {'meets' if p99 < TARGET_P99_MS else 'misses'} the < {TARGET_P99_MS:g} ms target.")
 
 
-def _report(rows: list[str], verdicts: list[str], seconds: int, rounds: int) -> str:
+def _report(rows: list[str], verdicts: list[str], seconds: int, rounds: int, pacer: str) -> str:
     head = ["| what | workers | req/s (wrk) | p50 / p99 (wrk, saturated) | ratio to yardstick | "
-            "server CPU per request | p50 / p99 at half capacity (open loop) |",
+            "server CPU per request | p50 / p99 at half capacity |",
             "|---|---:|---:|---:|---:|---:|---|"]
     return "\n".join([
         f"wrk {WRK_THREADS} threads × {WRK_CONNECTIONS} connections, {rounds} interleaved runs of {seconds} s per "
-        f"target (each after a {WARMUP_S} s warm-up), the best run shown; open loop: requests due at a fixed rate "
-        f"(half the best wrk rate), latency counted from when each was due, {seconds} s. Redis without AOF. wrk, "
-        "the servers and Redis share this machine's cores; server CPU per request is that server's processes' "
-        "CPU time over the requests answered.", "",
+        f"target (each after a {WARMUP_S} s warm-up), the best run shown. At half capacity: half the best wrk rate "
+        f"offered for {seconds} s, " + (
+            f"by wrk paced with `http_paced.lua` ({PACED_CONNECTIONS} connections, latency from each request's "
+            "send)" if pacer == "wrk" else "by the open-loop generator `http_openloop.py` (latency from when each "
+            "request was due)") + ". Redis without AOF. wrk, the servers and Redis share this machine's cores; "
+        "server CPU per request is that server's processes' CPU time over the requests answered.", "",
         *head, *rows, "", *verdicts])
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import sys
 import time
 from collections import deque
@@ -168,7 +169,9 @@ class Generator:
             return int(lat[min(len(lat) - 1, int(p / 100 * len(lat)))] * 1e6) if lat else 0
 
         ok = sum(n for s, n in self.statuses.items() if 200 <= s < 300)
-        return {"offered_rps": self.rate, "achieved_rps": round(len(lat) / self.seconds, 1), "requests": len(lat),
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {"client_cpu_s": round(usage.ru_utime + usage.ru_stime, 2), "offered_rps": self.rate,
+                "achieved_rps": round(len(lat) / self.seconds, 1), "requests": len(lat),
                 "p50_us": pct(50), "p90_us": pct(90), "p99_us": pct(99), "max_us": int(lat[-1] * 1e6) if lat else 0,
                 "non2xx": len(lat) - ok, "errors": self.errors, "connections": self.opened}
 
