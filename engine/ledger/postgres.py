@@ -1,11 +1,13 @@
 """The PostgreSQL ledger, through asyncpg, with ``synchronous_commit = on``.
 
-A batch is written optimistically with ``COPY`` (the fastest way in), events then orders, in one
-transaction. If any row is already there — a batch redelivered after a writer died between
-commit and acknowledgement — ``COPY`` fails on the primary key, the transaction rolls back, and
-the batch is written again with ``INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING``, which
-skips what is stored. Either way each event and each order is stored once, and the campaign's
-``persisted_orders`` grows by the orders actually inserted, in the same transaction.
+A batch is one transaction: its events go in by ``COPY`` (the fastest way in); then one
+statement makes the orders of the confirmed events among them from the rows just stored
+(``INSERT … SELECT … ON CONFLICT DO NOTHING``), counts those it inserted and adds them to
+``ledger_progress``; then COMMIT. If an event is already there — a batch redelivered after a
+writer died between commit and acknowledgement — ``COPY`` fails on the primary key, the
+transaction rolls back, and the events go in by ``INSERT … SELECT FROM unnest(…) ON CONFLICT
+DO NOTHING`` instead, which skips what is stored. Either way each event and each order is stored
+once, and ``persisted_orders`` grows by the orders actually inserted, in the same transaction.
 """
 
 from __future__ import annotations
@@ -25,18 +27,16 @@ from engine.ledger.rows import (
     EventRow,
     event_of_row,
     order_of_row,
-    order_rows,
-    utc,
 )
 from engine.ledger.sink import Holder, LedgerSnapshot, LedgerUnavailable, RowRejected
 
 MIGRATION_LOCK = 0x666C_6564  # pg_advisory_xact_lock key: one migrator at a time
 CONNECT_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 60.0  # a statement hung longer than this counts as the database being away
+CONNECTIONS = 2  # batches committing at once: one encodes and sends while the other's server works
 
 _EVENT_TYPES = ("text", "int8", "int8", "text", "text", "text", "text", "int8", "int8", "int8", "text", "int8",
                 "text")
-_ORDER_TYPES = ("text", "text", "text", "text", "int8", "int8", "text", "timestamptz")
 
 
 def _unnest_insert(table: str, columns: Sequence[str], types: Sequence[str]) -> str:
@@ -46,17 +46,56 @@ def _unnest_insert(table: str, columns: Sequence[str], types: Sequence[str]) -> 
 
 
 _INSERT_EVENTS = _unnest_insert("events", EVENT_COLUMNS, _EVENT_TYPES)
-_INSERT_ORDERS = _unnest_insert("orders", ORDER_COLUMNS, _ORDER_TYPES)
-_BUMP = ("INSERT INTO ledger_progress (campaign_id, persisted_orders, persisted_events) "
-         "SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[]) ON CONFLICT (campaign_id) DO UPDATE SET "
-         "persisted_orders = ledger_progress.persisted_orders + excluded.persisted_orders, "
-         "persisted_events = ledger_progress.persisted_events + excluded.persisted_events "
-         "RETURNING campaign_id, persisted_orders")
+# The orders of a batch, made from its events already in the table, and the progress they make,
+# in one statement: per campaign of the batch ($1…$5: its id and the range of entry ids the
+# batch holds, $6: the events it stored), insert the orders of the confirmed events in that
+# range not stored yet, count them, add them to ledger_progress, return persisted_orders. Events
+# in the range from other writers' committed batches already have their orders (same
+# transaction): ON CONFLICT skips them; uncommitted ones are not visible.
+_ORDERS_AND_PROGRESS = f"""
+WITH batch AS (
+  SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[])
+    AS b(campaign_id, lo_ms, lo_seq, hi_ms, hi_seq, events)
+), new AS (
+  INSERT INTO orders ({", ".join(ORDER_COLUMNS)})
+  SELECT e.reservation_id, e.campaign_id, e.product_id, e.user_id, e.units, e.amount,
+         coalesce(e.payment_ref, ''), 'epoch'::timestamptz + e.at_ms * interval '1 millisecond'
+  FROM batch b JOIN events e ON e.campaign_id = b.campaign_id
+    AND (e.entry_ms, e.entry_seq) BETWEEN (b.lo_ms, b.lo_seq) AND (b.hi_ms, b.hi_seq)
+  WHERE e.type = 'confirmed'
+  ON CONFLICT DO NOTHING
+  RETURNING campaign_id
+)
+INSERT INTO ledger_progress (campaign_id, persisted_orders, persisted_events)
+SELECT b.campaign_id, (SELECT count(*) FROM new WHERE new.campaign_id = b.campaign_id), b.events
+FROM batch b ORDER BY b.campaign_id
+ON CONFLICT (campaign_id) DO UPDATE SET
+  persisted_orders = ledger_progress.persisted_orders + excluded.persisted_orders,
+  persisted_events = ledger_progress.persisted_events + excluded.persisted_events
+RETURNING campaign_id, persisted_orders"""
 # Errors that say the server is away or busy, not that the data is wrong: retry the batch.
 _UNAVAILABLE = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
                 asyncpg.exceptions.InsufficientResourcesError, asyncpg.exceptions.TransactionRollbackError,
                 asyncpg.InterfaceError, OSError, TimeoutError)
 _REJECTED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, OverflowError)
+
+
+def _ranges(rows: Sequence[EventRow]) -> list[list[Any]]:
+    """Per campaign (sorted: writers lock progress rows in one order), the lowest and highest
+    entry id of the batch, as five columns: campaign, lo ms, lo seq, hi ms, hi seq."""
+    span: dict[str, list[tuple[int, int]]] = {}
+    for r in rows:
+        key = (r[1], r[2])
+        s = span.get(r[0])
+        if s is None:
+            span[r[0]] = [key, key]
+        elif key < s[0]:
+            s[0] = key
+        elif key > s[1]:
+            s[1] = key
+    cids = sorted(span)
+    return [cids, [span[c][0][0] for c in cids], [span[c][0][1] for c in cids],
+            [span[c][1][0] for c in cids], [span[c][1][1] for c in cids]]
 
 
 def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
@@ -65,40 +104,51 @@ def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
 
 class PostgresSink:
     url_scheme = "postgresql"
+    concurrency = CONNECTIONS
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._conn: asyncpg.Connection | None = None
-        self._lock = asyncio.Lock()  # one connection, one operation at a time (the writer's tasks share it)
+        # each call takes a connection (None: make one) and gives it back (None: it broke)
+        self._idle: asyncio.Queue[asyncpg.Connection | None] = asyncio.Queue()
+        for _ in range(CONNECTIONS):
+            self._idle.put_nowait(None)
+        self._open: set[asyncpg.Connection] = set()
 
-    async def _connection(self) -> asyncpg.Connection:
-        if self._conn is None or self._conn.is_closed():
-            self._conn = await asyncpg.connect(
-                self.url, timeout=CONNECT_TIMEOUT_S, command_timeout=COMMAND_TIMEOUT_S,
-                server_settings={"synchronous_commit": "on", "application_name": "flashsale-ledger"})
-        return self._conn
-
-    async def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.terminate()
+    async def _connect(self) -> asyncpg.Connection:
+        conn = await asyncpg.connect(
+            self.url, timeout=CONNECT_TIMEOUT_S, command_timeout=COMMAND_TIMEOUT_S,
+            server_settings={"synchronous_commit": "on", "application_name": "flashsale-ledger"})
+        self._open.add(conn)
+        return conn
 
     async def _call(self, what: str, fn: Any) -> Any:
-        """Run ``fn(conn)``; map errors to LedgerUnavailable (retry) or RowRejected (futile)."""
-        async with self._lock:
-            return await self._call_locked(what, fn)
-
-    async def _call_locked(self, what: str, fn: Any) -> Any:
+        """Run ``fn(conn)`` on a connection of its own; map errors to LedgerUnavailable (retry)
+        or RowRejected (futile)."""
+        conn = await self._idle.get()
         try:
-            return await fn(await self._connection())
+            if conn is None or conn.is_closed():
+                conn = await self._connect()
+            return await fn(conn)
         except _REJECTED as exc:
             raise RowRejected(f"PostgreSQL refused a row while {what}: {exc}") from exc
         except _UNAVAILABLE as exc:
-            await self._drop()
+            conn = self._drop(conn)
             raise LedgerUnavailable(f"PostgreSQL unavailable while {what}: {exc.__class__.__name__}: {exc}") from exc
         except asyncpg.PostgresError as exc:
-            await self._drop()
+            conn = self._drop(conn)
             raise LedgerUnavailable(f"PostgreSQL error while {what}: {exc.__class__.__name__}: {exc}") from exc
+        except BaseException:
+            conn = self._drop(conn)  # cancelled mid-statement: the connection is in doubt
+            raise
+        finally:
+            self._idle.put_nowait(conn)
+
+    def _drop(self, conn: asyncpg.Connection | None) -> asyncpg.Connection | None:
+        """Close a connection that failed; returns None, its place in the idle queue."""
+        if conn is not None:
+            self._open.discard(conn)
+            conn.terminate()
+        return None
 
     async def open(self) -> int:
         async def migrate(conn: asyncpg.Connection) -> int:
@@ -117,9 +167,10 @@ class PostgresSink:
         return result
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            await conn.close()
+        for conn in list(self._open):
+            self._open.discard(conn)
+            if not conn.is_closed():
+                await conn.close()
 
     async def schema_version(self) -> int:
         async def get(conn: asyncpg.Connection) -> int:
@@ -129,27 +180,21 @@ class PostgresSink:
         return result
 
     async def write(self, rows: Sequence[EventRow]) -> dict[str, int]:
-        cids = sorted({r[0] for r in rows})  # writers touching several campaigns lock them in one order
-        orders = order_rows(rows, utc)
+        ranges = _ranges(rows)
 
-        async def copy(conn: asyncpg.Connection) -> dict[str, int]:
-            async with conn.transaction():
-                await conn.copy_records_to_table("events", records=rows, columns=EVENT_COLUMNS)
-                if orders:
-                    await conn.copy_records_to_table("orders", records=orders, columns=ORDER_COLUMNS)
-                return await _bump(conn, cids, Counter(o[1] for o in orders), Counter(r[0] for r in rows))
-
-        async def upsert(conn: asyncpg.Connection) -> dict[str, int]:
-            async with conn.transaction():
-                new_events = await conn.fetch(_INSERT_EVENTS, *_columns(rows, len(EVENT_COLUMNS)))
-                new_orders = await conn.fetch(_INSERT_ORDERS, *_columns(orders, len(ORDER_COLUMNS))) if orders else []
-                return await _bump(conn, cids, Counter(r[0] for r in new_orders), Counter(r[0] for r in new_events))
+        async def orders_and_progress(conn: asyncpg.Connection, stored: Counter[str]) -> dict[str, int]:
+            got = await conn.fetch(_ORDERS_AND_PROGRESS, *ranges, [stored[c] for c in ranges[0]])
+            return {r[0]: int(r[1]) for r in got}
 
         async def write(conn: asyncpg.Connection) -> dict[str, int]:
             try:
-                return await copy(conn)
+                async with conn.transaction():
+                    await conn.copy_records_to_table("events", records=rows, columns=EVENT_COLUMNS)
+                    return await orders_and_progress(conn, Counter(r[0] for r in rows))
             except asyncpg.UniqueViolationError:  # some of the batch is stored already: skip it
-                return await upsert(conn)
+                async with conn.transaction():
+                    new_events = await conn.fetch(_INSERT_EVENTS, *_columns(rows, len(EVENT_COLUMNS)))
+                    return await orders_and_progress(conn, Counter(r[0] for r in new_events))
 
         result: dict[str, int] = await self._call("writing a batch", write)
         return result
@@ -215,8 +260,3 @@ class PostgresSink:
         result: list[Holder] = await self._call("reading the holder register", get)
         return result
 
-
-async def _bump(conn: asyncpg.Connection, cids: list[str], new_orders: Counter[str],
-                new_events: Counter[str]) -> dict[str, int]:
-    rows = await conn.fetch(_BUMP, cids, [new_orders[c] for c in cids], [new_events[c] for c in cids])
-    return {r[0]: int(r[1]) for r in rows}

@@ -83,6 +83,7 @@ class Sink(Protocol):
     """A ledger database. ``open`` creates or migrates the schema; every other call needs it."""
 
     url_scheme: str
+    concurrency: int  # how many ``write`` calls may usefully run at once (one connection each)
 
     async def open(self) -> int:
         """Connect, create or migrate the schema; returns the schema version (``SchemaTooNew``)."""

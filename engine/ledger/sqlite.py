@@ -50,6 +50,7 @@ def path_of(url: str) -> str:
 
 class SqliteSink:
     url_scheme = "sqlite"
+    concurrency = 1  # one writer at a time holds SQLite's write lock: nothing to gain from more
 
     def __init__(self, url: str) -> None:
         self.path = path_of(url)

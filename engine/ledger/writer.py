@@ -48,6 +48,7 @@ T = TypeVar("T")
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 READ_AHEAD = 2  # batches read while the one before commits
+ACKS_AHEAD = 2  # committed batches whose acknowledgement may still be on its way
 LOG_EVERY_S = 5.0  # repeated warnings (database down, Redis away) at most this often
 
 
@@ -140,15 +141,19 @@ class Writer:
         heartbeat = asyncio.create_task(self._heartbeat())
         queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=READ_AHEAD)
         reader = asyncio.create_task(self._read_loop(queue))
+        committers: list[asyncio.Task[None]] = []
         try:
             await self._redis(self._publish_all)
-            await self._commit_loop(queue)
+            # as many committers as the sink can use at once (PostgreSQL: one encodes and sends
+            # while the other's server works); each commits, then passes the end mark on
+            committers = [asyncio.create_task(self._commit_loop(queue)) for _ in range(max(self.sink.concurrency, 1))]
+            await asyncio.gather(*committers)
             if reader.done() and not reader.cancelled() and (exc := reader.exception()) is not None:
                 raise exc
             await self._redis(self._trim)
             return self.stats
         finally:
-            for task in (reader, heartbeat):
+            for task in (reader, heartbeat, *committers):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -176,12 +181,62 @@ class Writer:
         await queue.put(batch)
 
     async def _commit_loop(self, queue: asyncio.Queue[Batch | None]) -> None:
-        while (batch := await queue.get()) is not None:
-            try:
-                if not await self._process(batch) and self.stopping:
-                    return  # the database is away and we are stopping: the rest stays pending
-            finally:
-                self._inflight.remove(batch)
+        """Commit batch after batch; each batch's acknowledgement runs while the next commits."""
+        acks: set[asyncio.Task[None]] = set()
+        last = False
+        try:
+            while not last and (batch := await queue.get()) is not None:
+                batch, last = self._group(batch, queue)
+                if len(acks) >= ACKS_AHEAD:
+                    await asyncio.wait(acks, return_when=asyncio.FIRST_COMPLETED)
+                try:
+                    done, totals = await self._process(batch)
+                except BaseException:
+                    self._inflight.remove(batch)
+                    raise
+                if not done:
+                    self._inflight.remove(batch)
+                    if done is None and self.stopping:
+                        return  # the database is away and we are stopping: the rest stays pending
+                    continue
+                task = asyncio.create_task(self._acknowledge(batch, done, totals))
+                acks.add(task)
+                task.add_done_callback(acks.discard)
+        finally:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)  # the end, for the other committers
+            if acks:
+                await asyncio.gather(*acks)
+
+    def _group(self, batch: Batch, queue: asyncio.Queue[Batch | None]) -> tuple[Batch, bool]:
+        """Group commit: the batches already read behind this one join its transaction (a writer
+        that is behind commits less often, not later). Returns (the group, the queue ended)."""
+        group = [batch]
+        while not queue.empty():
+            more = queue.get_nowait()
+            if more is None:
+                return self._merged(group), True
+            group.append(more)
+        return self._merged(group), False
+
+    def _merged(self, group: list[Batch]) -> Batch:
+        if len(group) == 1:
+            return group[0]
+        merged = Batch([e for b in group for e in b.entries], [r for b in group for r in b.rows],
+                       [m for b in group for m in b.malformed])
+        for b in group:
+            self._inflight.remove(b)
+        self._inflight.append(merged)
+        return merged
+
+    async def _acknowledge(self, batch: Batch, done: list[Entry], totals: dict[str, int]) -> None:
+        try:
+            # if Redis stays away until we stop, the batch is redelivered later and skipped by the sink
+            await self._redis(lambda: self._ack(done, totals))
+            self.stats.batches += 1
+            self.stats.events += len(done)
+        finally:
+            self._inflight.remove(batch)
 
     async def _read_own_pending(self, queue: asyncio.Queue[Batch | None]) -> None:
         """Entries this consumer name took before a restart: no need to wait for them to idle."""
@@ -218,21 +273,14 @@ class Writer:
         await self._refresh()
         return set(self.streams.streams) <= before and await self.streams.idle()
 
-    async def _process(self, batch: Batch) -> bool:
-        """Persist, acknowledge and publish a batch; False if the database stayed away until stop."""
+    async def _process(self, batch: Batch) -> tuple[list[Entry] | None, dict[str, int]]:
+        """Dead-letter what is not an event, persist the rest: (entries committed, campaign ->
+        persisted_orders); entries None if the database stayed away until stop."""
         for entry, reason in batch.malformed:
             await self._dead_letter(entry, f"malformed: {reason}", 1)
         if not batch.rows:
-            return True
-        done, totals = await self._persist(batch.rows)
-        if done is None:
-            return False
-        if done:
-            # if Redis stays away until we stop, the batch is redelivered later and skipped by the sink
-            await self._redis(lambda: self._ack(done, totals))
-            self.stats.batches += 1
-            self.stats.events += len(done)
-        return True
+            return [], {}
+        return await self._persist(batch.rows)
 
     # -- the database ------------------------------------------------------------------------
 
