@@ -32,6 +32,7 @@ from pathlib import Path
 import httpx
 import orjson
 
+from engine.api.server import DEFAULT_SERVER
 from scripts.bench.report import write_section
 from tests.support.processes import STOREFRONT_TOKENS, ApiServer, Process, admin_headers
 from tests.support.servers import RedisServer, free_port
@@ -189,6 +190,11 @@ def main() -> None:
                     print(f"{workers}w {app.name} at half capacity: {steady}", flush=True)
                     rows.append(_row(app.name, workers, app.best, hello.best, steady))
                     verdicts.append(_verdict(app.name, workers, app.best.rps / hello.best.rps, steady))
+                if len(apps) > 1:
+                    fastest = max(apps, key=lambda t: t.best.rps)
+                    verdicts.append(f"- {workers} worker(s): the faster server for this app in this run: "
+                                    f"{fastest.name.rsplit(', ', 1)[-1]} (`flashsale serve` defaults to "
+                                    f"{DEFAULT_SERVER}).")
             finally:
                 for target in (hello, *apps):
                     target.proc.stop()
