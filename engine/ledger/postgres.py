@@ -46,29 +46,23 @@ def _unnest_insert(table: str, columns: Sequence[str], types: Sequence[str]) -> 
 
 
 _INSERT_EVENTS = _unnest_insert("events", EVENT_COLUMNS, _EVENT_TYPES)
-# The orders of a batch, made from its events already in the table, and the progress they make,
-# in one statement: per campaign of the batch ($1…$5: its id and the range of entry ids the
-# batch holds, $6: the events it stored), insert the orders of the confirmed events in that
-# range not stored yet, count them, add them to ledger_progress, return persisted_orders. Events
-# in the range from other writers' committed batches already have their orders (same
-# transaction): ON CONFLICT skips them; uncommitted ones are not visible.
+# The orders of a batch, made from its events just stored, and the progress they make, in one
+# statement: $1…$3 name the batch's confirmed events by primary key (campaign, entry ms, seq);
+# their orders not stored yet are inserted and counted per campaign; each campaign of the batch
+# ($4, with $5 the events it stored) gets them added to ledger_progress; persisted_orders returned.
 _ORDERS_AND_PROGRESS = f"""
-WITH batch AS (
-  SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[])
-    AS b(campaign_id, lo_ms, lo_seq, hi_ms, hi_seq, events)
-), new AS (
+WITH new AS (
   INSERT INTO orders ({", ".join(ORDER_COLUMNS)})
   SELECT e.reservation_id, e.campaign_id, e.product_id, e.user_id, e.units, e.amount,
          coalesce(e.payment_ref, ''), 'epoch'::timestamptz + e.at_ms * interval '1 millisecond'
-  FROM batch b JOIN events e ON e.campaign_id = b.campaign_id
-    AND (e.entry_ms, e.entry_seq) BETWEEN (b.lo_ms, b.lo_seq) AND (b.hi_ms, b.hi_seq)
-  WHERE e.type = 'confirmed'
+  FROM unnest($1::text[], $2::int8[], $3::int8[]) AS k(campaign_id, entry_ms, entry_seq)
+  JOIN events e USING (campaign_id, entry_ms, entry_seq)
   ON CONFLICT DO NOTHING
   RETURNING campaign_id
 )
 INSERT INTO ledger_progress (campaign_id, persisted_orders, persisted_events)
 SELECT b.campaign_id, (SELECT count(*) FROM new WHERE new.campaign_id = b.campaign_id), b.events
-FROM batch b ORDER BY b.campaign_id
+FROM unnest($4::text[], $5::int8[]) AS b(campaign_id, events) ORDER BY b.campaign_id
 ON CONFLICT (campaign_id) DO UPDATE SET
   persisted_orders = ledger_progress.persisted_orders + excluded.persisted_orders,
   persisted_events = ledger_progress.persisted_events + excluded.persisted_events
@@ -78,24 +72,6 @@ _UNAVAILABLE = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInte
                 asyncpg.exceptions.InsufficientResourcesError, asyncpg.exceptions.TransactionRollbackError,
                 asyncpg.InterfaceError, OSError, TimeoutError)
 _REJECTED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, OverflowError)
-
-
-def _ranges(rows: Sequence[EventRow]) -> list[list[Any]]:
-    """Per campaign (sorted: writers lock progress rows in one order), the lowest and highest
-    entry id of the batch, as five columns: campaign, lo ms, lo seq, hi ms, hi seq."""
-    span: dict[str, list[tuple[int, int]]] = {}
-    for r in rows:
-        key = (r[1], r[2])
-        s = span.get(r[0])
-        if s is None:
-            span[r[0]] = [key, key]
-        elif key < s[0]:
-            s[0] = key
-        elif key > s[1]:
-            s[1] = key
-    cids = sorted(span)
-    return [cids, [span[c][0][0] for c in cids], [span[c][0][1] for c in cids],
-            [span[c][1][0] for c in cids], [span[c][1][1] for c in cids]]
 
 
 def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
@@ -180,10 +156,12 @@ class PostgresSink:
         return result
 
     async def write(self, rows: Sequence[EventRow]) -> dict[str, int]:
-        ranges = _ranges(rows)
+        confirmed = [r for r in rows if r[3] == "confirmed"]
+        keys = [[r[0] for r in confirmed], [r[1] for r in confirmed], [r[2] for r in confirmed]]
+        cids = sorted({r[0] for r in rows})  # writers touching several campaigns lock them in one order
 
         async def orders_and_progress(conn: asyncpg.Connection, stored: Counter[str]) -> dict[str, int]:
-            got = await conn.fetch(_ORDERS_AND_PROGRESS, *ranges, [stored[c] for c in ranges[0]])
+            got = await conn.fetch(_ORDERS_AND_PROGRESS, *keys, cids, [stored[c] for c in cids])
             return {r[0]: int(r[1]) for r in got}
 
         async def write(conn: asyncpg.Connection) -> dict[str, int]:
