@@ -27,6 +27,7 @@ from engine.core.redis_client import require_durable
 from engine.core.sweeper import Sweeper
 from engine.errors import StorageUnavailable
 from engine.ops import web
+from engine.ops.instrument import instrument
 from engine.settings import Settings
 
 log = logging.getLogger("flashsale.api")
@@ -70,6 +71,7 @@ def _lifespan(api: Api, settings: Settings) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         engine = Engine.from_settings(settings)
+        instrument(engine)  # script latency and batch sizes, sweeper expiries (engine.ops)
         try:
             await _durability_checked(engine, settings)
             with contextlib.suppress(StorageUnavailable):

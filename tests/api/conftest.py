@@ -46,6 +46,15 @@ def new_id(prefix: str = "c") -> str:
 
 
 @pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """The API tests' own private Redis, overriding the session one: the shared API server runs an
+    expiry sweeper for the whole session, which must never touch another area's data."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def api_server(redis_server: RedisServer) -> Iterator[ApiServer]:
     server = ApiServer(redis_server.url).start()
     yield server
