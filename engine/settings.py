@@ -50,7 +50,7 @@ class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     workers: int = 1
-    server: str = "granian"  # or "uvicorn"
+    server: str = "uvicorn"  # or "granian"; uvicorn measured faster for this app (BENCHMARKS.md)
     allow_volatile_redis: bool = False
     redis_timeout_s: float = DEFAULT_REDIS_TIMEOUT_S
     batch_max: int = DEFAULT_BATCH_MAX
@@ -70,7 +70,7 @@ class Settings:
             host=e.get("FLASHSALE_HOST", DEFAULT_HOST),
             port=int(e.get("FLASHSALE_PORT", DEFAULT_PORT)),
             workers=int(e.get("FLASHSALE_WORKERS", "1")),
-            server=e.get("FLASHSALE_SERVER", "granian"),
+            server=e.get("FLASHSALE_SERVER", "uvicorn"),
             allow_volatile_redis=e.get("FLASHSALE_ALLOW_VOLATILE_REDIS", "") in ("1", "true", "yes"),
             redis_timeout_s=float(e.get("FLASHSALE_REDIS_TIMEOUT", DEFAULT_REDIS_TIMEOUT_S)),
             batch_max=int(e.get("FLASHSALE_BATCH_MAX", DEFAULT_BATCH_MAX)),

@@ -28,29 +28,29 @@ GRACEFUL_S = 10  # how long a stopping worker may take to finish its requests in
 
 def run(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT (blocking)."""
-    if settings.server not in SERVERS:
-        raise ValueError(f"unknown server {settings.server!r}; choose one of {', '.join(SERVERS)}")
     os.environ.update(settings.to_env())
-    if settings.server == "uvicorn":
-        _uvicorn(settings)
+    serve_target(TARGET, server=settings.server, host=settings.host, port=settings.port,
+                 workers=settings.workers, log_level=settings.log_level, factory=True)
+
+
+def serve_target(target: str, *, server: str, host: str, port: int, workers: int, log_level: str = "INFO",
+                 factory: bool = False) -> None:
+    """Serve any ASGI app (``module:attr``) exactly as flashsale is served: the benchmarks' peer uses
+    this too, so both stand behind the same HTTP stack."""
+    if server not in SERVERS:
+        raise ValueError(f"unknown server {server!r}; choose one of {', '.join(SERVERS)}")
+    if server == "uvicorn":
+        import uvicorn
+
+        uvicorn.run(target, factory=factory, host=host, port=port, workers=workers,
+                    loop="uvloop", http="httptools", lifespan="on", access_log=False,
+                    log_config=logs.dict_config(log_level), backlog=BACKLOG,
+                    timeout_graceful_shutdown=GRACEFUL_S, server_header=False)
     else:
-        _granian(settings)
+        from granian.constants import Interfaces, Loops
+        from granian.server import Server
 
-
-def _uvicorn(settings: Settings) -> None:
-    import uvicorn
-
-    uvicorn.run(TARGET, factory=True, host=settings.host, port=settings.port, workers=settings.workers,
-                loop="uvloop", http="httptools", lifespan="on", access_log=False,
-                log_config=logs.dict_config(settings.log_level), backlog=BACKLOG,
-                timeout_graceful_shutdown=GRACEFUL_S, server_header=False)
-
-
-def _granian(settings: Settings) -> None:
-    from granian.constants import Interfaces, Loops
-    from granian.server import Server
-
-    Server(TARGET, factory=True, address=settings.host, port=settings.port, interface=Interfaces.ASGI,
-           workers=settings.workers, loop=Loops.uvloop, backlog=BACKLOG, log_access=False,
-           log_dictconfig=logs.dict_config(settings.log_level), workers_kill_timeout=GRACEFUL_S,
-           websockets=False).serve()
+        Server(target, factory=factory, address=host, port=port, interface=Interfaces.ASGI,
+               workers=workers, loop=Loops.uvloop, backlog=BACKLOG, log_access=False,
+               log_dictconfig=logs.dict_config(log_level), workers_kill_timeout=GRACEFUL_S,
+               websockets=False).serve()

@@ -11,7 +11,7 @@ One PostgreSQL transaction per reserve, through an asyncpg pool:
                                                       -- the stock: one hot row, taken last
     COMMIT
 
-Behind the same HTTP stack as flashsale (Starlette on granian, uvloop, the same worker count), the
+Behind the same HTTP stack as flashsale (Starlette on the same server, uvloop, the same worker count), the
 same route, body, token and Idempotency-Key rules, and API.md's error shape. The campaign's window,
 price and caps are read once per process (flashsale reads them in Redis on every call: this is the
 peer's advantage, not its handicap). ``python -m scripts.bench.peer_app --port P --workers N``
@@ -213,17 +213,17 @@ app = Starlette(routes=[
 
 
 def main() -> None:
-    """Serve the peer exactly as ``engine/api/server.py`` serves flashsale: granian, uvloop, N workers."""
-    from granian.constants import Interfaces, Loops
-    from granian.server import Server
+    """Serve the peer exactly as flashsale is served (``engine.api.server.serve_target``)."""
+    from engine.api.server import DEFAULT_SERVER, SERVERS, serve_target
 
     ap = argparse.ArgumentParser(description="the PostgreSQL peer, served like flashsale")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--server", choices=SERVERS, default=os.environ.get("FLASHSALE_SERVER") or DEFAULT_SERVER)
     a = ap.parse_args()
-    Server("scripts.bench.peer_app:app", address=a.host, port=a.port, interface=Interfaces.ASGI,
-           workers=a.workers, loop=Loops.uvloop, backlog=4096, log_access=False, websockets=False).serve()
+    serve_target("scripts.bench.peer_app:app", server=a.server, host=a.host, port=a.port, workers=a.workers,
+                 log_level="WARNING")
 
 
 if __name__ == "__main__":
