@@ -15,12 +15,13 @@ import redis.asyncio as aioredis
 
 from engine.core import Engine
 from engine.core.redis_client import connect, require_durable
+from engine.ledger.config import Backoff, WriterSettings, default_consumer
 from engine.ledger.export import holders_csv, holders_json
 from engine.ledger.factory import sink_for
 from engine.ledger.reconcile import Reconciliation, reconcile
 from engine.ledger.recover import recover
 from engine.ledger.sink import LedgerUnavailable, Sink
-from engine.ledger.writer import Backoff, Writer, WriterSettings, default_consumer
+from engine.ledger.writer import Writer
 from engine.settings import Settings
 
 T = TypeVar("T")

@@ -33,6 +33,22 @@ def liveness_key(consumer: str) -> str:
     return LIVENESS_PREFIX + consumer
 
 
+async def announce(redis: aioredis.Redis, consumer: str, figures: dict[str, Any], *, ttl_ms: int) -> None:
+    """A writer says it is alive, with its latest figures (gone ``ttl_ms`` after it stops saying so)."""
+    async with redis.pipeline(transaction=False) as p:
+        p.set(liveness_key(consumer), orjson.dumps(figures), px=ttl_ms)
+        p.sadd(WRITERS, consumer)
+        await p.execute()
+
+
+async def farewell(redis: aioredis.Redis, consumer: str) -> None:
+    """A writer that stops cleanly leaves the list."""
+    async with redis.pipeline(transaction=False) as p:
+        p.delete(liveness_key(consumer))
+        p.srem(WRITERS, consumer)
+        await p.execute()
+
+
 def progress_script(client: aioredis.Redis) -> AsyncScript:
     """``ledger_progress.lua``: publish persisted_orders, never backwards."""
     return client.register_script(source("ledger_progress"))

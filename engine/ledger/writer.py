@@ -3,9 +3,12 @@
     writer = Writer(redis, sink, WriterSettings(consumer="w1"))
     await writer.run()        # until stop() (SIGTERM), or, with burst=True, until drained
 
-One loop: read a batch (new entries, or entries other writers left pending), decode it, commit
-it in one transaction, then acknowledge it and publish the campaign's ``persisted_orders``. A
-crash between commit and acknowledgement redelivers the batch; the sink skips what it holds.
+A reader task reads batches ahead — entries other writers left pending first, then new ones —
+and decodes them; committers (one; two for PostgreSQL, so that one sends while the other's
+server works) each commit what has been read in one transaction (group commit: a writer that
+is behind commits less often, not later), then acknowledge it and publish the campaign's
+``persisted_orders`` while the next commit runs. A crash between commit and acknowledgement
+redelivers the batch; the sink skips what it holds.
 
 - The database away: the same batch is retried with backoff, nothing is acknowledged, nothing
   more is read; a background task keeps the batch's entries from looking abandoned.
@@ -23,90 +26,26 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from engine import keys
-from engine.events import MalformedEvent
-from engine.ledger.decoding import row_of
-from engine.ledger.health import WRITERS, liveness_key, progress_script
+from engine.ledger.config import ACKS_AHEAD, READ_AHEAD, Backoff, Batch, WriterSettings, WriterStats, decode_batch
+from engine.ledger.health import announce, farewell, progress_script
 from engine.ledger.rows import EventRow
 from engine.ledger.sink import LedgerUnavailable, RowRejected, Sink
 from engine.ledger.streams import Entry, Streams, is_nogroup
 
+__all__ = ["Writer", "WriterSettings", "WriterStats"]
+
 log = logging.getLogger("flashsale.writer")
 T = TypeVar("T")
-
-BACKOFF_MIN_S = 0.1
-BACKOFF_MAX_S = 5.0
-READ_AHEAD = 2  # batches read while the one before commits
-ACKS_AHEAD = 2  # committed batches whose acknowledgement may still be on its way
 LOG_EVERY_S = 5.0  # repeated warnings (database down, Redis away) at most this often
-
-
-def default_consumer() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-@dataclass(frozen=True, slots=True)
-class WriterSettings:
-    consumer: str = field(default_factory=default_consumer)
-    batch_size: int = 500  # entries read per stream per call
-    block_ms: int = 1000  # how long a read waits for new entries
-    claim_idle_ms: int = 5000  # an entry unacknowledged this long is claimed by another writer
-    max_deliveries: int = 5  # then it is dead-lettered
-    refresh_s: float = 2.0  # how often the list of campaigns is re-read
-    trim_interval_s: float = 5.0
-    heartbeat_s: float = 1.0  # liveness key, and idle-time refresh of the batch in flight
-    burst: bool = False  # drain everything, then return
-
-
-@dataclass(slots=True)
-class WriterStats:
-    batches: int = 0
-    events: int = 0  # events committed (first time or again)
-    dead_letters: int = 0
-    db_retries: int = 0
-    trimmed: int = 0
-    persisted: dict[str, int] = field(default_factory=dict)  # campaign -> persisted_orders
-
-
-class Backoff:
-    def __init__(self) -> None:
-        self.delay = BACKOFF_MIN_S
-
-    def next(self) -> float:
-        d = self.delay * random.uniform(0.5, 1.0)
-        self.delay = min(self.delay * 2, BACKOFF_MAX_S)
-        return d
-
-
-@dataclass(slots=True)
-class Batch:
-    """Entries delivered to this writer and not yet acknowledged, decoded."""
-
-    entries: list[Entry]
-    rows: list[tuple[Entry, EventRow]]
-    malformed: list[tuple[Entry, str]]
-
-
-def decode_batch(entries: list[Entry]) -> Batch:
-    rows: list[tuple[Entry, EventRow]] = []
-    malformed: list[tuple[Entry, str]] = []
-    for entry in entries:
-        try:
-            rows.append((entry, row_of(entry.campaign_id, entry.entry_id, entry.fields)))
-        except MalformedEvent as exc:
-            malformed.append((entry, str(exc)))
-    return Batch(entries, rows, malformed)
 
 
 class Writer:
@@ -158,7 +97,7 @@ class Writer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             with contextlib.suppress(RedisError, OSError):
-                await self._farewell()
+                await farewell(self.redis, self.settings.consumer)
             self.streams.close()
             log.info("writer %s stopped: %s", self.settings.consumer, self.stats)
 
@@ -418,21 +357,11 @@ class Writer:
 
     async def _announce(self) -> None:
         s = self.stats
-        figures = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": int(self._started * 1000),
-                   "batches": s.batches, "events": s.events, "dead_letters": s.dead_letters,
-                   "db_retries": s.db_retries, "database_ok": self.database_ok,
-                   "campaigns": len(self.streams.streams)}
-        name = self.settings.consumer
-        async with self.redis.pipeline(transaction=False) as p:
-            p.set(liveness_key(name), orjson.dumps(figures), px=int(self.settings.heartbeat_s * 5000))
-            p.sadd(WRITERS, name)
-            await p.execute()
-
-    async def _farewell(self) -> None:
-        async with self.redis.pipeline(transaction=False) as p:
-            p.delete(liveness_key(self.settings.consumer))
-            p.srem(WRITERS, self.settings.consumer)
-            await p.execute()
+        await announce(self.redis, self.settings.consumer, {
+            "pid": os.getpid(), "host": socket.gethostname(), "started_at": int(self._started * 1000),
+            "batches": s.batches, "events": s.events, "dead_letters": s.dead_letters,
+            "db_retries": s.db_retries, "database_ok": self.database_ok, "campaigns": len(self.streams.streams),
+        }, ttl_ms=int(self.settings.heartbeat_s * 5000))
 
     # -- small helpers -------------------------------------------------------------------------
 

@@ -44,11 +44,11 @@ from engine import keys
 from engine.campaign import ms_to_rfc3339, parse
 from engine.core import Engine, ReserveRequest
 from engine.ledger import Writer, WriterSettings, sink_for
+from engine.ledger.config import READ_AHEAD
 from engine.ledger.decoding import row_of
 from engine.ledger.health import liveness_key
 from engine.ledger.rows import EVENT_COLUMNS, ORDER_COLUMNS, EventRow, order_rows, utc
 from engine.ledger.streams import GROUP
-from engine.ledger.writer import READ_AHEAD
 from engine.settings import Settings
 from scripts.bench.report import write_section
 from tests.support.servers import RedisServer
