@@ -111,7 +111,8 @@ async def run_writer(settings: Settings, ws: WriterSettings, allow_volatile: boo
 @click.option("--allow-volatile-redis", is_flag=True,
               help="run even if Redis may lose acknowledged writes (no AOF, or eviction); demos and tests")
 @click.option("--consumer", default=None, help="this writer's name in the consumer group; default HOST-PID")
-@click.option("--batch-size", type=click.IntRange(1, 10_000), default=500, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=500, show_default=True,
+              help="entries read per stream per call (what is read behind one commits with it)")
 @click.option("--claim-idle-ms", type=click.IntRange(50), default=5000, show_default=True,
               help="claim entries another writer left unacknowledged this long")
 def writer_command(database_url: str | None, redis_url: str | None, burst: bool, allow_volatile_redis: bool,
