@@ -18,6 +18,8 @@ one Redis Cluster slot. Fields inside the hashes use ``|`` as a separator: ids n
 | ``fs:{c:ID}:ledger`` | hash | what the writer reports: ``persisted_orders`` |
 | ``fs:campaigns`` | set | every campaign id ever loaded (outside any tag: read by the writer and ops) |
 | ``fs:dead`` | stream | stream entries the writer gave up on (dead letters) |
+| ``fs:writers`` / ``fs:writer:NAME`` | set / string, TTL | live writers and their figures (``engine.ledger.health``) |
+| ``fs:{c:ID}:restore:*`` | hashes | scratch space of ``flashsale recover``, renamed into place atomically |
 """
 
 from __future__ import annotations

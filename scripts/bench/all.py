@@ -26,6 +26,7 @@ BENCHMARKS = (
     ("writer", "scripts.bench.writer", "durable writer vs raw COPY"),
     ("peer", "scripts.bench.peer", "flashsale vs the PostgreSQL peer"),
     ("sellout", "scripts.bench.sellout", "920,000 units to 300,000 buyers over HTTP"),
+    ("ops", "scripts.bench.ops", "what ops cost: stats, /metrics, instrumentation"),
 )
 TIMEOUT_S = 1800
 
