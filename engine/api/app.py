@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from engine.api import logs, openapi
+from engine.api.dispatch import Dispatch
 from engine.api.middleware import RequestContext
 from engine.api.routes import Api
 from engine.core import Engine
@@ -94,7 +95,8 @@ def _lifespan(api: Api, settings: Settings) -> Any:
 
 
 class FlashsaleApp(Starlette):
-    """Starlette with one middleware between the server and the router, ``RequestContext``.
+    """Starlette with one middleware between the server and the router, ``RequestContext``, and the
+    reserve route matched before the router (``engine.api.dispatch``).
 
     Starlette's own stack wraps every request in two exception middlewares and the router's
     per-route exception wrapper; on the reserve path that nesting cost more CPU than the engine
@@ -104,7 +106,7 @@ class FlashsaleApp(Starlette):
 
     def build_middleware_stack(self) -> ASGIApp:
         templates = {r.endpoint: r.path for r in self.router.routes if isinstance(r, Route)}
-        return RequestContext(self.router, templates)
+        return RequestContext(Dispatch(self.router), templates)
 
 
 def create_app(settings: Settings) -> FlashsaleApp:

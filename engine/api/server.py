@@ -6,6 +6,11 @@ than under granian, whose ASGI bridge hands every request, body and response bet
 thread and the Python event loop (granian wins on a bare GET, see ``shared/LIMITS.md``, not on a
 POST with a body). ``--server granian`` or ``FLASHSALE_SERVER=granian`` selects granian.
 
+Under uvicorn, two settings of ours take CPU off every request: its httptools protocol runs on a
+transport that sends a response's head and body in one write (``engine.api.transport``), and
+``proxy_headers`` is off: flashsale stands behind a load balancer but reads no client address or
+scheme, so parsing ``X-Forwarded-*`` on every request bought nothing.
+
 Workers are separate processes that rebuild the app from the ``FLASHSALE_*`` environment
 (``engine.api.app:factory``), so the parent exports its settings before spawning them. Both
 servers drain on SIGTERM: they stop accepting, finish the requests in flight, run the lifespan
@@ -42,10 +47,12 @@ def serve_target(target: str, *, server: str, host: str, port: int, workers: int
     if server == "uvicorn":
         import uvicorn
 
+        from engine.api.transport import HttpToolsProtocol
+
         uvicorn.run(target, factory=factory, host=host, port=port, workers=workers,
-                    loop="uvloop", http="httptools", lifespan="on", access_log=False,
+                    loop="uvloop", http=HttpToolsProtocol, lifespan="on", access_log=False,
                     log_config=logs.dict_config(log_level), backlog=BACKLOG,
-                    timeout_graceful_shutdown=GRACEFUL_S, server_header=False)
+                    timeout_graceful_shutdown=GRACEFUL_S, server_header=False, proxy_headers=False)
     else:
         from granian.constants import Interfaces, Loops
         from granian.server import Server

@@ -103,20 +103,29 @@ def count_outcome(operation: str, code: str, seconds: float | None = None) -> No
     """One engine outcome: operation ``reserve``/``confirm``/``cancel``/``expire``, code ``OK`` or a
     rejection code; ``seconds``, when given, is how long the engine call took (batching included)."""
     m = _metrics()
+    children = m.children
     key = ("outcome", operation, code)
-    child = m.children.get(key)
+    child = children.get(key)
     if child is None:
-        child = m.children[key] = m.outcomes.labels(operation, code)
+        child = children[key] = m.outcomes.labels(operation, code)
     child.inc()
     if seconds is not None:
-        m.engine_seconds.labels(operation).observe(seconds)
+        timer_key = ("engine", operation)
+        timer = children.get(timer_key)
+        if timer is None:  # made on first use only: an operation never timed shows no series
+            timer = children[timer_key] = m.engine_seconds.labels(operation)
+        timer.observe(seconds)
 
 
 def observe_script(script: str, requests: int, seconds: float) -> None:
     """One script call (EVALSHA round trip) carrying ``requests`` requests (a batch, or 1)."""
     m = _metrics()
-    m.script_seconds.labels(script).observe(seconds)
-    m.script_batch.labels(script).observe(requests)
+    key = ("script", script)
+    pair = m.children.get(key)
+    if pair is None:
+        pair = m.children[key] = (m.script_seconds.labels(script), m.script_batch.labels(script))
+    pair[0].observe(seconds)
+    pair[1].observe(requests)
 
 
 def count_expired(holds: int) -> None:
