@@ -71,7 +71,41 @@ class CoalescingTransport:
 
 
 class HttpToolsProtocol(_Base):
-    """uvicorn's httptools protocol on a ``CoalescingTransport``."""
+    """uvicorn's httptools protocol on a ``CoalescingTransport``, with one keep-alive timer per
+    connection: uvicorn arms a new timer after every response and cancels it when the next request
+    arrives (a timer handle made and torn down per request); here the connection notes when it
+    went idle, and one timer, re-armed for the time left, closes it once it has been idle for
+    ``timeout_keep_alive`` seconds, as uvicorn's does."""
+
+    _idle_since: float | None = None  # loop time of the last response, None while serving
+    _idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def _unset_keepalive_if_required(self) -> None:  # uvicorn calls it as data arrives
+        self._idle_since = None
+
+    def on_response_complete(self) -> None:  # uvicorn's, but for the keep-alive timer
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._idle_since = None
+        self.flow.resume_reading()
+        if self.pipeline:  # pipelined requests waiting: start the next one
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        if self.transport.is_closing() or self._idle_since is None:
+            return  # closed, or serving a request: its response arms the timer again
+        left = self._idle_since + self.timeout_keep_alive - self.loop.time()
+        if left <= 0:
+            self.timeout_keep_alive_handler()
+        else:
+            self._idle_timer = self.loop.call_later(left, self._idle_check)

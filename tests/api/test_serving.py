@@ -102,3 +102,22 @@ def test_paths_near_the_reserve_route_are_answered_as_the_router_answers(
     # a bad campaign id on the reserve path is validated as before
     r = client.post("/v1/campaigns/-bad/reservations", json=body, headers=hdrs)
     assert r.status_code == 422 and error_code(r) == "INVALID"
+
+
+async def test_an_idle_connection_is_kept_between_requests_then_closed(api_server: ApiServer,
+                                                                        new_campaign: Callable[..., str]) -> None:
+    """uvicorn's keep-alive (5 s idle): a connection idle for less serves the next request; one left
+    idle is closed by the server."""
+    cid = new_campaign()
+    reader, writer = await asyncio.open_connection("127.0.0.1", api_server.port)
+    try:
+        for user in ("u1", "u2"):
+            writer.write(_reserve_bytes(cid, user))
+            status, _, body = await asyncio.wait_for(_response(reader), 30)
+            assert status == 201 and orjson.loads(body)["user_id"] == user
+            await asyncio.sleep(2)  # idle, less than the keep-alive
+        writer.write(_request("GET", "/healthz", {}))
+        assert (await asyncio.wait_for(_response(reader), 30))[0] == 200
+        assert await asyncio.wait_for(reader.read(), 60) == b""  # left idle: the server closes it
+    finally:
+        writer.close()
