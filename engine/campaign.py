@@ -26,6 +26,7 @@ MAX_PRODUCTS = 64
 MAX_AMOUNT = 2**53  # a tranche's worth in minor units stays exact in Lua's doubles
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
+MAX_TIME_MS = (datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC) - _EPOCH) // _MS  # the last ms of 9999
 DEFAULT_RATE_PER_SECOND = 5  # reserve attempts per user per second, sustained
 DEFAULT_RATE_BURST = 10  # attempts a user may make at once
 
@@ -95,7 +96,8 @@ def ms_to_rfc3339(ms: int) -> str:
 
 
 def parse_time(value: Any, field: str) -> int:
-    """RFC 3339 with an explicit offset -> ms since the epoch."""
+    """RFC 3339 with an explicit offset -> ms since the epoch, an instant in 1970-01-01..9999-12-31 UTC
+    (the scripts and ``ms_to_rfc3339`` count ms from the epoch, never before it)."""
     if isinstance(value, datetime):
         dt = value
     elif isinstance(value, str):
@@ -107,7 +109,13 @@ def parse_time(value: Any, field: str) -> int:
         raise InvalidDefinition(field, "must be an RFC 3339 time string")
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise InvalidDefinition(field, "needs an offset, e.g. +08:00 or Z")
-    return (dt - _EPOCH) // _MS  # exact integer ms (dt.timestamp() * 1000 can be 1 ms off)
+    try:
+        ms = (dt - _EPOCH) // _MS  # exact integer ms (dt.timestamp() * 1000 can be 1 ms off)
+    except OverflowError:  # its offset takes it past year 1 or 9999 in UTC
+        ms = -1
+    if not 0 <= ms <= MAX_TIME_MS:
+        raise InvalidDefinition(field, "must lie between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z")
+    return ms
 
 
 def _int(value: Any, field: str, low: int, high: int) -> int:

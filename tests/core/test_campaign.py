@@ -58,6 +58,34 @@ def test_times_are_exact_ms_in_utc() -> None:
     assert ms_to_rfc3339(1395799200123) == "2014-03-26T02:00:00.123Z"
 
 
+@pytest.mark.parametrize("value", [
+    "1969-12-31T23:59:59.999Z",  # before the epoch: the scripts count ms from it
+    "1970-01-01T07:59:59+08:00",  # the same side of the epoch, by its offset
+    "0001-01-01T00:00:00+01:00",  # before year 1 in UTC: OverflowError if not caught
+    "0001-01-01T00:00:00Z",
+    "9999-12-31T23:59:59-00:01",  # past 9999 in UTC
+])
+@pytest.mark.parametrize("field", ["opens_at", "closes_at"])
+def test_times_outside_1970_to_9999_are_refused_naming_the_field(value: str, field: str) -> None:
+    d = good()
+    d[field] = value
+    with pytest.raises(InvalidDefinition) as e:
+        parse(d)
+    assert e.value.field == field and "1970-01-01" in e.value.reason
+
+
+def test_times_at_the_ends_of_the_range_are_kept() -> None:
+    assert parse_time("1970-01-01T00:00:00Z", "t") == 0
+    assert parse_time("1970-01-01T08:00:00+08:00", "t") == 0
+    last = parse_time("9999-12-31T23:59:59.999Z", "t")
+    assert ms_to_rfc3339(last) == "9999-12-31T23:59:59.999Z"
+    d = good()
+    d["opens_at"], d["closes_at"] = "1970-01-01T00:00:00Z", "9999-12-31T23:59:59.999Z"
+    c = parse(d)
+    assert (c.opens_at_ms, c.closes_at_ms) == (0, last)
+    assert parse(c.to_dict()) == c
+
+
 def test_path_id_must_agree() -> None:
     d = good()
     del d["id"]
