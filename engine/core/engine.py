@@ -230,6 +230,24 @@ class Engine:
             expired, more = await run(self.scripts.expire, _transition_keys(campaign_id), [limit])
         return int(expired), bool(more)
 
+    async def campaigns_due(self, campaign_ids: Sequence[str]) -> list[str]:
+        """The campaigns among these with a hold at or past its deadline, by Redis ``TIME``: one
+        round trip reads each holds zset's earliest deadline. A campaign whose holds key cannot
+        be read is listed too, so that ``expire_due`` reports its trouble."""
+        if not campaign_ids:
+            return []
+        async with _storage("looking for due holds"):
+            async with self.redis.pipeline(transaction=False) as p:
+                p.time()
+                for cid in campaign_ids:
+                    p.zrange(keys.CampaignKeys(cid).holds, 0, 0, withscores=True)
+                t, *firsts = await p.execute(raise_on_error=False)
+            if isinstance(t, Exception):
+                raise t
+        now = _now_ms(t)
+        return [cid for cid, first in zip(campaign_ids, firsts, strict=True)
+                if isinstance(first, Exception) or (first and first[0][1] <= now)]
+
     async def reservation(self, campaign_id: str, reservation_id: str) -> Reservation:
         k = keys.CampaignKeys(campaign_id)
         async with _storage("reading a reservation"), self.redis.pipeline(transaction=False) as p:

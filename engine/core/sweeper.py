@@ -3,6 +3,11 @@
 Runs as a task inside each API worker (and the demo, and ``flashsale sweeper``). Several sweepers
 at once are safe: ``expire.lua`` takes a hold off the zset in the same atomic call that returns
 its units, so a hold is released exactly once whoever gets there first.
+
+Each tick first reads every campaign's earliest deadline in one pipelined round trip
+(``Engine.campaigns_due``) and calls ``expire.lua`` only for campaigns with a hold due: the many
+campaigns with no holds at all (closed, sold out, not open yet) cost one ZRANGE each, not a script
+call. The read takes nothing: a hold another sweeper expires in between is simply not found again.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ class Sweeper:
     async def sweep_once(self, campaign_ids: list[str]) -> int:
         """Expire every due hold of these campaigns; how many were expired."""
         expired = 0
-        for cid in campaign_ids:
+        for cid in await self.engine.campaigns_due(campaign_ids):
             more = True
             try:
                 while more and not self._stop.is_set():

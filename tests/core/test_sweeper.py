@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from engine import keys
 from engine.core import Engine, ReserveRequest
 from engine.core.sweeper import Sweeper
-from tests.core.conftest import campaign, stream
+from tests.core.conftest import campaign, make_overdue, stream
 
 K = keys.CampaignKeys("c1")
 PATIENCE_S = 30.0  # how long a test waits for the sweeper on a loaded machine before failing
@@ -104,3 +104,36 @@ async def test_sweeper_survives_redis_errors(engine: Engine, aredis: aioredis.Re
     finally:
         sweeper.stop()
         await task
+
+
+async def test_only_campaigns_with_a_hold_due_are_swept(engine: Engine, aredis: aioredis.Redis) -> None:
+    """One pipelined read per tick picks the campaigns to sweep: a campaign without holds (closed,
+    sold out, idle) or whose holds are all still running costs no script call."""
+    for cid in ("due", "running", "idle", "closed"):
+        await engine.load_campaign(campaign(cid))
+    due = (await engine.reserve("due", ReserveRequest("u1", "p1", 1, "k1", "shop"))).reservation
+    await engine.reserve("running", ReserveRequest("u1", "p1", 1, "k1", "shop"))
+    await engine.close_campaign("closed")
+    await make_overdue(aredis, "due", due.reservation_id)
+    ids = ["idle", "due", "closed", "running", "never-loaded"]
+    assert await engine.campaigns_due(ids) == ["due"]
+    assert await engine.campaigns_due([]) == []
+
+    calls: list[str] = []
+    expire_due = engine.expire_due
+
+    async def counted(campaign_id: str, limit: int = 1000) -> tuple[int, bool]:
+        calls.append(campaign_id)
+        return await expire_due(campaign_id, limit)
+
+    engine.expire_due = counted  # type: ignore[method-assign]
+    sweeper = Sweeper(engine)
+    assert await sweeper.sweep_once(ids) == 1
+    assert calls == ["due"]
+    assert await sweeper.sweep_once(ids) == 0  # nothing due any more: no script call at all
+    assert calls == ["due"]
+    assert (await engine.reservation("due", due.reservation_id)).state == "expired"
+    assert (await engine.counters("running")).held == 1
+
+    await aredis.set(keys.CampaignKeys("broken").holds, "not a zset")
+    assert await engine.campaigns_due(["broken", "idle"]) == ["broken"]  # expire_due will name its trouble
