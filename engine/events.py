@@ -11,11 +11,13 @@ One stream entry is one transition. Its fields (all strings, as Redis stores the
 | ``at`` | all | Redis ``TIME`` of the transition, ms since the epoch |
 | ``sf`` | reserved | the storefront that made it |
 | ``exp`` | reserved | the hold's deadline, ms since the epoch |
+| ``key`` | reserved | the Idempotency-Key it was made with (absent from entries written before it was added) |
 | ``ref`` | confirmed | the payment reference |
 
 The campaign id is the stream's (``engine.keys.campaign_of_stream``). The writer turns each
 ``confirmed`` event into one ``orders`` row and every event into one history row keyed by the
-stream entry id, so a redelivered entry is written once.
+stream entry id, so a redelivered entry is written once. ``flashsale recover`` rebuilds the
+idempotency hash (``<sf>|<key>`` -> ``rid``) from the ``reserved`` events.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Event:
     storefront: str | None = None
     expires_at_ms: int | None = None
     payment_ref: str | None = None
+    idempotency_key: str | None = None
 
 
 def _text(value: bytes | str) -> str:
@@ -52,8 +55,13 @@ def _text(value: bytes | str) -> str:
 
 
 def decode(campaign_id: str, entry_id: bytes | str, fields: dict[bytes, bytes] | dict[str, str]) -> Event:
-    """Decode one stream entry; raises ``MalformedEvent`` naming what is wrong."""
-    f = {_text(k): _text(v) for k, v in fields.items()}
+    """Decode one stream entry; raises ``MalformedEvent`` naming what is wrong (bytes that are not
+    UTF-8 included)."""
+    try:
+        f = {_text(k): _text(v) for k, v in fields.items()}
+        eid = _text(entry_id)
+    except UnicodeDecodeError as exc:
+        raise MalformedEvent(f"not UTF-8: {exc}") from exc
     kind = f.get("e")
     if kind not in EVENT_TYPES:
         raise MalformedEvent(f"unknown event type {kind!r}")
@@ -61,7 +69,7 @@ def decode(campaign_id: str, entry_id: bytes | str, fields: dict[bytes, bytes] |
         exp = f.get("exp")
         return Event(
             campaign_id=campaign_id,
-            entry_id=_text(entry_id),
+            entry_id=eid,
             type=kind,  # type: ignore[arg-type]
             reservation_id=f["rid"],
             product_id=f["pid"],
@@ -72,6 +80,7 @@ def decode(campaign_id: str, entry_id: bytes | str, fields: dict[bytes, bytes] |
             storefront=f.get("sf"),
             expires_at_ms=int(exp) if exp is not None else None,
             payment_ref=f.get("ref"),
+            idempotency_key=f.get("key"),
         )
     except (KeyError, ValueError) as exc:
         raise MalformedEvent(f"bad {kind} event: {exc!r}") from exc

@@ -36,7 +36,7 @@ COMMAND_TIMEOUT_S = 60.0  # a statement hung longer than this counts as the data
 CONNECTIONS = 2  # batches committing at once: one encodes and sends while the other's server works
 
 _EVENT_TYPES = ("text", "int8", "int8", "text", "text", "text", "text", "int8", "int8", "int8", "text", "int8",
-                "text")
+                "text", "text")
 
 
 def _unnest_insert(table: str, columns: Sequence[str], types: Sequence[str]) -> str:

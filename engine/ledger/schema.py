@@ -12,6 +12,9 @@ The tables (the same in both dialects, apart from types):
 | ``events`` | ``(campaign_id, entry_ms, entry_seq)`` | every transition, append-only, keyed by stream entry id |
 | ``campaigns`` | ``campaign_id`` | each campaign's definition (JSON), for ``flashsale recover`` |
 | ``ledger_progress`` | ``campaign_id`` | orders and events persisted so far (the lag's other half) |
+
+Version 2 adds ``events.idempotency_key``: the Idempotency-Key of a ``reserved`` event, from which
+``flashsale recover`` rebuilds the idempotency hash. Rows stored under version 1 keep NULL there.
 """
 
 from __future__ import annotations
@@ -94,12 +97,17 @@ _SQLITE_V1 = [
         persisted_events INTEGER NOT NULL DEFAULT 0)""",
 ]
 
+# Version 2: a ``reserved`` event keeps the Idempotency-Key it was made with, so ``flashsale recover``
+# can rebuild the idempotency hash. Rows stored before it have none (NULL).
+_POSTGRES_V2 = ["ALTER TABLE events ADD COLUMN idempotency_key text"]
+_SQLITE_V2 = ["ALTER TABLE events ADD COLUMN idempotency_key TEXT"]
+
 #: version -> statements, per dialect. Append a migration here to change the schema; never edit one.
 MIGRATIONS: dict[Dialect, list[tuple[int, list[str]]]] = {
-    "postgres": [(1, _POSTGRES_V1)],
-    "sqlite": [(1, _SQLITE_V1)],
+    "postgres": [(1, _POSTGRES_V1), (2, _POSTGRES_V2)],
+    "sqlite": [(1, _SQLITE_V1), (2, _SQLITE_V2)],
 }
-SCHEMA_VERSION = 1  # the newest version this flashsale knows
+SCHEMA_VERSION = 2  # the newest version this flashsale knows
 
 VERSION_TABLE: dict[Dialect, str] = {
     "postgres": "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, "

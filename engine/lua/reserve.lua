@@ -25,6 +25,8 @@
   attempt counts even if rejected later; replays do not count), window and state, caps, stock.
   No request writes anything until every request of the batch is judged: the loop below only
   reads and fills tables, and the writes follow it, folded into one call per key.
+  Each new reservation appends a 'reserved' event (engine/events.py) that carries its storefront
+  and Idempotency-Key, so `flashsale recover` can rebuild the idempotency hash from the ledger.
 ]]
 local rcall = redis.call
 local OK = 0
@@ -177,7 +179,7 @@ local function judge(rid, sf, key, uid, pid, units)
   new_idem[ikey] = rid
   new_holds[#new_holds + 1] = exp
   new_holds[#new_holds + 1] = rid
-  events[#events + 1] = {rid, pid, uid, units, string.format('%d', amount), sf, exp}
+  events[#events + 1] = {rid, pid, uid, units, string.format('%d', amount), sf, exp, key}
   taken = taken + units
   reply(OK, rid, packed, 0)
 end
@@ -214,7 +216,7 @@ if taken > 0 then
   call_chunked('ZADD', KEYS[6], new_holds)
   for _, e in ipairs(events) do
     rcall('XADD', KEYS[7], '*', 'e', 'reserved', 'rid', e[1], 'pid', e[2], 'uid', e[3],
-      'units', e[4], 'amount', e[5], 'at', now, 'sf', e[6], 'exp', e[7])
+      'units', e[4], 'amount', e[5], 'at', now, 'sf', e[6], 'exp', e[7], 'key', e[8])
   end
   local sec = math.floor(now / 1000)
   local slot = tostring(sec % RING)

@@ -128,7 +128,8 @@ async def fill(r: aioredis.Redis, n: int) -> None:
             for i in range(s, min(n, s + 2000)):
                 rid, uid, pid, units = uuid.uuid4().hex[:24], f"u{i}", f"p{i % 5}", 1 + i % 10
                 common = {"rid": rid, "pid": pid, "uid": uid, "units": units, "amount": units * PRICE}
-                p.xadd(stream, {"e": "reserved", **common, "at": now, "sf": "sf-bench", "exp": now + 900_000})
+                p.xadd(stream, {"e": "reserved", **common, "at": now, "sf": "sf-bench", "exp": now + 900_000,
+                                "key": f"k{i}"})
                 p.xadd(stream, {"e": "confirmed", **common, "at": now + 1, "ref": f"pay-{i}"})
             await p.execute()
     await r.sadd(keys.CAMPAIGNS, CID)

@@ -174,7 +174,7 @@ async def test_reserve_writes_every_key(engine: Engine, aredis: aioredis.Redis) 
     assert ring == {f"s{slot}": rec[6] // 1000, f"u{slot}": 3}
     [event] = await stream(aredis, "c1")
     assert event == {"e": "reserved", "rid": "rid1", "pid": "p1", "uid": "u1", "units": "3",
-                     "amount": "30000", "at": str(rec[6]), "sf": "sf", "exp": str(rec[5])}
+                     "amount": "30000", "at": str(rec[6]), "sf": "sf", "exp": str(rec[5]), "key": "key1"}
     await assert_no_ttl(aredis)
 
 

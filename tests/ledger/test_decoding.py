@@ -20,7 +20,7 @@ CID = "dec-c1"
 def reference(fields: dict[bytes, bytes]) -> object:
     try:
         return event_row(decode(CID, "1700000000000-7", fields))
-    except (MalformedEvent, UnicodeDecodeError):  # the writer dead-letters both alike
+    except MalformedEvent:  # not UTF-8 included: nothing else may escape the reference
         return MalformedEvent
 
 
@@ -40,24 +40,47 @@ async def test_entries_the_scripts_write_decode_the_same(engine: Engine, aredis:
     for eid, f in entries:
         flat = [x for kv in f.items() for x in kv]
         assert row_of(CID, eid.decode(), flat) == event_row(decode(CID, eid, f))
+    keys_ = {f[b"rid"].decode(): f[b"key"].decode() for _, f in entries if f[b"e"] == b"reserved"}
+    assert sorted(keys_.values()) == sorted(f"k{i}" for i in range(60))  # every reserved event carries its key
+    rows = [row_of(CID, eid.decode(), [x for kv in f.items() for x in kv]) for eid, f in entries]
+    assert {r[4]: r[13] for r in rows if r[3] == "reserved"} == keys_
+    assert {r[13] for r in rows if r[3] != "reserved"} == {None}
 
 
-NAMES = st.sampled_from([b"e", b"rid", b"pid", b"uid", b"units", b"amount", b"at", b"sf", b"exp", b"ref", b"x"])
+NAMES = st.sampled_from([b"e", b"rid", b"pid", b"uid", b"units", b"amount", b"at", b"sf", b"exp", b"ref", b"key",
+                         b"x"])
 VALUES = st.one_of(st.sampled_from([b"reserved", b"confirmed", b"cancelled", b"expired", b"12", b"-3", b" 7",
                                     b"", b"1.5", b"\xff"]), st.binary(max_size=6))
 
 
-@given(st.dictionaries(NAMES, VALUES, min_size=0, max_size=11), st.booleans())
+@given(st.dictionaries(NAMES, VALUES, min_size=0, max_size=12), st.booleans())
 def test_any_entry_decodes_the_same_or_is_malformed_the_same(fields: dict[bytes, bytes], flat: bool) -> None:
     assert fast(fields, flat) == reference(fields)
 
 
-@pytest.mark.parametrize("kind", ["cancelled", "confirmed", "reserved"])
+@pytest.mark.parametrize("kind", ["cancelled", "confirmed", "reserved", "reserved-v1"])
 def test_the_script_layouts_take_the_positional_path(kind: str) -> None:
-    common = [b"e", kind.encode(), b"rid", b"r1", b"pid", b"p", b"uid", b"u", b"units", b"2", b"amount", b"20",
+    e = kind.removesuffix("-v1")
+    common = [b"e", e.encode(), b"rid", b"r1", b"pid", b"p", b"uid", b"u", b"units", b"2", b"amount", b"20",
               b"at", b"5"]
-    extra = {"cancelled": [], "confirmed": [b"ref", b"pay"], "reserved": [b"sf", b"shop", b"exp", b"9"]}[kind]
+    extra = {"cancelled": [], "confirmed": [b"ref", b"pay"], "reserved": [b"sf", b"shop", b"exp", b"9", b"key", b"k1"],
+             "reserved-v1": [b"sf", b"shop", b"exp", b"9"]}[kind]  # v1: written before events carried the key
     row = row_of(CID, "3-4", common + extra)
-    assert row[:10] == (CID, 3, 4, kind, "r1", "p", "u", 2, 20, 5)
-    assert row[10:] == {"cancelled": (None, None, None), "confirmed": (None, None, "pay"),
-                        "reserved": ("shop", 9, None)}[kind]
+    assert row[:10] == (CID, 3, 4, e, "r1", "p", "u", 2, 20, 5)
+    assert row[10:] == {"cancelled": (None, None, None, None), "confirmed": (None, None, "pay", None),
+                        "reserved": ("shop", 9, None, "k1"), "reserved-v1": ("shop", 9, None, None)}[kind]
+    assert row == event_row(decode(CID, "3-4", dict(zip(common[0::2] + extra[0::2], common[1::2] + extra[1::2],
+                                                         strict=True))))
+
+
+@pytest.mark.parametrize("fields", [
+    {b"e": b"reserved", b"rid": b"r\xff", b"pid": b"p", b"uid": b"u", b"units": b"1", b"amount": b"1", b"at": b"1"},
+    {b"e": b"reserved", b"rid": b"r", b"pid": b"p", b"uid": b"u", b"units": b"1", b"amount": b"1", b"at": b"1",
+     b"key": b"\xc3("},
+    {b"\xff": b"x", b"e": b"expired"},
+])
+def test_bytes_that_are_not_utf8_are_a_malformed_event(fields: dict[bytes, bytes]) -> None:
+    with pytest.raises(MalformedEvent, match="not UTF-8"):
+        decode(CID, b"1-1", fields)
+    with pytest.raises(MalformedEvent):
+        row_of(CID, "1-1", [x for kv in fields.items() for x in kv])

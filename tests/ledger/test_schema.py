@@ -10,21 +10,25 @@ import asyncpg
 import pytest
 
 from engine.errors import SchemaTooNew
+from engine.events import Event
 from engine.ledger import sink_for
-from engine.ledger.schema import SCHEMA_VERSION
+from engine.ledger.rows import event_row
+from engine.ledger.schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE, Dialect
 from engine.ledger.sqlite import path_of
 from tests.support.processes import FLASHSALE, base_env
 
 
-async def execute(db_url: str, sql: str) -> None:
+async def execute(db_url: str, *statements: str) -> None:
     if db_url.startswith("sqlite"):
         conn = sqlite3.connect(path_of(db_url))
-        conn.execute(sql)
+        for sql in statements:
+            conn.execute(sql)
         conn.commit()
         conn.close()
     else:
         c = await asyncpg.connect(db_url)
-        await c.execute(sql)
+        for sql in statements:
+            await c.execute(sql)
         await c.close()
 
 
@@ -71,3 +75,28 @@ async def test_the_writer_command_refuses_a_newer_schema(db_url: str, redis_url:
                                    capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "schema version 99" in done.stderr and "upgrade flashsale" in done.stderr
+
+
+async def test_a_version_1_ledger_migrates_in_place(db_url: str) -> None:
+    """A ledger written by flashsale before events kept the Idempotency-Key: its rows stay, with
+    no key; new rows keep theirs."""
+    dialect: Dialect = "sqlite" if db_url.startswith("sqlite") else "postgres"
+    [v1] = [sql for version, sql in MIGRATIONS[dialect] if version == 1]
+    await execute(db_url, VERSION_TABLE[dialect], *v1, "INSERT INTO schema_version (version) VALUES (1)",
+                  "INSERT INTO events (campaign_id, entry_ms, entry_seq, type, reservation_id, product_id, user_id, "
+                  "units, amount, at_ms, storefront, expires_at_ms) "
+                  "VALUES ('mig-c1', 1000, 0, 'reserved', 'r-old', 'p0', 'u1', 2, 20000, 1000, 'shop-a', 901000)")
+    sink = sink_for(db_url)
+    assert await sink.open() == SCHEMA_VERSION == 2
+    assert await sink.schema_version() == 2
+    new = Event("mig-c1", "2000-0", "reserved", "r-new", "p0", "u2", 1, 10000, 2000, storefront="shop-a",
+                expires_at_ms=902000, idempotency_key="k-new")
+    await sink.write([event_row(new)])
+    snap = await sink.snapshot("mig-c1")
+    await sink.close()
+    assert [(e.reservation_id, e.storefront, e.idempotency_key) for e in snap.events] == [
+        ("r-old", "shop-a", None), ("r-new", "shop-a", "k-new")]
+    assert snap.events[1] == new
+    again = sink_for(db_url)
+    assert await again.open() == 2  # migrated once: nothing left to do
+    await again.close()
