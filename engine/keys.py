@@ -19,7 +19,7 @@ one Redis Cluster slot. Fields inside the hashes use ``|`` as a separator: ids n
 | ``fs:campaigns`` | set | every campaign id ever loaded (outside any tag: read by the writer and ops) |
 | ``fs:dead`` | stream | stream entries the writer gave up on (dead letters) |
 | ``fs:writers`` / ``fs:writer:NAME`` | set / string, TTL | live writers and their figures (``engine.ledger.health``) |
-| ``fs:{c:ID}:restore:*`` | hashes | scratch space of ``flashsale recover``, renamed into place atomically |
+| ``fs:{c:ID}:restore:*`` | hashes | ``flashsale recover``'s scratch space, renamed or merged into place atomically |
 """
 
 from __future__ import annotations

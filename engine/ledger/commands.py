@@ -162,7 +162,8 @@ def recover_command(campaign_id: str, database_url: str | None, redis_url: str |
 
     r = _run(go)
     click.echo(f"campaign {campaign_id}: {r.orders} confirmed orders restored, {r.dropped_holds} unpaid holds "
-               f"dropped{', definition reloaded from the ledger' if r.reloaded_definition else ''}")
+               f"dropped, {r.idempotency_keys} idempotency keys rebuilt"
+               f"{', definition reloaded from the ledger' if r.reloaded_definition else ''}")
     _print(r.reconciliation)
     if not r.reconciliation.clean:
         click.echo(f"campaign {campaign_id} stays refused (recovering): fix the differences and run recover again",

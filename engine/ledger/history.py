@@ -33,6 +33,7 @@ class ResState:
     storefront: str = ""
     payment_ref: str = ""
     confirmed_ms: int = 0
+    idempotency_key: str = ""  # "" when unknown (a reserved event written before events carried it)
 
 
 def merge(*histories: Sequence[Event]) -> list[Event]:
@@ -60,8 +61,20 @@ def replay(events: Iterable[Event]) -> dict[str, ResState]:
         r.state = STATE_OF[e.type]
         if e.type == "reserved":
             r.created_ms, r.expires_ms, r.storefront = e.at_ms, e.expires_at_ms or 0, e.storefront or ""
+            r.idempotency_key = e.idempotency_key or ""
         elif e.type == "confirmed":
             r.payment_ref, r.confirmed_ms = e.payment_ref or "", e.at_ms
+    return out
+
+
+def idempotency(states: Iterable[ResState]) -> dict[str, str]:
+    """The idempotency hash the reservations make: ``<storefront>|<key>`` -> reservation id, for
+    each whose key is known (events stored before the ``reserved`` event carried the key have
+    none: those cannot be rebuilt). Should a key have made two reservations, the first one keeps it."""
+    out: dict[str, str] = {}
+    for r in states:
+        if r.idempotency_key:
+            out.setdefault(f"{r.storefront}|{r.idempotency_key}", r.reservation_id)
     return out
 
 

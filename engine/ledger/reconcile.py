@@ -6,6 +6,8 @@ Redis was read: those are transitions Redis has lost. Every difference is report
 
 - sold, held, remaining, orders and buyers, for the campaign and each product;
 - each user's units taken (held + confirmed) and confirmed, in all and per product;
+- the idempotency hash: every Idempotency-Key the history knows (``reserved`` events carry it;
+  those stored under ledger schema version 1 do not) must lead to its reservation (one line);
 - inside the ledger: ``orders`` against the confirmed events, and ``persisted_orders``;
 - entries of the campaign in the dead-letter stream, and stream entries that are not events.
 """
@@ -21,7 +23,7 @@ import redis.asyncio as aioredis
 
 from engine import keys
 from engine.campaign import Campaign, parse
-from engine.ledger.history import Totals, merge, replay, totals
+from engine.ledger.history import ResState, Totals, merge, replay, totals
 from engine.ledger.redisview import RedisView, read_view
 from engine.ledger.sink import LedgerSnapshot, Sink, entry_key
 
@@ -92,6 +94,23 @@ def compare(campaign: Campaign, view: RedisView, want: Totals) -> list[Differenc
     return out
 
 
+def compare_idempotency(states: dict[str, ResState], view: RedisView, examples: int = 3) -> list[Difference]:
+    """The idempotency hash against the keys the history knows: each ``<storefront>|<key>`` must
+    name a reservation made with it (should a key have made two, either will do). One line."""
+    want: dict[str, set[str]] = {}
+    for r in states.values():
+        if r.idempotency_key:
+            want.setdefault(f"{r.storefront}|{r.idempotency_key}", set()).add(r.reservation_id)
+    missing = [f for f in want if f not in view.idempotency]
+    elsewhere = [f for f in want if f in view.idempotency and view.idempotency[f] not in want[f]]
+    if not missing and not elsewhere:
+        return []
+    shown = ", ".join(repr(f) for f in (missing + elsewhere)[:examples])
+    return [Difference("idempotency keys (<storefront>|<key> -> reservation)",
+                       f"{len(missing)} missing and {len(elsewhere)} naming another reservation (e.g. {shown})",
+                       f"{len(want)} known")]
+
+
 def ledger_self_check(ledger: LedgerSnapshot) -> list[Difference]:
     """``orders`` against the confirmed events of the same ledger, and the published count."""
     confirmed = {e.reservation_id: (e.product_id, e.user_id, e.units, e.amount, e.payment_ref or "")
@@ -123,7 +142,7 @@ async def definition(view: RedisView, sink: Sink) -> Campaign | None:
 async def reconcile(redis: aioredis.Redis, sink: Sink, campaign_id: str) -> Reconciliation:
     """Every difference between Redis and the ledger plus the undrained stream."""
     ledger_last = await sink.last_entry(campaign_id)  # before Redis: what the ledger surely held
-    view = await read_view(redis, campaign_id)
+    view = await read_view(redis, campaign_id, idempotency=True)
     ledger = await sink.snapshot(campaign_id)
     upto = max(entry_key(view.last_id), entry_key(ledger_last or "0-0"))
     ledger_events = list(ledger.events)  # in stream order: what lies past ``upto`` is at the end
@@ -139,6 +158,7 @@ async def reconcile(redis: aioredis.Redis, sink: Sink, campaign_id: str) -> Reco
         if view.definition is None:
             diffs.append(Difference("campaign definition", "(missing: run flashsale recover)", "(kept)"))
         diffs += compare(campaign, view, want)
+        diffs += compare_idempotency(states, view)
     diffs += ledger_self_check(ledger)
     diffs += [Difference(f"stream entry {eid}", "(not a flashsale event)", "(skipped)") for eid in view.malformed]
     diffs += await dead_letters(redis, campaign_id)

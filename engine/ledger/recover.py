@@ -26,7 +26,7 @@ from engine.campaign import Campaign, parse
 from engine.core import Engine
 from engine.core.scripts import source
 from engine.errors import LedgerError
-from engine.ledger.history import ResState, merge, replay, totals
+from engine.ledger.history import ResState, idempotency, merge, replay, totals
 from engine.ledger.reconcile import Reconciliation, reconcile
 from engine.ledger.redisview import RedisView, read_view
 from engine.ledger.sink import LedgerSnapshot, Sink
@@ -42,6 +42,7 @@ class Plan:
     counters: dict[str, Any]
     users: dict[str, int]
     records: dict[str, bytes]  # reservation id -> packed record to write
+    idempotency: dict[str, str]  # ``<storefront>|<key>`` -> reservation id, fields Redis lacks
     dropped: tuple[ResState, ...]  # holds never confirmed
     orders: int
 
@@ -54,45 +55,59 @@ class Recovery:
     dropped_holds: int
     attempts: int
     reconciliation: Reconciliation
+    idempotency_keys: int = 0  # idempotency hash fields rebuilt
 
 
 def _stage_keys(campaign_id: str) -> list[str]:
     tag = keys.CampaignKeys(campaign_id).tag
-    return [f"{tag}:restore:counters", f"{tag}:restore:users", f"{tag}:restore:res"]
+    return [f"{tag}:restore:counters", f"{tag}:restore:users", f"{tag}:restore:res", f"{tag}:restore:idem"]
 
 
-def _record(r: ResState, state: str, key: str = "") -> bytes:
+def _record(r: ResState, state: str) -> bytes:
     """A reservation record in the layout of ``engine/lua/reserve.lua``."""
     packed: bytes = msgpack.packb([state, r.product_id, r.user_id, r.units, r.amount, r.expires_ms, r.created_ms,
-                                   r.storefront, key, r.payment_ref, r.confirmed_ms])
+                                   r.storefront, r.idempotency_key, r.payment_ref, r.confirmed_ms])
     return packed
 
 
-def _from_record(rid: str, packed: bytes) -> tuple[ResState, str]:
+def _from_record(rid: str, packed: bytes) -> ResState:
     st, pid, uid, units, amount, exp, created, sf, key, ref, confirmed = msgpack.unpackb(packed, raw=False)
     return ResState(rid, pid, uid, int(units), int(amount), st, int(created), int(exp), sf, ref or "",
-                    int(confirmed or 0)), key
+                    int(confirmed or 0), key or "")
 
 
 def plan(campaign: Campaign, view: RedisView, ledger: LedgerSnapshot) -> Plan:
-    """The campaign as the ledger, the surviving stream and the surviving records tell it."""
+    """The campaign as the ledger, the surviving stream and the surviving records tell it.
+
+    Every reservation the history or a surviving record knows gets a record (an unpaid hold's
+    says 'expired') and, if its Idempotency-Key is known, its idempotency hash field, so a
+    storefront retrying with the same key is answered with that reservation, never a new one.
+    Keys come from the ``reserved`` events and the surviving records; events stored before the
+    ``reserved`` event carried the key (ledger schema version 1) have none, and a reservation
+    known only from those cannot have its field rebuilt: a retry with its key would reserve anew.
+    """
     states = replay(merge(ledger.events, view.events))
-    keys_of: dict[str, str] = {}
+    had: dict[str, ResState] = {}
     for rid, packed in view.records.items():
-        rec, keys_of[rid] = _from_record(rid, packed)
+        rec = had[rid] = _from_record(rid, packed)
         known = states.get(rid)
         if known is None or (rec.state == "confirmed" and known.state != "confirmed"):
-            states[rid] = rec  # a confirm is final, wherever it survived
+            states[rid] = r = _from_record(rid, packed)  # a confirm is final, wherever it survived
+            if known is not None and not r.idempotency_key:
+                r.storefront, r.idempotency_key = known.storefront, known.idempotency_key
+        elif rec.idempotency_key and not known.idempotency_key:
+            known.storefront, known.idempotency_key = rec.storefront, rec.idempotency_key
     records: dict[str, bytes] = {}
     dropped: list[ResState] = []
     for rid, r in states.items():
-        had = view.records.get(rid)
+        before = had.get(rid)
         if r.state == "held":
             dropped.append(r)
             r.state = "expired"
-            records[rid] = _record(r, "expired", keys_of.get(rid, ""))
-        elif r.state == "confirmed" and (had is None or _from_record(rid, had)[0].state != "confirmed"):
-            records[rid] = _record(r, "confirmed", keys_of.get(rid, ""))
+            records[rid] = _record(r, "expired")
+        elif before is None or before.state != r.state or (r.idempotency_key and not before.idempotency_key):
+            records[rid] = _record(r, r.state)
+    idem = {f: rid for f, rid in idempotency(states.values()).items() if f not in view.idempotency}
     want = totals(states.values())
     counters: dict[str, Any] = {f: v for f, v in view.counters.items()
                                 if not f.startswith(("sold|", "held|"))}
@@ -101,14 +116,14 @@ def plan(campaign: Campaign, view: RedisView, ledger: LedgerSnapshot) -> Plan:
     for p in pids:
         counters[f"sold|{p}"] = want.product_sold.get(p, 0)
         counters[f"held|{p}"] = 0
-    return Plan(counters, want.users, records, tuple(dropped), want.orders)
+    return Plan(counters, want.users, records, idem, tuple(dropped), want.orders)
 
 
 async def _stage(redis: aioredis.Redis, campaign_id: str, p: Plan) -> None:
     stage = _stage_keys(campaign_id)
     await redis.delete(*stage)
     async with redis.pipeline(transaction=False) as pipe:
-        mappings: list[dict[str, Any]] = [p.counters, dict(p.users), dict(p.records)]
+        mappings: list[dict[str, Any]] = [p.counters, dict(p.users), dict(p.records), dict(p.idempotency)]
         for key, mapping in zip(stage, mappings, strict=True):
             items = list(mapping.items())
             for i in range(0, len(items), STAGE_CHUNK):
@@ -125,7 +140,7 @@ async def _apply(redis: aioredis.Redis, campaign_id: str, p: Plan, last_id: str,
         args += [r.reservation_id, r.product_id, r.user_id, r.units, r.amount]
     script = redis.register_script(source("restore"))
     code, _detail = await script(keys=[k.counters, k.users, k.reservations, k.holds, k.events, k.ledger,
-                                       *_stage_keys(campaign_id)], args=args)
+                                       k.idempotency, *_stage_keys(campaign_id)], args=args)
     if int(code) == STALE:
         await redis.delete(*_stage_keys(campaign_id))
         return False
@@ -174,7 +189,7 @@ async def recover(engine: Engine, sink: Sink, campaign_id: str) -> Recovery:
     attempts = 0
     while True:
         attempts += 1
-        view = await read_view(redis, campaign_id, records=True)
+        view = await read_view(redis, campaign_id, records=True, idempotency=True)
         ledger = await sink.snapshot(campaign_id)
         p = plan(campaign, view, ledger)
         last = ledger.events[-1].entry_id if ledger.events else "0-0"
@@ -186,4 +201,4 @@ async def recover(engine: Engine, sink: Sink, campaign_id: str) -> Recovery:
     report = await reconcile(redis, sink, campaign_id)
     if report.clean:
         await engine.set_recovering(campaign_id, False)
-    return Recovery(campaign_id, reloaded, p.orders, len(p.dropped), attempts, report)
+    return Recovery(campaign_id, reloaded, p.orders, len(p.dropped), attempts, report, len(p.idempotency))

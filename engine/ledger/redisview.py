@@ -33,10 +33,13 @@ class RedisView:
     malformed: tuple[str, ...]  # ids of entries that are not events
     last_id: str  # the stream's last-generated-id
     records: dict[str, bytes] = field(default_factory=dict)  # reservation id -> packed record
+    idempotency: dict[str, str] = field(default_factory=dict)  # ``<storefront>|<key>`` -> reservation id
 
 
-async def read_view(redis: aioredis.Redis, campaign_id: str, *, records: bool = False) -> RedisView:
-    """Read a campaign's state in one MULTI (``records``: also every reservation record)."""
+async def read_view(redis: aioredis.Redis, campaign_id: str, *, records: bool = False,
+                    idempotency: bool = False) -> RedisView:
+    """Read a campaign's state in one MULTI (``records``: also every reservation record;
+    ``idempotency``: also the idempotency hash)."""
     k = keys.CampaignKeys(campaign_id)
     async with redis.pipeline(transaction=True) as p:
         p.hmget(k.meta, ["def", "flag"])
@@ -46,11 +49,16 @@ async def read_view(redis: aioredis.Redis, campaign_id: str, *, records: bool = 
         p.xinfo_stream(k.events)
         if records:
             p.hgetall(k.reservations)
+        if idempotency:
+            p.hgetall(k.idempotency)
         out = await p.execute(raise_on_error=False)
     (definition, flag), counters, users, entries, info = out[:5]
-    for value in out[:4]:
+    for value in [*out[:4], *out[5:]]:
         if isinstance(value, Exception):
             raise value
+    extra = iter(out[5:])
+    recs = {_text(r): v for r, v in next(extra).items()} if records else {}
+    idem = {_text(f): _text(r) for f, r in next(extra).items()} if idempotency else {}
     events: list[Event] = []
     malformed: list[str] = []
     for eid, fields in entries:
@@ -62,6 +70,5 @@ async def read_view(redis: aioredis.Redis, campaign_id: str, *, records: bool = 
     return RedisView(
         campaign_id, definition, None if flag is None else _text(flag),
         {_text(f): int(v) for f, v in counters.items()}, {_text(f): int(v) for f, v in users.items()},
-        tuple(events), tuple(malformed), last,
-        {_text(r): v for r, v in out[5].items()} if records else {},
+        tuple(events), tuple(malformed), last, recs, idem,
     )

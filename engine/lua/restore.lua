@@ -4,11 +4,14 @@
   since the plan was made (every change to it appends to its stream, so the stream's
   last-generated-id names its state). Holds that were never confirmed are dropped: each gets an
   'expired' event, so the ledger's history agrees. The stream's ids are moved past every id the
-  ledger holds, so a new entry can never reuse the id of a lost one.
+  ledger holds, so a new entry can never reuse the id of a lost one. The idempotency hash gets
+  back the fields it lost, so a storefront's retry finds its reservation instead of making one.
 
   KEYS[1] counters hash      KEYS[2] users hash        KEYS[3] reservations hash
   KEYS[4] holds zset         KEYS[5] events stream     KEYS[6] ledger hash
-  KEYS[7] staged counters    KEYS[8] staged users      KEYS[9] staged reservation records
+  KEYS[7] idempotency hash
+  KEYS[8] staged counters    KEYS[9] staged users      KEYS[10] staged reservation records
+  KEYS[11] staged idempotency fields
   ARGV[1] the stream's last-generated-id the plan was made from ('0-0': no stream)
   ARGV[2] the highest entry id the ledger holds for the campaign ('0-0': none)
   ARGV[3] orders the ledger holds (count), published as persisted_orders if higher
@@ -16,7 +19,8 @@
   ARGV[5] n, holds to drop; then 5 values per hold: reservation id, product, user, units, amount
 
   The staged hashes replace counters and users whole; staged records are written over
-  their reservations. All three staged keys are consumed.
+  their reservations, staged idempotency fields added to the idempotency hash. All four staged
+  keys are consumed.
 
   Returns {0, holds dropped}, or {1, current last id} when the campaign moved: make a new plan.
 ]]
@@ -53,11 +57,20 @@ local current = last_id()
 if current ~= ARGV[1] then return {STALE, current} end
 
 for i, key in ipairs({KEYS[1], KEYS[2]}) do
-  if rcall('EXISTS', KEYS[6 + i]) == 1 then rcall('RENAME', KEYS[6 + i], key) else rcall('DEL', key) end
+  if rcall('EXISTS', KEYS[7 + i]) == 1 then rcall('RENAME', KEYS[7 + i], key) else rcall('DEL', key) end
 end
-local staged = rcall('HGETALL', KEYS[9])
-for i = 1, #staged, 2 do rcall('HSET', KEYS[3], staged[i], staged[i + 1]) end
-rcall('DEL', KEYS[9], KEYS[4])
+-- Staged fields merged into a live hash, CHUNK arguments per HSET: unpack() of a longer table
+-- overflows Lua's C stack.
+local CHUNK = 2000
+local function merge_into(key, staged_key)
+  local staged = rcall('HGETALL', staged_key)
+  for i = 1, #staged, CHUNK do
+    rcall('HSET', key, unpack(staged, i, math.min(i + CHUNK - 1, #staged)))
+  end
+end
+merge_into(KEYS[3], KEYS[10])
+merge_into(KEYS[7], KEYS[11])
+rcall('DEL', KEYS[10], KEYS[11], KEYS[4])
 
 local made = redis.pcall('XGROUP', 'CREATE', KEYS[5], ARGV[4], '0', 'MKSTREAM')
 if type(made) == 'table' and made.err and not string.find(made.err, 'BUSYGROUP') then
