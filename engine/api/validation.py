@@ -15,12 +15,12 @@ from starlette.requests import ClientDisconnect, Request
 
 from engine.api.errors import ApiError, invalid
 from engine.campaign import ID_PATTERN
+from engine.core.requests import MAX_IDEMPOTENCY_KEY as MAX_IDEMPOTENCY_KEY  # one source for both layers
+from engine.core.requests import MAX_PAYMENT_REF as MAX_PAYMENT_REF
 
 MAX_BODY_BYTES = 4096  # API.md: a body over 4 KiB is refused with 413
 MAX_DEFINITION_BYTES = 65536  # a campaign definition (admin): up to 64 products with long titles
 MAX_UNITS_PER_REQUEST = 1_000_000  # units one reserve may ask for
-MAX_PAYMENT_REF = 128  # characters of a payment reference
-MAX_IDEMPOTENCY_KEY = 255  # characters of an Idempotency-Key (API.md)
 
 ID_REGEX = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"  # engine.campaign.ID_PATTERN, anchored for JSON Schema
 #: printable ASCII; no space at either end (HTTP servers strip it from header values)
