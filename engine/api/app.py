@@ -21,7 +21,8 @@ from starlette.types import ASGIApp
 
 from engine.api import logs, openapi
 from engine.api.dispatch import Dispatch
-from engine.api.middleware import RequestContext
+from engine.api.lane import ReserveLane
+from engine.api.middleware import RequestContext, RequestIds
 from engine.api.routes import Api
 from engine.core import Engine
 from engine.core.redis_client import require_durable
@@ -104,6 +105,8 @@ class FlashsaleApp(Starlette):
     so those layers have nothing left to do.
     """
 
+    reserve_lane: ReserveLane | None = None
+
     def build_middleware_stack(self) -> ASGIApp:
         templates = {r.endpoint: r.path for r in self.router.routes if isinstance(r, Route)}
         return RequestContext(Dispatch(self.router), templates)
@@ -115,6 +118,7 @@ def create_app(settings: Settings) -> FlashsaleApp:
     routes: list[BaseRoute] = [*api.routes(), *web.routes()]
     app = FlashsaleApp(routes=routes, lifespan=_lifespan(api, settings))
     app.state.api = api
+    app.reserve_lane = ReserveLane(api, RequestIds())  # served by engine.api.transport under uvicorn
     return app
 
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import orjson
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.requests import ClientDisconnect
+from starlette.types import Send
 
 from engine import errors as e
 
@@ -42,6 +41,7 @@ REJECTION_STATUS: dict[type[e.Rejected], int] = {
 }
 
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+_JSON = (b"content-type", b"application/json")
 
 
 class ApiError(Exception):
@@ -66,12 +66,6 @@ def error_body(code: str, message: str, details: Mapping[str, Any] | None = None
     return orjson.dumps({"error": {"code": code, "message": message, "details": details or {}}})
 
 
-def error_response(status: int, code: str, message: str, details: Mapping[str, Any] | None = None,
-                   headers: Mapping[str, str] | None = None) -> Response:
-    return Response(error_body(code, message, details), status, headers=headers,
-                    media_type="application/json")
-
-
 def public_code(exc: BaseException) -> str:
     """The API.md code an exception is answered with (metrics count outcomes by it)."""
     if isinstance(exc, e.Rejected):
@@ -85,18 +79,32 @@ def public_code(exc: BaseException) -> str:
 
 # -- the handlers ------------------------------------------------------------------------------
 
-async def _api_error(_: Request, exc: Exception) -> Response:
+class Reply(NamedTuple):
+    """An error answer, ready for any transport: status, JSON body, extra headers."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+def _reply(status: int, code: str, message: str, details: Mapping[str, Any] | None = None,
+           headers: Mapping[str, str] | None = None) -> Reply:
+    extra = tuple((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items())
+    return Reply(status, error_body(code, message, details), extra)
+
+
+def _api_error(exc: Exception) -> Reply:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+    return _reply(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
 
-async def _rejected(_: Request, exc: Exception) -> Response:
+def _rejected(exc: Exception) -> Reply:
     assert isinstance(exc, e.Rejected)
     status = next((s for cls, s in REJECTION_STATUS.items() if isinstance(exc, cls)), 409)
     headers = None
     if isinstance(exc, e.RateLimited):
         headers = {"Retry-After": str(retry_after_seconds(exc.retry_after_ms))}
-    return error_response(status, exc.code, exc.message, exc.details, headers)
+    return _reply(status, exc.code, exc.message, exc.details, headers)
 
 
 class _Throttle:
@@ -120,35 +128,34 @@ class _Throttle:
 _outage = _Throttle()
 
 
-async def _unavailable(_: Request, exc: Exception) -> Response:
+def _unavailable(exc: Exception) -> Reply:
     _outage.warn(f"answering 503 UNAVAILABLE: {exc}")
-    return error_response(503, "UNAVAILABLE", f"{exc}", {}, {"Retry-After": "1"})
+    return _reply(503, "UNAVAILABLE", f"{exc}", {}, {"Retry-After": "1"})
 
 
-async def _invalid_definition(_: Request, exc: Exception) -> Response:
+def _invalid_definition(exc: Exception) -> Reply:
     assert isinstance(exc, e.InvalidDefinition)
-    return error_response(422, "INVALID", f"{exc.field}: {exc.reason}",
-                          {"field": exc.field, "reason": exc.reason})
+    return _reply(422, "INVALID", f"{exc.field}: {exc.reason}", {"field": exc.field, "reason": exc.reason})
 
 
-async def _http(_: Request, exc: Exception) -> Response:
+def _http(exc: Exception) -> Reply:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "BAD_REQUEST")
     message = {404: "no such path; see /openapi.json",
                405: "method not allowed on this path; see the Allow header"}.get(exc.status_code, exc.detail)
-    return error_response(exc.status_code, code, message, {}, exc.headers)
+    return _reply(exc.status_code, code, message, {}, exc.headers)
 
 
-async def _disconnect(_: Request, __: Exception) -> Response:
-    return error_response(400, "BAD_REQUEST", "the client went away before the body was read")
+def _disconnect(_: Exception) -> Reply:
+    return _reply(400, "BAD_REQUEST", "the client went away before the body was read")
 
 
-async def _other_flashsale(_: Request, exc: Exception) -> Response:
+def _other_flashsale(exc: Exception) -> Reply:
     log.error("unexpected engine error: %s", exc, extra={"error": type(exc).__name__})
-    return error_response(500, "INTERNAL", "internal error; retry with the same Idempotency-Key")
+    return _reply(500, "INTERNAL", "internal error; retry with the same Idempotency-Key")
 
 
-EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Exception], Reply]] = {
     ApiError: _api_error,
     e.Rejected: _rejected,
     e.StorageUnavailable: _unavailable,
@@ -158,24 +165,32 @@ EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]
     e.FlashsaleError: _other_flashsale,
 }
 """The exception-handler table; lookup follows each exception's MRO, most specific first. What is
-not here (a bug) is answered 500 ``INTERNAL`` by the request middleware."""
+not here (a bug) is answered 500 ``INTERNAL`` (``internal_reply``), by the request middleware or
+the reserve lane, and logged with the request id."""
 
 
-def handler_for(exc: Exception) -> Callable[[Request, Exception], Awaitable[Response]] | None:
+def reply_for(exc: Exception) -> Reply | None:
+    """The answer to ``exc`` from the table; None when it is not in the table (a bug)."""
     for cls in type(exc).__mro__:
         handler = EXCEPTION_HANDLERS.get(cls)
         if handler is not None:
-            return handler
+            return handler(exc)
     return None
 
 
-async def respond(exc: Exception, scope: Scope, receive: Receive, send: Send) -> bool:
-    """Answer ``exc`` from the table; False when it is not in the table (a bug)."""
-    handler = handler_for(exc)
-    if handler is None:
+def head(status: int, body: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()) -> list[tuple[bytes, bytes]]:
+    """The headers of a JSON answer, as ASGI's ``http.response.start`` carries them."""
+    return [_JSON, (b"content-length", b"%d" % len(body)), *extra]
+
+
+async def respond(exc: Exception, send: Send) -> bool:
+    """Answer ``exc`` from the table over ASGI; False when it is not in the table (a bug)."""
+    reply = reply_for(exc)
+    if reply is None:
         return False
-    response = await handler(Request(scope, receive), exc)
-    await response(scope, receive, send)
+    await send({"type": "http.response.start", "status": reply.status,
+                "headers": head(reply.status, reply.body, reply.headers)})
+    await send({"type": "http.response.body", "body": reply.body})
     return True
 
 
@@ -185,3 +200,4 @@ def retry_after_seconds(ms: int) -> int:
 
 
 INTERNAL_BODY = error_body("INTERNAL", "internal error; it has been logged with the request id")
+INTERNAL = Reply(500, INTERNAL_BODY)  # the answer to a bug: nothing about it reaches the client

@@ -22,13 +22,12 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.api import logs
-from engine.api.errors import INTERNAL_BODY, respond
+from engine.api.errors import INTERNAL, head, respond
 from engine.ops import metrics
 
 log = logging.getLogger("flashsale.api")
 _VALID_ID = re.compile(rb"[!-~]{1,128}")
 UNMATCHED = "<unmatched>"  # the template of a path no route matched (keeps /metrics bounded)
-_INTERNAL_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(INTERNAL_BODY)).encode())]
 
 
 class RequestIds:
@@ -42,6 +41,12 @@ class RequestIds:
     def __call__(self) -> bytes:
         return f"{self._prefix}{next(self._count):x}".encode()
 
+    def of(self, given: bytes | None) -> bytes:
+        """The request's id: its ``X-Request-Id`` when that is 1..128 visible ASCII, else a new one."""
+        if given and _VALID_ID.fullmatch(given):
+            return given
+        return self()
+
 
 class RequestContext:
     def __init__(self, app: ASGIApp, templates: dict[Callable[..., Any], str]) -> None:
@@ -54,13 +59,12 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        rid = b""
+        rid = None
         for key, value in scope["headers"]:
             if key == b"x-request-id":
                 rid = value
                 break
-        if not rid or not _VALID_ID.fullmatch(rid):
-            rid = self.new_id()
+        rid = self.new_id.of(rid)
         token = logs.request_id.set(rid.decode())
         status = 500
         started = False
@@ -77,15 +81,15 @@ class RequestContext:
             try:
                 await self.app(scope, receive, send_with_id)
             except Exception as exc:
-                if started or not await respond(exc, scope, receive, send_with_id):
+                if started or not await respond(exc, send_with_id):
                     raise
         except Exception:
             log.exception("unhandled error serving %s %s", scope["method"], scope["path"])
             status = 500
             if not started:
                 await send({"type": "http.response.start", "status": 500,
-                            "headers": [*_INTERNAL_HEADERS, (b"x-request-id", rid)]})
-                await send({"type": "http.response.body", "body": INTERNAL_BODY})
+                            "headers": [*head(500, INTERNAL.body), (b"x-request-id", rid)]})
+                await send({"type": "http.response.body", "body": INTERNAL.body})
         finally:
             template = self.templates.get(scope.get("endpoint"), UNMATCHED)  # type: ignore[arg-type]
             metrics.observe_request(template, scope["method"], status, time.perf_counter() - start)

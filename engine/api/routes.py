@@ -147,12 +147,20 @@ class Api:
     # -- reservations (storefronts) --------------------------------------------------------
 
     async def reserve(self, request: Request) -> Answer:
-        """The hot path: a few header lookups, one small JSON body, one batched script call."""
+        """The reserve route over ASGI. The reserve lane (``engine.api.lane``) serves the same
+        requests without ASGI, through the same two steps: ``reserve_head`` then ``place``."""
         hdrs = v.headers(request)
+        storefront, cid, key = self.reserve_head(hdrs, request.path_params["cid"])
+        return await self.place(storefront, cid, key, await v.read_body(request, hdrs))
+
+    def reserve_head(self, hdrs: v.Headers, raw_cid: str) -> tuple[str, str, str]:
+        """What the headers and the path decide, checked in this order: (storefront, campaign, key)."""
         storefront = self.auth.storefront(hdrs)
-        cid = v.path_id(request, "cid")
-        key = v.idempotency_key(hdrs)
-        user_id, product_id, units = v.reserve_body(await v.json_object(request, hdrs))
+        return storefront, v.path_value(raw_cid, "cid"), v.idempotency_key(hdrs)
+
+    async def place(self, storefront: str, cid: str, key: str, body: bytes) -> Answer:
+        """The hot path: one small JSON body, one batched script call."""
+        user_id, product_id, units = v.reserve_body(v.json_of(body))
         req = ReserveRequest(user_id, product_id, units, key, storefront)
         outcome = await self._counted("reserve", self.engine.reserve(cid, req))
         return (200 if outcome.replayed else 201), render.reservation(outcome.reservation)

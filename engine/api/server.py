@@ -6,8 +6,9 @@ than under granian, whose ASGI bridge hands every request, body and response bet
 thread and the Python event loop (granian wins on a bare GET, see ``shared/LIMITS.md``, not on a
 POST with a body). ``--server granian`` or ``FLASHSALE_SERVER=granian`` selects granian.
 
-Under uvicorn, two settings of ours take CPU off every request: its httptools protocol runs on a
-transport that sends a response's head and body in one write (``engine.api.transport``), and
+Under uvicorn, our protocol (``engine.api.transport``) takes CPU off every request: it answers the
+reserve requests it can straight from the parser, without ASGI (the reserve lane,
+``engine.api.lane``), and sends every other response's head and body in one write; and
 ``proxy_headers`` is off: flashsale stands behind a load balancer but reads no client address or
 scheme, so parsing ``X-Forwarded-*`` on every request bought nothing.
 

@@ -1,4 +1,4 @@
-"""One socket write per response under uvicorn, instead of two.
+"""uvicorn's httptools protocol, leaner: one socket write per response, and the reserve lane.
 
 uvicorn's httptools protocol writes a response's status line and headers as soon as the app sends
 ``http.response.start``, then the body on ``http.response.body``: two ``send`` system calls per
@@ -8,6 +8,12 @@ uvicorn a transport that holds a write back until the next write or the next tur
 loop, whichever comes first, and sends what it holds in one call: head and body leave together,
 bytes and their order unchanged. Everything else goes to the real transport; closing it sends
 what is held first.
+
+The reserve requests the lane takes (``engine.api.lane``) skip ASGI altogether: the protocol hands
+the parsed headers and the body to the lane and writes its answer, head and body, in one write.
+To uvicorn's protocol a lane request looks like any other request-response cycle (``LaneCycle``):
+pipelining, flow control, keep-alive, a client that goes away and a graceful shutdown behave as
+they do for the ASGI app's requests.
 """
 
 from __future__ import annotations
@@ -15,7 +21,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Base
+
+from engine.api.lane import ReserveLane
+from engine.api.validation import Headers
 
 
 class CoalescingTransport:
@@ -39,6 +49,14 @@ class CoalescingTransport:
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self.flush)
+
+    def write_now(self, data: bytes) -> None:
+        """Write what is held, then ``data``, in one call, now."""
+        held = self._held
+        if held:
+            self._held = b""
+            data = held + data
+        self.transport.write(data)
 
     def writelines(self, chunks: Any) -> None:
         self.write(b"".join(chunks))
@@ -70,18 +88,59 @@ class CoalescingTransport:
         return getattr(self.transport, name)
 
 
+def lane_of(app: Any) -> ReserveLane | None:
+    """The reserve lane of the app uvicorn serves (through any middleware it wrapped it in)."""
+    for _ in range(8):
+        lane = getattr(app, "reserve_lane", None)
+        if isinstance(lane, ReserveLane):
+            return lane
+        app = getattr(app, "app", None)
+        if app is None:
+            break
+    return None
+
+
 class HttpToolsProtocol(_Base):
-    """uvicorn's httptools protocol on a ``CoalescingTransport``, with one keep-alive timer per
-    connection: uvicorn arms a new timer after every response and cancels it when the next request
-    arrives (a timer handle made and torn down per request); here the connection notes when it
-    went idle, and one timer, re-armed for the time left, closes it once it has been idle for
-    ``timeout_keep_alive`` seconds, as uvicorn's does."""
+    """uvicorn's httptools protocol on a ``CoalescingTransport``, with the reserve lane, and one
+    keep-alive timer per connection: uvicorn arms a new timer after every response and cancels it
+    when the next request arrives (a timer handle made and torn down per request); here the
+    connection notes when it went idle, and one timer, re-armed for the time left, closes it once it
+    has been idle for ``timeout_keep_alive`` seconds, as uvicorn's does."""
 
     _idle_since: float | None = None  # loop time of the last response, None while serving
     _idle_timer: asyncio.TimerHandle | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # uvicorn's concurrency limit and root path are decided in its own request path: keep to it then
+        self.lane = lane_of(self.app) if self.limit_concurrency is None and not self.root_path else None
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def on_headers_complete(self) -> None:
+        lane = self.lane
+        if lane is not None:
+            parser = self.parser
+            if parser.get_method() == b"POST" and parser.get_http_version() == "1.1" and not parser.should_upgrade():
+                cid = lane.campaign_of(self.url.partition(b"?")[0])
+                if cid is not None:
+                    hdrs = dict(self.headers)
+                    if lane.takes(hdrs):
+                        self._start_lane(LaneCycle(self, lane, cid, hdrs, parser.should_keep_alive()))
+                        return
+        super().on_headers_complete()
+
+    def _start_lane(self, cycle: LaneCycle) -> None:
+        """As uvicorn starts a request: now, or after the responses still owed on this connection."""
+        self.scope["method"] = "POST"  # for uvicorn's own use of the scope (upgrades, logging)
+        existing = self.cycle
+        self.cycle = cycle  # type: ignore[assignment]
+        if existing is None or existing.response_complete:
+            self._start_asgi_task(cycle, self.app)  # type: ignore[arg-type]
+        else:
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, self.app))  # type: ignore[arg-type]
 
     def _unset_keepalive_if_required(self) -> None:  # uvicorn calls it as data arrives
         self._idle_since = None
@@ -109,3 +168,69 @@ class HttpToolsProtocol(_Base):
             self.timeout_keep_alive_handler()
         else:
             self._idle_timer = self.loop.call_later(left, self._idle_check)
+
+
+class LaneCycle:
+    """One request on the reserve lane, shaped like uvicorn's ``RequestResponseCycle`` where the
+    protocol touches it: it gathers ``body`` until ``more_body`` is False, is told of a client gone
+    (``disconnected``) or of a shutdown (``keep_alive`` False), and is started by ``run_asgi``.
+    ``message_event`` is the cycle itself: a waiter woken by ``set()``, made only when the body is
+    not all in yet."""
+
+    __slots__ = ("_waiter", "body", "cid", "disconnected", "hdrs", "keep_alive", "lane", "more_body",
+                 "protocol", "response_complete")
+
+    def __init__(self, protocol: HttpToolsProtocol, lane: ReserveLane, cid: str, hdrs: Headers,
+                 keep_alive: bool) -> None:
+        self.protocol = protocol
+        self.lane = lane
+        self.cid = cid
+        self.hdrs = hdrs
+        self.keep_alive = keep_alive
+        self.body = bytearray()
+        self.more_body = True
+        self.disconnected = False
+        self.response_complete = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def message_event(self) -> LaneCycle:
+        return self
+
+    def set(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def run_asgi(self, _app: Any) -> None:
+        protocol = self.protocol
+        while self.more_body and not self.disconnected:
+            self._waiter = protocol.loop.create_future()
+            await self._waiter
+        self._waiter = None
+        if self.disconnected:
+            return  # gone before its body: nobody to answer
+        status, body, extra, rid = await self.lane.answer(self.cid, self.hdrs, bytes(self.body))
+        if self.disconnected:
+            return
+        if protocol.flow.write_paused:
+            await protocol.flow.drain()
+        parts = [STATUS_LINE[status]]
+        for name, value in protocol.server_state.default_headers:
+            parts += [name, b": ", value, b"\r\n"]
+        parts += [b"content-type: application/json\r\ncontent-length: ", b"%d" % len(body),
+                  b"\r\nx-request-id: ", rid, b"\r\n"]
+        for name, value in extra:
+            parts += [name, b": ", value, b"\r\n"]
+        if not self.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts += [b"\r\n", body]
+        transport = protocol.transport
+        if isinstance(transport, CoalescingTransport):
+            transport.write_now(b"".join(parts))
+        else:
+            transport.write(b"".join(parts))
+        self.response_complete = True
+        if not self.keep_alive:
+            transport.close()
+        protocol.on_response_complete()

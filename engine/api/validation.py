@@ -91,7 +91,11 @@ async def read_body(request: Request, hdrs: Headers, limit: int = MAX_BODY_BYTES
 
 async def json_object(request: Request, hdrs: Headers, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
     """The body as a JSON object, or 400 BAD_REQUEST (not JSON, not an object) / 413."""
-    body = await read_body(request, hdrs, limit)
+    return json_of(await read_body(request, hdrs, limit))
+
+
+def json_of(body: bytes) -> dict[str, Any]:
+    """A body read whole, as a JSON object, or 400 BAD_REQUEST (not JSON, not an object)."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -171,7 +175,11 @@ def idempotency_key(hdrs: Headers) -> str:
 
 def path_id(request: Request, name: str) -> str:
     """A path parameter that must be an id (campaign, reservation, user)."""
-    value: str = request.path_params[name]
+    return path_value(request.path_params[name], name)
+
+
+def path_value(value: str, name: str) -> str:
+    """A path segment that must be an id, as the router (or the reserve lane) cut it out."""
     if not _id_match(value):
         raise invalid(name, "must match [A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
     return value

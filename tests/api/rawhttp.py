@@ -40,3 +40,14 @@ class Connection:
         if self.writer is not None:
             self.writer.close()
             await self.writer.wait_closed()
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bytes]:
+    """One response off a raw socket: (status, headers by lower-case name, body)."""
+    status_line = await reader.readuntil(b"\r\n")
+    headers: dict[bytes, bytes] = {}
+    while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get(b"content-length", b"0")))
+    return int(status_line.split()[1]), headers, body

@@ -16,6 +16,7 @@ import httpx
 import orjson
 
 from tests.api.conftest import error_code, reserve
+from tests.api.rawhttp import read_answer
 from tests.support.processes import ApiServer, storefront_headers
 
 
@@ -23,16 +24,6 @@ def _request(method: str, path: str, headers: dict[str, str], body: bytes = b"")
     head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     return head.encode() + b"\r\n" + body
-
-
-async def _response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bytes]:
-    status_line = await reader.readuntil(b"\r\n")
-    headers: dict[bytes, bytes] = {}
-    while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip()
-    body = await reader.readexactly(int(headers.get(b"content-length", b"0")))
-    return int(status_line.split()[1]), headers, body
 
 
 def _reserve_bytes(cid: str, user: str, extra: dict[str, str] | None = None) -> bytes:
@@ -53,7 +44,7 @@ async def test_pipelined_requests_come_back_whole_and_in_order(api_server: ApiSe
             *(_reserve_bytes(cid, f"v{i}", {"X-Request-Id": f"pipe-{i}"}) for i in range(5)),
         ])
         writer.write(wire)  # one write: the server reads them back to back
-        answers = [await asyncio.wait_for(_response(reader), 30) for _ in range(17)]
+        answers = [await asyncio.wait_for(read_answer(reader), 30) for _ in range(17)]
     finally:
         writer.close()
     statuses = [status for status, _, _ in answers]
@@ -72,7 +63,7 @@ async def test_a_closing_answer_arrives_whole_before_the_close(api_server: ApiSe
     reader, writer = await asyncio.open_connection("127.0.0.1", api_server.port)
     try:
         writer.write(_reserve_bytes(cid, "u1", {"Connection": "close"}))
-        status, headers, body = await asyncio.wait_for(_response(reader), 30)
+        status, headers, body = await asyncio.wait_for(read_answer(reader), 30)
         rest = await asyncio.wait_for(reader.read(), 30)  # EOF: the server closed after answering
     finally:
         writer.close()
@@ -113,11 +104,11 @@ async def test_an_idle_connection_is_kept_between_requests_then_closed(api_serve
     try:
         for user in ("u1", "u2"):
             writer.write(_reserve_bytes(cid, user))
-            status, _, body = await asyncio.wait_for(_response(reader), 30)
+            status, _, body = await asyncio.wait_for(read_answer(reader), 30)
             assert status == 201 and orjson.loads(body)["user_id"] == user
             await asyncio.sleep(2)  # idle, less than the keep-alive
         writer.write(_request("GET", "/healthz", {}))
-        assert (await asyncio.wait_for(_response(reader), 30))[0] == 200
+        assert (await asyncio.wait_for(read_answer(reader), 30))[0] == 200
         assert await asyncio.wait_for(reader.read(), 60) == b""  # left idle: the server closes it
     finally:
         writer.close()
