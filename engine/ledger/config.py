@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import random
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from engine.events import MalformedEvent
+from engine.ledger.copytext import EventRows, encode_run
 from engine.ledger.decoding import row_of
 from engine.ledger.rows import EventRow
-from engine.ledger.streams import Entry
+from engine.ledger.streams import Entry, Run
 
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
@@ -57,19 +59,67 @@ class Backoff:
 
 @dataclass(slots=True)
 class Batch:
-    """Entries delivered to this writer and not yet acknowledged, decoded."""
+    """Entries delivered to this writer and not yet acknowledged, decoded: ``rows[i]`` came from
+    entry ``ids[i]`` of stream ``streams[i]``; ``malformed``: those that are no event at all."""
 
-    entries: list[Entry]
-    rows: list[tuple[Entry, EventRow]]
+    streams: list[str]
+    ids: list[bytes]
+    rows: EventRows
     malformed: list[tuple[Entry, str]]
 
+    def by_stream(self, spans: Sequence[tuple[int, int]] | None = None) -> dict[str, list[bytes]]:
+        """stream -> ids, of the rows in ``spans`` (index ranges; None: every row and the malformed)."""
+        out: dict[str, list[bytes]] = {}
+        for lo, hi in [(0, len(self.ids))] if spans is None else spans:
+            streams = self.streams[lo:hi]
+            if streams and streams[0] == streams[-1] and streams.count(streams[0]) == len(streams):
+                out.setdefault(streams[0], []).extend(self.ids[lo:hi])  # one stream: the usual case
+                continue
+            for stream, eid in zip(streams, self.ids[lo:hi], strict=True):
+                out.setdefault(stream, []).append(eid)
+        if spans is None:
+            for e, _ in self.malformed:
+                out.setdefault(e.stream, []).append(e.entry_id.encode())
+        return out
 
-def decode_batch(entries: list[Entry]) -> Batch:
-    rows: list[tuple[Entry, EventRow]] = []
+
+def merged(group: Sequence[Batch]) -> Batch:
+    """One batch of several; the rows kept as text first, then the others (``EventRows``' order)."""
+    cut = [b.rows.text_rows for b in group]
+    return Batch([s for b, n in zip(group, cut, strict=True) for s in b.streams[:n]]
+                 + [s for b, n in zip(group, cut, strict=True) for s in b.streams[n:]],
+                 [i for b, n in zip(group, cut, strict=True) for i in b.ids[:n]]
+                 + [i for b, n in zip(group, cut, strict=True) for i in b.ids[n:]],
+                 EventRows.joined([b.rows for b in group]), [m for b in group for m in b.malformed])
+
+
+def decode_batch(runs: Sequence[Run]) -> Batch:
+    streams: list[str] = []
+    ids: list[bytes] = []
+    text: list[bytes] = []
+    events: dict[str, int] = {}
+    confirmed: dict[str, list[bytes]] = {}
+    odd: list[tuple[str, bytes, EventRow]] = []
     malformed: list[tuple[Entry, str]] = []
-    for entry in entries:
-        try:
-            rows.append((entry, row_of(entry.campaign_id, entry.entry_id, entry.fields)))
-        except MalformedEvent as exc:
-            malformed.append((entry, str(exc)))
-    return Batch(entries, rows, malformed)
+    for stream, cid, items in runs:
+        done, lines, conf, rest = encode_run(cid, items)
+        if done:
+            text.append(lines)
+            ids += done
+            streams += [stream] * len(done)
+            events[cid] = events.get(cid, 0) + len(done)
+            if conf:
+                confirmed.setdefault(cid, []).extend(conf)
+        for eid, fields in rest:  # the slow way: a row, or the reason it is none
+            entry = Entry(stream, cid, eid.decode() if isinstance(eid, bytes) else str(eid), fields)
+            try:
+                row = row_of(cid, entry.entry_id, fields)
+            except MalformedEvent as exc:
+                malformed.append((entry, str(exc)))
+                continue
+            odd.append((stream, entry.entry_id.encode(), row))
+            events[cid] = events.get(cid, 0) + 1
+            if row[3] == "confirmed":
+                confirmed.setdefault(cid, []).append(b"%d-%d" % (row[1], row[2]))
+    rows = EventRows(text, len(ids), [r for _, _, r in odd], events, confirmed)
+    return Batch(streams + [s for s, _, _ in odd], ids + [i for _, i, _ in odd], rows, malformed)

@@ -1,6 +1,8 @@
 """The PostgreSQL ledger, through asyncpg, with ``synchronous_commit = on``.
 
-A batch is one transaction: its events go in by ``COPY`` (the fastest way in); then one
+A batch is one transaction: its events go in by ``COPY`` (the fastest way in: in text format
+straight from the stream's bytes when the writer could make every row a plain line,
+``engine.ledger.copytext``; else the binary ``COPY`` of the rows); then one
 statement makes the orders of the confirmed events among them from the rows just stored
 (``INSERT … SELECT … ON CONFLICT DO NOTHING``), counts those it inserted and adds them to
 ``ledger_progress``; then COMMIT. If an event is already there — a batch redelivered after a
@@ -14,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
 import orjson
 
 from engine.ledger import schema
+from engine.ledger.copytext import COPY_COLUMNS, EventRows
 from engine.ledger.rows import (
     EVENT_COLUMNS,
     ORDER_COLUMNS,
@@ -47,22 +50,25 @@ def _unnest_insert(table: str, columns: Sequence[str], types: Sequence[str]) -> 
 
 _INSERT_EVENTS = _unnest_insert("events", EVENT_COLUMNS, _EVENT_TYPES)
 # The orders of a batch, made from its events just stored, and the progress they make, in one
-# statement: $1…$3 name the batch's confirmed events by primary key (campaign, entry ms, seq);
-# their orders not stored yet are inserted and counted per campaign; each campaign of the batch
-# ($4, with $5 the events it stored) gets them added to ledger_progress; persisted_orders returned.
+# statement: $1, $2 name the batch's confirmed events (campaign; its stream entry ids, "ms-seq",
+# comma-separated); their orders not stored yet are inserted and counted per campaign; each
+# campaign of the batch ($3, with $4 the events it stored) gets them added to ledger_progress;
+# persisted_orders returned.
 _ORDERS_AND_PROGRESS = f"""
-WITH new AS (
+WITH k AS (
+  SELECT c.campaign_id, split_part(i.id, '-', 1)::int8 AS entry_ms, split_part(i.id, '-', 2)::int8 AS entry_seq
+  FROM unnest($1::text[], $2::text[]) AS c(campaign_id, ids), unnest(string_to_array(c.ids, ',')) AS i(id)
+), new AS (
   INSERT INTO orders ({", ".join(ORDER_COLUMNS)})
   SELECT e.reservation_id, e.campaign_id, e.product_id, e.user_id, e.units, e.amount,
          coalesce(e.payment_ref, ''), 'epoch'::timestamptz + e.at_ms * interval '1 millisecond'
-  FROM unnest($1::text[], $2::int8[], $3::int8[]) AS k(campaign_id, entry_ms, entry_seq)
-  JOIN events e USING (campaign_id, entry_ms, entry_seq)
+  FROM k JOIN events e USING (campaign_id, entry_ms, entry_seq)
   ON CONFLICT DO NOTHING
   RETURNING campaign_id
 )
 INSERT INTO ledger_progress (campaign_id, persisted_orders, persisted_events)
 SELECT b.campaign_id, (SELECT count(*) FROM new WHERE new.campaign_id = b.campaign_id), b.events
-FROM unnest($4::text[], $5::int8[]) AS b(campaign_id, events) ORDER BY b.campaign_id
+FROM unnest($3::text[], $4::int8[]) AS b(campaign_id, events) ORDER BY b.campaign_id
 ON CONFLICT (campaign_id) DO UPDATE SET
   persisted_orders = ledger_progress.persisted_orders + excluded.persisted_orders,
   persisted_events = ledger_progress.persisted_events + excluded.persisted_events
@@ -76,6 +82,15 @@ _REJECTED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, Overf
 
 def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
     return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
+def _confirmed(rows: Sequence[EventRow]) -> dict[str, list[bytes]]:
+    """campaign -> the stream entry ids of its confirmed events among ``rows``."""
+    out: dict[str, list[bytes]] = {}
+    for r in rows:
+        if r[3] == "confirmed":
+            out.setdefault(r[0], []).append(b"%d-%d" % (r[1], r[2]))
+    return out
 
 
 class PostgresSink:
@@ -156,22 +171,31 @@ class PostgresSink:
         return result
 
     async def write(self, rows: Sequence[EventRow]) -> dict[str, int]:
-        confirmed = [r for r in rows if r[3] == "confirmed"]
-        keys = [[r[0] for r in confirmed], [r[1] for r in confirmed], [r[2] for r in confirmed]]
-        cids = sorted({r[0] for r in rows})  # writers touching several campaigns lock them in one order
+        """COPY in text straight from the stream's bytes (``EventRows`` of no odd row), else the
+        binary COPY of the rows; a redelivery (some row stored already) goes by INSERT … ON CONFLICT."""
+        if isinstance(rows, EventRows):
+            text, events, confirmed = rows.copy_text(), rows.events, rows.confirmed
+        else:
+            text, events, confirmed = None, Counter(r[0] for r in rows), _confirmed(rows)
+        keys = [list(confirmed), [b",".join(ids).decode() for ids in confirmed.values()]]
+        cids = sorted(events)  # writers touching several campaigns lock them in one order
 
-        async def orders_and_progress(conn: asyncpg.Connection, stored: Counter[str]) -> dict[str, int]:
-            got = await conn.fetch(_ORDERS_AND_PROGRESS, *keys, cids, [stored[c] for c in cids])
+        async def orders_and_progress(conn: asyncpg.Connection, stored: Mapping[str, int]) -> dict[str, int]:
+            got = await conn.fetch(_ORDERS_AND_PROGRESS, *keys, cids, [stored.get(c, 0) for c in cids])
             return {r[0]: int(r[1]) for r in got}
 
         async def write(conn: asyncpg.Connection) -> dict[str, int]:
             try:
                 async with conn.transaction():
-                    await conn.copy_records_to_table("events", records=rows, columns=EVENT_COLUMNS)
-                    return await orders_and_progress(conn, Counter(r[0] for r in rows))
+                    if text is not None:  # a memoryview: asyncpg would take bytes for a file name
+                        await conn.copy_to_table("events", source=memoryview(text), columns=COPY_COLUMNS,
+                                                 format="text")
+                    else:
+                        await conn.copy_records_to_table("events", records=rows, columns=EVENT_COLUMNS)
+                    return await orders_and_progress(conn, events)
             except asyncpg.UniqueViolationError:  # some of the batch is stored already: skip it
                 async with conn.transaction():
-                    new_events = await conn.fetch(_INSERT_EVENTS, *_columns(rows, len(EVENT_COLUMNS)))
+                    new_events = await conn.fetch(_INSERT_EVENTS, *_columns(list(rows), len(EVENT_COLUMNS)))
                     return await orders_and_progress(conn, Counter(r[0] for r in new_events))
 
         result: dict[str, int] = await self._call("writing a batch", write)

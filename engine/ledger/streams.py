@@ -19,11 +19,11 @@ for a Redis they cannot reach (TLS, …) redis-py does the same.
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from collections.abc import Awaitable, Iterable
 from typing import Any, NamedTuple, cast
 
 import redis.asyncio as aioredis
+from hiredis import pack_command
 from redis.exceptions import ResponseError
 
 from engine import keys
@@ -39,6 +39,9 @@ class Entry(NamedTuple):
     campaign_id: str
     entry_id: str
     fields: list[bytes]  # flat, as Redis sends them: name, value, name, value, …
+
+
+Run = tuple[str, str, list[Any]]  # (stream, campaign id, its entries as Redis sent them: [id, [fields]])
 
 
 def _text(v: Any) -> str:
@@ -97,23 +100,24 @@ class Streams:
         for key in self.streams:
             await self.ensure_group(key)
 
-    def _entries(self, key: Any, items: Iterable[Any]) -> tuple[list[Entry], list[str]]:
-        """(entries, ids of entries whose content is gone); fields flat or a dict (redis-py)."""
+    def _run(self, key: Any, items: Iterable[Any]) -> tuple[Run, list[bytes]]:
+        """((stream, campaign, entries), ids of entries whose content is gone); each entry as
+        [id, flat fields] (a dict of fields, from redis-py, is flattened)."""
         stream = _text(key)
         cid = self.streams.get(stream) or keys.campaign_of_stream(stream)
-        out: list[Entry] = []
-        gone: list[str] = []
-        new = tuple.__new__  # Entry(...) costs a Python-level call per entry; this, none
-        for eid, fields in items:
+        out: list[Any] = []
+        gone: list[bytes] = []
+        for item in items:
+            fields = item[1]
             if fields is None:
-                gone.append(_text(eid))
+                gone.append(item[0])
+            elif isinstance(fields, dict):
+                out.append([item[0], [x for kv in fields.items() for x in kv]])
             else:
-                if isinstance(fields, dict):
-                    fields = [x for kv in fields.items() for x in kv]
-                out.append(new(Entry, (stream, cid, eid.decode(), fields)))
-        return out, gone
+                out.append(item)
+        return (stream, cid, out), gone
 
-    async def read(self, *, block_ms: int | None, after: dict[str, str] | None = None) -> list[Entry]:
+    async def read(self, *, block_ms: int | None, after: dict[str, str] | None = None) -> list[Run]:
         """New entries (``>``); or, with ``after`` (stream -> id), this consumer's own pending
         entries past those ids (what it had taken before a restart under the same name)."""
         if not self.streams:
@@ -128,17 +132,18 @@ class Streams:
         else:
             resp = await self.redis.xreadgroup(GROUP, self.consumer, dict(zip(streams, starts, strict=True)),
                                                count=self.batch_size, block=block_ms)
-        out: list[Entry] = []
+        out: list[Run] = []
         for key, items in resp or []:
-            entries, gone = self._entries(key, items)
-            out += entries
+            run, gone = self._run(key, items)
+            if run[2]:
+                out.append(run)
             if gone:  # deleted under our feet: nothing left to persist
                 await self.redis.xack(_text(key), GROUP, *gone)
         return out
 
-    async def claim(self) -> tuple[list[Entry], list[tuple[Entry, int]]]:
+    async def claim(self) -> tuple[list[Run], list[tuple[Entry, int]]]:
         """Entries idle longer than ``claim_idle_ms``: (to retry, [(to dead-letter, deliveries)])."""
-        retry: list[Entry] = []
+        retry: list[Run] = []
         dead: list[tuple[Entry, int]] = []
         for key in list(self.streams):
             stuck = await self.redis.xpending_range(key, GROUP, "-", "+", self.batch_size, idle=self.claim_idle_ms)
@@ -149,36 +154,34 @@ class Streams:
             if spent:
                 # XCLAIM moves only entries still idle: two writers never dead-letter the same one
                 claimed = await self.redis.xclaim(key, GROUP, self.consumer, self.claim_idle_ms, cast("Any", spent))
-                entries, _ = self._entries(key, claimed)
-                dead += [(e, deliveries[e.entry_id]) for e in entries]
+                (stream, cid, items), _ = self._run(key, claimed)
+                dead += [(Entry(stream, cid, _text(eid), fields), deliveries[_text(eid)]) for eid, fields in items]
             resp = await self.redis.xautoclaim(key, GROUP, self.consumer, self.claim_idle_ms, "0-0",
                                                count=self.batch_size)
-            entries, gone = self._entries(key, resp[1])
-            retry += entries
+            run, gone = self._run(key, resp[1])
+            if run[2]:
+                retry.append(run)
             if gone:
                 await self.redis.xack(key, GROUP, *gone)
         return retry, dead
 
-    async def ack(self, entries: Iterable[Entry]) -> None:
-        by_stream: dict[str, list[str]] = defaultdict(list)
-        for e in entries:
-            by_stream[e.stream].append(e.entry_id)
+    async def ack(self, ids: dict[str, list[bytes]]) -> None:
+        """Acknowledge entries (stream -> ids), one XACK per stream."""
         if self._acks is not None:
             wire = self._acks
-            await asyncio.gather(*(wire.call(command("XACK", key, GROUP, *ids)) for key, ids in by_stream.items()))
-        elif by_stream:
+            # hiredis packs the command in C (its stub types it as a 1-tuple)
+            await asyncio.gather(*(wire.call(pack_command(cast("Any", (b"XACK", key, GROUP, *eids))))
+                                   for key, eids in ids.items()))
+        elif ids:
             async with self.redis.pipeline(transaction=False) as p:
-                for stream, ids in by_stream.items():
-                    p.xack(stream, GROUP, *ids)
+                for stream, eids in ids.items():
+                    p.xack(stream, GROUP, *eids)
                 await p.execute()
 
-    async def touch(self, entries: Iterable[Entry]) -> None:
+    async def touch(self, ids: dict[str, list[bytes]]) -> None:
         """Reset the idle time of entries this writer is still working on (no delivery counted)."""
-        by_stream: dict[str, list[str]] = defaultdict(list)
-        for e in entries:
-            by_stream[e.stream].append(e.entry_id)
-        for stream, ids in by_stream.items():
-            await self.redis.xclaim(stream, GROUP, self.consumer, 0, cast("Any", ids), justid=True)
+        for stream, eids in ids.items():
+            await self.redis.xclaim(stream, GROUP, self.consumer, 0, cast("Any", eids), justid=True)
 
     async def dead_letter(self, entry: Entry, reason: str, deliveries: int) -> None:
         """Park an entry in ``fs:dead`` and acknowledge it, in one MULTI (the original fields as ``f.*``)."""

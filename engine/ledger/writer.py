@@ -35,16 +35,26 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from engine import keys
-from engine.ledger.config import ACKS_AHEAD, READ_AHEAD, Backoff, Batch, WriterSettings, WriterStats, decode_batch
+from engine.ledger.config import (
+    ACKS_AHEAD,
+    READ_AHEAD,
+    Backoff,
+    Batch,
+    WriterSettings,
+    WriterStats,
+    decode_batch,
+    merged,
+)
 from engine.ledger.health import announce, farewell, progress_script
 from engine.ledger.rows import EventRow
 from engine.ledger.sink import LedgerUnavailable, RowRejected, Sink
-from engine.ledger.streams import Entry, Streams, is_nogroup
+from engine.ledger.streams import Entry, Run, Streams, is_nogroup
 
 __all__ = ["Writer", "WriterSettings", "WriterStats"]
 
 log = logging.getLogger("flashsale.writer")
 T = TypeVar("T")
+Spans = list[tuple[int, int]]  # index ranges of a batch's rows
 LOG_EVERY_S = 5.0  # repeated warnings (database down, Redis away) at most this often
 
 
@@ -106,16 +116,16 @@ class Writer:
             await self._redis(self._refresh)
             await self._read_own_pending(queue)
             while not self.stopping:
-                entries = await self._redis(self._next_batch)
-                if entries:
-                    await self._enqueue(queue, entries)
+                runs = await self._redis(self._next_batch)
+                if runs:
+                    await self._enqueue(queue, runs)
                 elif self.settings.burst and not self._inflight and await self._redis(self._drained):
                     break
         finally:
             await queue.put(None)
 
-    async def _enqueue(self, queue: asyncio.Queue[Batch | None], entries: list[Entry]) -> None:
-        batch = decode_batch(entries)
+    async def _enqueue(self, queue: asyncio.Queue[Batch | None], runs: list[Run]) -> None:
+        batch = decode_batch(runs)
         self._inflight.append(batch)
         await queue.put(batch)
 
@@ -161,19 +171,19 @@ class Writer:
     def _merged(self, group: list[Batch]) -> Batch:
         if len(group) == 1:
             return group[0]
-        merged = Batch([e for b in group for e in b.entries], [r for b in group for r in b.rows],
-                       [m for b in group for m in b.malformed])
+        one = merged(group)
         for b in group:
             self._inflight.remove(b)
-        self._inflight.append(merged)
-        return merged
+        self._inflight.append(one)
+        return one
 
-    async def _acknowledge(self, batch: Batch, done: list[Entry], totals: dict[str, int]) -> None:
+    async def _acknowledge(self, batch: Batch, done: Spans, totals: dict[str, int]) -> None:
         try:
             # if Redis stays away until we stop, the batch is redelivered later and skipped by the sink
-            await self._redis(lambda: self._ack(done, totals))
+            ids = batch.by_stream(done)
+            await self._redis(lambda: self._ack(ids, totals))
             self.stats.batches += 1
-            self.stats.events += len(done)
+            self.stats.events += sum(hi - lo for lo, hi in done)
         finally:
             self._inflight.remove(batch)
 
@@ -181,14 +191,14 @@ class Writer:
         """Entries this consumer name took before a restart: no need to wait for them to idle."""
         after: dict[str, str] = {}
         while not self.stopping:
-            entries = await self._redis(lambda: self.streams.read(block_ms=None, after=after))
-            if not entries:
+            runs = await self._redis(lambda: self.streams.read(block_ms=None, after=after))
+            if not runs:
                 return
-            for e in entries:
-                after[e.stream] = e.entry_id
-            await self._enqueue(queue, entries)
+            for stream, _, items in runs:
+                after[stream] = items[-1][0].decode()
+            await self._enqueue(queue, runs)
 
-    async def _next_batch(self) -> list[Entry]:
+    async def _next_batch(self) -> list[Run]:
         await self._periodic("refresh", self.settings.refresh_s, self._refresh)
         await self._periodic("trim", self.settings.trim_interval_s, self._trim)
         if self._tick("claim", max(self.settings.claim_idle_ms / 2000, 0.05)):
@@ -201,10 +211,10 @@ class Writer:
             await self._sleep(self.settings.block_ms / 1000)
             return []
         block = None if self.settings.burst else self.settings.block_ms
-        entries = await self.streams.read(block_ms=block)
-        if not entries and self.settings.burst:
+        runs = await self.streams.read(block_ms=block)
+        if not runs and self.settings.burst:
             await self._sleep(0.02)  # waiting for other writers' pending entries to be claimable
-        return entries
+        return runs
 
     async def _drained(self) -> bool:
         """After a read came back empty: no campaign appeared since, and nothing is pending."""
@@ -212,39 +222,38 @@ class Writer:
         await self._refresh()
         return set(self.streams.streams) <= before and await self.streams.idle()
 
-    async def _process(self, batch: Batch) -> tuple[list[Entry] | None, dict[str, int]]:
-        """Dead-letter what is not an event, persist the rest: (entries committed, campaign ->
-        persisted_orders); entries None if the database stayed away until stop."""
+    async def _process(self, batch: Batch) -> tuple[Spans | None, dict[str, int]]:
+        """Dead-letter what is not an event, persist the rest: (spans of ``batch.rows``
+        committed, campaign -> persisted_orders); spans None if the database stayed away until stop."""
         for entry, reason in batch.malformed:
             await self._dead_letter(entry, f"malformed: {reason}", 1)
         if not batch.rows:
             return [], {}
-        return await self._persist(batch.rows)
+        return await self._persist(batch, 0, len(batch.rows))
 
     # -- the database ------------------------------------------------------------------------
 
-    async def _persist(self, batch: list[tuple[Entry, EventRow]]) -> tuple[list[Entry] | None, dict[str, int]]:
-        """Commit what can be committed: (entries stored, campaign -> persisted_orders); entries
-        None if the database stayed away until stop."""
+    async def _persist(self, batch: Batch, lo: int, hi: int) -> tuple[Spans | None, dict[str, int]]:
+        """Commit what can be committed of rows lo…hi: (spans stored, campaign -> persisted_orders);
+        spans None if the database stayed away until stop."""
         try:
-            totals = await self._commit([ev for _, ev in batch])
+            totals = await self._commit(batch.rows if hi - lo == len(batch.rows) else batch.rows[lo:hi])
         except RowRejected as exc:
-            if len(batch) == 1:
-                entry = batch[0][0]
+            if hi - lo == 1:
                 log.error("ledger refused entry %s of %s (left pending, retried until dead-lettered): %s",
-                          entry.entry_id, entry.stream, exc)
+                          batch.ids[lo].decode(), batch.streams[lo], exc)
                 return [], {}
-            half = len(batch) // 2
-            done_a, totals_a = await self._persist(batch[:half])
+            half = (lo + hi) // 2
+            done_a, totals_a = await self._persist(batch, lo, half)
             if done_a is None:
                 return None, {}
-            done_b, totals_b = await self._persist(batch[half:])
+            done_b, totals_b = await self._persist(batch, half, hi)
             if done_b is None:
                 return None, {}
             return done_a + done_b, {**totals_a, **totals_b}
         if totals is None:
             return None, {}
-        return [e for e, _ in batch], totals
+        return [(lo, hi)], totals
 
     async def _commit(self, rows: Sequence[EventRow]) -> dict[str, int] | None:
         """Write with retries while the database is away; None if stopped before it came back."""
@@ -319,9 +328,9 @@ class Writer:
             await self._progress(keys=[keys.CampaignKeys(cid).ledger], args=[n])
             self.stats.persisted[cid] = n
 
-    async def _ack(self, entries: list[Entry], totals: dict[str, int]) -> None:
+    async def _ack(self, ids: dict[str, list[bytes]], totals: dict[str, int]) -> None:
         """Acknowledge a committed batch and publish persisted_orders, at the same time."""
-        await asyncio.gather(self.streams.ack(entries), self._publish(totals))
+        await asyncio.gather(self.streams.ack(ids), self._publish(totals))
 
     async def _publish_all(self) -> None:
         try:
@@ -345,7 +354,10 @@ class Writer:
         announced = 0.0
         while True:
             try:
-                inflight = [e for b in self._inflight for e in b.entries]
+                inflight: dict[str, list[bytes]] = {}
+                for b in self._inflight:
+                    for stream, ids in b.by_stream().items():
+                        inflight.setdefault(stream, []).extend(ids)
                 if inflight:
                     await self.streams.touch(inflight)
                 if time.monotonic() - announced >= self.settings.heartbeat_s:
