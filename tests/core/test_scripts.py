@@ -244,6 +244,56 @@ async def test_reserve_malformed_batch_writes_nothing(engine: Engine, aredis: ai
     assert await dump(aredis) == before
 
 
+async def test_reserve_malformed_batch_for_an_unknown_campaign_fails(aredis: aioredis.Redis) -> None:
+    with pytest.raises(ResponseError, match=r"^reserve: units"):
+        await reserve(aredis, ("r1", "sf", "k1", "u1", "p1", 1), ("r2", "sf", "k2", "u2", "p1", 0), cid="nope")
+    assert await aredis.dbsize() == 0
+
+
+async def test_reserve_records_are_what_cmsgpack_packs(engine: Engine, aredis: aioredis.Redis) -> None:
+    """reserve.lua puts a new record's msgpack together from pieces: it must equal, byte for byte,
+    cmsgpack.pack of the record's list (strings across the fixstr / str8 / str16 bounds, numbers
+    of each width)."""
+    await engine.load_campaign(campaign(total_units=10**9, user_cap_units=None, products=[
+        {"id": "p1", "title": "t", "total_units": 10**9}, {"id": "p" * 40, "title": "t", "total_units": 10**9}]))
+    reqs = []
+    for i, (uid, key, sf, pid, units) in enumerate([
+            ("u", "k", "s", "p1", 1), ("", "k" * 31, "s" * 31, "p1", 2), ("u" * 31, "k" * 32, "s" * 32, "p" * 40, 127),
+            ("u" * 32, "k" * 255, "s", "p" * 40, 128), ("u" * 300, "k" * 40, "s" * 300, "p1", 70_000),
+            ("ü" * 20, "k2", "s", "p1", 1), ("v", "k3", "s", "p1", 2)]):
+        reqs.append((f"r{i}", sf, key, uid, pid, units))
+    out = await reserve(aredis, *reqs)
+    cmsgpack = ("return cmsgpack.pack({ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), "
+                "tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], ARGV[9], ARGV[10], tonumber(ARGV[11])})")
+    for (_rid, sf, key, uid, pid, units), (code, _, packed, _) in zip(reqs, out, strict=True):
+        assert code == Status.OK
+        rec = record(packed)
+        assert rec[:5] == ["held", pid, uid, units, units * 10000] and rec[7:] == [sf, key, "", 0]
+        assert await aredis.eval(cmsgpack, 0, *rec) == packed
+
+
+async def test_reserve_largest_batch(engine: Engine, aredis: aioredis.Redis) -> None:
+    """4096 requests: what the batch reads comes in calls of at most 2000 fields each."""
+    await engine.load_campaign(campaign(total_units=10**6, products=[
+        {"id": "p1", "title": "t", "total_units": 10**6, "user_cap_units": 4}]))
+    [first] = await reserve(aredis, ("rl", "sf", "kl", "late", "p1", 3))
+    reqs = [(f"r{i}", "sf", f"k{i}", f"u{i}", "p1", 1) for i in range(4096)]
+    reqs[0] = ("x0", "sf", "kl", "late", "p1", 3)  # a replay first: users are read from request 2 on
+    reqs[3000] = ("x1", "sf", "kl", "late", "p1", 3)  # a stored key past the first 2000
+    reqs[3500] = ("x2", "sf", "k-late", "late", "p1", 2)  # stored counters past the first 4000 fields
+    reqs[4095] = ("x3", "sf", "k10", "u10", "p1", 1)  # a key taken earlier in the batch
+    out = await reserve(aredis, *reqs)
+    assert out[0] == out[3000] == [Status.OK, b"rl", first[2], 1]
+    assert out[3500] == [Status.USER_CAP_EXCEEDED, 1, b"", 0]
+    assert out[4095] == [Status.OK, b"r10", out[10][2], 1]
+    made = [i for i, o in enumerate(out) if o[3] == 0 and o[0] == Status.OK]
+    assert len(made) == 4092 and all(out[i][1] == f"r{i}".encode() for i in made)
+    assert await aredis.hget(K.counters, "held") == b"4095"
+    assert await aredis.hlen(K.users) == 2 + 2 * 4092
+    assert await aredis.hmget(K.users, ["t|late", "t|late|p1", "t|u4094", "t|u4094|p1"]) == [b"3", b"3", b"1", b"1"]
+    assert await aredis.xlen(K.events) == 4093
+
+
 async def test_reserve_key_pointing_at_a_missing_record(engine: Engine, aredis: aioredis.Redis) -> None:
     await engine.load_campaign(campaign())
     await aredis.hset(K.idempotency, "sf|k1", "gone")
