@@ -178,7 +178,7 @@ def reply_for(exc: Exception) -> Reply | None:
     return None
 
 
-def head(status: int, body: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()) -> list[tuple[bytes, bytes]]:
+def head(body: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()) -> list[tuple[bytes, bytes]]:
     """The headers of a JSON answer, as ASGI's ``http.response.start`` carries them."""
     return [_JSON, (b"content-length", b"%d" % len(body)), *extra]
 
@@ -189,7 +189,7 @@ async def respond(exc: Exception, send: Send) -> bool:
     if reply is None:
         return False
     await send({"type": "http.response.start", "status": reply.status,
-                "headers": head(reply.status, reply.body, reply.headers)})
+                "headers": head(reply.body, reply.headers)})
     await send({"type": "http.response.body", "body": reply.body})
     return True
 

@@ -88,7 +88,7 @@ class RequestContext:
             status = 500
             if not started:
                 await send({"type": "http.response.start", "status": 500,
-                            "headers": [*head(500, INTERNAL.body), (b"x-request-id", rid)]})
+                            "headers": [*head(INTERNAL.body), (b"x-request-id", rid)]})
                 await send({"type": "http.response.body", "body": INTERNAL.body})
         finally:
             template = self.templates.get(scope.get("endpoint"), UNMATCHED)  # type: ignore[arg-type]

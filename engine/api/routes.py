@@ -22,7 +22,7 @@ from engine.api import render
 from engine.api import validation as v
 from engine.api.auth import Authenticator
 from engine.api.deadline import Deadlines
-from engine.api.errors import invalid, public_code
+from engine.api.errors import head, invalid, public_code
 from engine.campaign import parse
 from engine.core import Engine, Outcome, ReserveRequest
 from engine.errors import FlashsaleError, StorageUnavailable
@@ -34,7 +34,6 @@ Answer = tuple[int, bytes]
 Handler = Callable[[Request], Awaitable[Answer]]
 DEADLINE_MARGIN_S = 0.35  # on top of the Redis timeout: time a request may wait for its batch
 DEADLINE_TICK_S = 0.05  # deadlines are checked this often, so one may run this much late (< 1 s in all)
-_JSON = (b"content-type", b"application/json")
 
 
 class JsonEndpoint:
@@ -47,8 +46,7 @@ class JsonEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         status, body = await self.handler(Request(scope, receive))
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [_JSON, (b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.start", "status": status, "headers": head(body)})
         await send({"type": "http.response.body", "body": body})
 
 

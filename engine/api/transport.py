@@ -19,7 +19,7 @@ they do for the ASGI app's requests.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Base
@@ -133,7 +133,6 @@ class HttpToolsProtocol(_Base):
 
     def _start_lane(self, cycle: LaneCycle) -> None:
         """As uvicorn starts a request: now, or after the responses still owed on this connection."""
-        self.scope["method"] = "POST"  # for uvicorn's own use of the scope (upgrades, logging)
         existing = self.cycle
         self.cycle = cycle  # type: ignore[assignment]
         if existing is None or existing.response_complete:
@@ -225,11 +224,8 @@ class LaneCycle:
         if not self.keep_alive:
             parts.append(b"connection: close\r\n")
         parts += [b"\r\n", body]
-        transport = protocol.transport
-        if isinstance(transport, CoalescingTransport):
-            transport.write_now(b"".join(parts))
-        else:
-            transport.write(b"".join(parts))
+        transport = cast("CoalescingTransport", protocol.transport)  # connection_made wraps every one
+        transport.write_now(b"".join(parts))
         self.response_complete = True
         if not self.keep_alive:
             transport.close()

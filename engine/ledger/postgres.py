@@ -89,17 +89,9 @@ def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
     return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
-def _confirmed(rows: Sequence[EventRow]) -> dict[str, list[bytes]]:
-    """campaign -> the stream entry ids of its confirmed events among ``rows``."""
-    out: dict[str, list[bytes]] = {}
-    for r in rows:
-        if r[3] == "confirmed":
-            out.setdefault(r[0], []).append(b"%d-%d" % (r[1], r[2]))
-    return out
-
-
 def _keys(confirmed: Mapping[str, list[bytes]]) -> list[list[Any]]:
-    """The primary keys of confirmed events as three arrays: campaigns, entry ms, entry seqs."""
+    """The primary keys of confirmed events (campaign -> stream entry ids) as three arrays:
+    campaigns, entry ms, entry seqs."""
     cids: list[str] = []
     ms: list[int] = []
     seqs: list[int] = []
@@ -193,10 +185,11 @@ class PostgresSink:
         """COPY in text straight from the stream's bytes (``EventRows`` of no odd row), else the
         binary COPY of the rows; a redelivery (some row stored already) goes by INSERT … ON CONFLICT."""
         if isinstance(rows, EventRows):
-            text, events, confirmed = rows.copy_text(), rows.events, rows.confirmed
+            text, events, keys = rows.copy_text(), rows.events, _keys(rows.confirmed)
         else:
-            text, events, confirmed = None, Counter(r[0] for r in rows), _confirmed(rows)
-        keys = _keys(confirmed)
+            done = [r for r in rows if r[3] == "confirmed"]
+            text, events = None, Counter(r[0] for r in rows)
+            keys = [[r[0] for r in done], [r[1] for r in done], [r[2] for r in done]]
         cids = sorted(events)  # writers touching several campaigns lock them in one order
 
         async def orders_and_progress(conn: asyncpg.Connection, stored: Mapping[str, int]) -> dict[str, int]:
