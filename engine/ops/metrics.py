@@ -7,7 +7,7 @@ Two kinds of figures:
   and, once ``engine.ops.instrument.instrument`` has wrapped an Engine, the round trip and
   batch size of each script call and the holds the sweeper expires. With several workers, ``flashsale serve`` calls
   ``prepare_multiprocess()`` before it starts them: each worker then writes its values to files
-  in ``PROMETHEUS_MULTIPROC_DIR`` and a scrape of any worker sums them all.
+  in ``PROMETHEUS_MULTIPROC_DIR`` (``engine.ops.mpvalues``) and a scrape of any worker sums them all.
 - **Read from Redis at scrape time** (``engine.ops.collector``): units sold / held / remaining,
   rejections, the ledger's lag, the writer's stream backlog and dead letters. They live in
   Redis, so every worker reports the same values and nothing is counted twice.
@@ -28,12 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client import CollectorRegistry, generate_latest, values
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from engine.core import Engine
 from engine.ops.collector import SnapshotCollector, snapshot
+from engine.ops.mpvalues import MmapValue
+from engine.ops.series import CounterFamily, Families, HistogramFamily
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the text format every Prometheus 2.x parses
@@ -45,35 +47,35 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 @dataclass(frozen=True, slots=True)
 class _Metrics:
     registry: CollectorRegistry
-    requests: Counter
-    request_seconds: Histogram
-    outcomes: Counter
-    engine_seconds: Histogram
-    script_seconds: Histogram
-    script_batch: Histogram
-    # labelled children by label values: ``labels()`` costs a lock and a tuple on every call,
-    # ~40% of a request's observation (the label sets are few: route templates, codes)
-    children: dict[tuple[str, ...], Any] = field(default_factory=dict)
+    requests: CounterFamily
+    request_seconds: HistogramFamily
+    outcomes: CounterFamily
+    engine_seconds: HistogramFamily
+    script_seconds: HistogramFamily
+    script_batch: HistogramFamily
+    # the series each hook writes, by the hook's own key (route templates, codes: a few dozen)
+    series: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
 
 def _build() -> _Metrics:
-    r = CollectorRegistry(auto_describe=True)
-    return _Metrics(
-        registry=r,
-        requests=Counter("flashsale_http_requests", "HTTP requests served, by route template and status",
-                         ["route", "method", "status"], registry=r),
-        request_seconds=Histogram("flashsale_http_request_duration_seconds", "HTTP request latency",
-                                  ["route", "method"], buckets=REQUEST_BUCKETS, registry=r),
-        outcomes=Counter("flashsale_outcomes", "Engine outcomes: operation and OK or the rejection code",
-                         ["operation", "code"], registry=r),
-        engine_seconds=Histogram("flashsale_engine_call_duration_seconds",
-                                 "Engine call latency as the API sees it (batching wait included)",
-                                 ["operation"], buckets=REQUEST_BUCKETS, registry=r),
-        script_seconds=Histogram("flashsale_script_duration_seconds", "Lua script round trip (EVALSHA)",
-                                 ["script"], buckets=SCRIPT_BUCKETS, registry=r),
-        script_batch=Histogram("flashsale_script_batch_requests", "Requests carried by one script call",
-                               ["script"], buckets=BATCH_BUCKETS, registry=r),
+    families = (
+        CounterFamily("flashsale_http_requests", "HTTP requests served, by route template and status",
+                      ["route", "method", "status"]),
+        HistogramFamily("flashsale_http_request_duration_seconds", "HTTP request latency",
+                        ["route", "method"], REQUEST_BUCKETS),
+        CounterFamily("flashsale_outcomes", "Engine outcomes: operation and OK or the rejection code",
+                      ["operation", "code"]),
+        HistogramFamily("flashsale_engine_call_duration_seconds",
+                        "Engine call latency as the API sees it (batching wait included)",
+                        ["operation"], REQUEST_BUCKETS),
+        HistogramFamily("flashsale_script_duration_seconds", "Lua script round trip (EVALSHA)",
+                        ["script"], SCRIPT_BUCKETS),
+        HistogramFamily("flashsale_script_batch_requests", "Requests carried by one script call",
+                        ["script"], BATCH_BUCKETS),
     )
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(Families(*families))  # type: ignore[arg-type]
+    return _Metrics(registry, *families)  # type: ignore[arg-type]
 
 
 _state: dict[str, _Metrics] = {}
@@ -91,11 +93,11 @@ def _metrics() -> _Metrics:
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
     """One HTTP request served: route template (``/v1/campaigns/{cid}/reservations``), status, latency."""
     m = _metrics()
-    key = ("request", route, method, str(status))
-    pair = m.children.get(key)
+    key = (route, method, status)
+    pair = m.series.get(key)
     if pair is None:
-        pair = m.children[key] = (m.requests.labels(route, method, key[3]), m.request_seconds.labels(route, method))
-    pair[0].inc()
+        pair = m.series[key] = (m.requests.child(route, method, str(status)), m.request_seconds.child(route, method))
+    pair[0].inc(1)
     pair[1].observe(seconds)
 
 
@@ -103,17 +105,17 @@ def count_outcome(operation: str, code: str, seconds: float | None = None) -> No
     """One engine outcome: operation ``reserve``/``confirm``/``cancel``/``expire``, code ``OK`` or a
     rejection code; ``seconds``, when given, is how long the engine call took (batching included)."""
     m = _metrics()
-    children = m.children
+    series = m.series
     key = ("outcome", operation, code)
-    child = children.get(key)
-    if child is None:
-        child = children[key] = m.outcomes.labels(operation, code)
-    child.inc()
+    counter = series.get(key)
+    if counter is None:
+        counter = series[key] = m.outcomes.child(operation, code)
+    counter.inc(1)
     if seconds is not None:
         timer_key = ("engine", operation)
-        timer = children.get(timer_key)
+        timer = series.get(timer_key)
         if timer is None:  # made on first use only: an operation never timed shows no series
-            timer = children[timer_key] = m.engine_seconds.labels(operation)
+            timer = series[timer_key] = m.engine_seconds.child(operation)
         timer.observe(seconds)
 
 
@@ -121,9 +123,9 @@ def observe_script(script: str, requests: int, seconds: float) -> None:
     """One script call (EVALSHA round trip) carrying ``requests`` requests (a batch, or 1)."""
     m = _metrics()
     key = ("script", script)
-    pair = m.children.get(key)
+    pair = m.series.get(key)
     if pair is None:
-        pair = m.children[key] = (m.script_seconds.labels(script), m.script_batch.labels(script))
+        pair = m.series[key] = (m.script_seconds.child(script), m.script_batch.child(script))
     pair[0].observe(seconds)
     pair[1].observe(requests)
 
@@ -131,7 +133,7 @@ def observe_script(script: str, requests: int, seconds: float) -> None:
 def count_expired(holds: int) -> None:
     """Holds the sweeper released at their deadline (outcome ``expire``/``OK``)."""
     if holds > 0:
-        _metrics().outcomes.labels("expire", "OK").inc(holds)
+        _metrics().outcomes.child("expire", "OK").inc(holds)
 
 
 # -- several workers ------------------------------------------------------------------------------
@@ -151,8 +153,8 @@ def prepare_multiprocess() -> str:
         path = tempfile.mkdtemp(prefix="flashsale-metrics-")
         os.environ[MULTIPROC_ENV] = path
         atexit.register(_remove_dir, path, os.getpid())
-    # prometheus_client picks its value class at import: pick again now the variable is set
-    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    # prometheus_client picks its value class at import: ours writes the same files, cheaper
+    values.ValueClass = MmapValue
     _state.clear()
     return path
 

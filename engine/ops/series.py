@@ -1,0 +1,101 @@
+"""Labelled counters and histograms whose series are written in one step.
+
+prometheus-client's ``Counter`` and ``Histogram`` check on every ``inc``/``observe`` that the
+metric is not a labelled parent, check the amount, look for an exemplar and walk the buckets in
+Python: a dozen calls per observation, and the API makes four observations per request. Here a
+series is looked up once (``child``) and is then just its values: a counter's one value, a
+histogram's sum and one value per bucket, found by ``bisect``. With ``engine.ops.mpvalues`` the
+API's two hooks per request (``engine.ops.metrics``) went from 5.5 to 0.9 µs with several workers,
+and from 2.5 to 1.6 µs in a single process (a loop of both hooks, best of three). The values are
+``prometheus_client.values.ValueClass`` objects made with the same keys prometheus-client would
+use, so in multiprocess mode ``MultiProcessCollector`` reads them from the workers' files as it
+reads its own, and in a single process ``collect()`` gives the same families.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from prometheus_client import values
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
+
+INF = float("inf")
+
+
+class CounterFamily:
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._series: dict[tuple[str, ...], Any] = {}
+
+    def child(self, *labelvalues: str) -> Any:
+        """The series' value (``inc(amount)``), made on first use."""
+        value = self._series.get(labelvalues)
+        if value is None:
+            value = self._series[labelvalues] = values.ValueClass(
+                "counter", self.name, f"{self.name}_total", self.labelnames, labelvalues, self.documentation)
+        return value
+
+    def collect(self) -> Metric:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labelvalues, value in self._series.items():
+            family.add_metric(labelvalues, value.get())
+        return family
+
+
+class HistogramSeries:
+    __slots__ = ("bounds", "buckets", "sum")
+
+    def __init__(self, bounds: tuple[float, ...], buckets: list[Any], total: Any) -> None:
+        self.bounds = bounds
+        self.buckets = buckets
+        self.sum = total
+
+    def observe(self, amount: float) -> None:
+        self.sum.inc(amount)
+        self.buckets[bisect_left(self.bounds, amount)].inc(1)  # the first bound >= amount (+Inf last)
+
+
+class HistogramFamily:
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.bounds = (*sorted(float(b) for b in buckets), INF)
+        self.les: tuple[str, ...] = tuple(floatToGoString(b) for b in self.bounds)  # type: ignore[no-untyped-call]
+        self._series: dict[tuple[str, ...], HistogramSeries] = {}
+
+    def child(self, *labelvalues: str) -> HistogramSeries:
+        series = self._series.get(labelvalues)
+        if series is None:
+            names, doc = self.labelnames, self.documentation
+            total = values.ValueClass("histogram", self.name, f"{self.name}_sum", names, labelvalues, doc)
+            buckets = [values.ValueClass("histogram", self.name, f"{self.name}_bucket", (*names, "le"),
+                                         (*labelvalues, le), doc) for le in self.les]
+            series = self._series[labelvalues] = HistogramSeries(self.bounds, buckets, total)
+        return series
+
+    def collect(self) -> Metric:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labelvalues, series in self._series.items():
+            cumulative, acc = [], 0.0
+            for le, value in zip(self.les, series.buckets, strict=True):
+                acc += value.get()
+                cumulative.append((le, acc))
+            family.add_metric(list(labelvalues), cumulative, series.sum.get())
+        return family
+
+
+class Families:
+    """A collector for a ``CollectorRegistry``: the families' series in this process."""
+
+    def __init__(self, *families: CounterFamily | HistogramFamily) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.families:
+            yield family.collect()
