@@ -113,16 +113,18 @@ async def run_writer(settings: Settings, ws: WriterSettings, allow_volatile: boo
 @click.option("--consumer", default=None, help="this writer's name in the consumer group; default HOST-PID")
 @click.option("--batch-size", type=click.IntRange(1, 10_000), default=500, show_default=True,
               help="entries read per stream per call (what is read behind one commits with it)")
+@click.option("--linger-ms", type=click.IntRange(0, 1000), default=20, show_default=True,
+              help="after a read short of a full batch, wait this long: fewer, fuller commits under load")
 @click.option("--claim-idle-ms", type=click.IntRange(50), default=5000, show_default=True,
               help="claim entries another writer left unacknowledged this long")
 def writer_command(database_url: str | None, redis_url: str | None, burst: bool, allow_volatile_redis: bool,
-                   consumer: str | None, batch_size: int, claim_idle_ms: int) -> None:
+                   consumer: str | None, batch_size: int, linger_ms: int, claim_idle_ms: int) -> None:
     """The durable writer: every campaign's stream into the ledger, exactly once."""
     settings = Settings.from_env(redis_url=redis_url, database_url=database_url)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    ws = WriterSettings(consumer=consumer or default_consumer(), batch_size=batch_size,
+    ws = WriterSettings(consumer=consumer or default_consumer(), batch_size=batch_size, linger_ms=linger_ms,
                         claim_idle_ms=claim_idle_ms, burst=burst)
     _run(lambda: run_writer(settings, ws, allow_volatile_redis or settings.allow_volatile_redis))
 

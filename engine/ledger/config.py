@@ -29,6 +29,9 @@ class WriterSettings:
     consumer: str = field(default_factory=default_consumer)
     batch_size: int = 500  # entries read per stream per call
     block_ms: int = 1000  # how long a read waits for new entries
+    # after a read short of a full batch, wait this long before the next: under a steady stream
+    # a commit (and its fsync) then carries what arrived meanwhile, instead of a commit per trickle
+    linger_ms: int = 20
     claim_idle_ms: int = 5000  # an entry unacknowledged this long is claimed by another writer
     max_deliveries: int = 5  # then it is dead-lettered
     refresh_s: float = 2.0  # how often the list of campaigns is re-read

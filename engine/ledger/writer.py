@@ -119,10 +119,18 @@ class Writer:
                 runs = await self._redis(self._next_batch)
                 if runs:
                     await self._enqueue(queue, runs)
+                    if self._short(runs):
+                        await self._sleep(self.settings.linger_ms / 1000)
                 elif self.settings.burst and not self._inflight and await self._redis(self._drained):
                     break
         finally:
             await queue.put(None)
+
+    def _short(self, runs: list[Run]) -> bool:
+        """Whether to linger after this read: it came back short of a full batch (the writer has
+        caught up), and it is not draining to exit (``burst``)."""
+        s = self.settings
+        return s.linger_ms > 0 and not s.burst and all(len(items) < s.batch_size for _, _, items in runs)
 
     async def _enqueue(self, queue: asyncio.Queue[Batch | None], runs: list[Run]) -> None:
         batch = decode_batch(runs)

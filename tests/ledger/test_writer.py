@@ -278,3 +278,36 @@ async def test_a_stream_lost_under_a_running_writer_is_followed_again(engine: En
     assert {o.reservation_id for o in (await sink.snapshot(CID)).orders} == set(first.confirmed) | set(second.confirmed)
     await sink.close()
     await client.aclose()
+
+
+async def _batches_for_a_trickle(engine: Engine, redis_url: str, db_url: str, cid: str, linger_ms: int) -> int:
+    """Twelve reservations, one every 20 ms, to a running writer: how many batches it committed."""
+    await engine.load_campaign(campaign(cid))
+    client = aioredis.Redis.from_url(redis_url)
+    sink = sink_for(db_url)
+    await sink.open()
+    writer = Writer(client, sink, WriterSettings(consumer=f"w-{linger_ms}", block_ms=100, linger_ms=linger_ms))
+    run = asyncio.create_task(writer.run())
+    for i in range(12):
+        await sell(engine, cid, 1, start=i + 1, confirm_every=10**6)  # held: one "reserved" event each
+        await asyncio.sleep(0.02)
+
+    async def all_in() -> bool:
+        return writer.stats.events >= 12
+
+    await until(all_in, 30, "the trickle is committed")
+    writer.stop()
+    await run
+    assert len((await sink.snapshot(cid)).events) == 12
+    await sink.close()
+    await client.aclose()
+    return writer.stats.batches
+
+
+async def test_a_writer_that_has_caught_up_lingers_so_a_trickle_makes_few_commits(
+        engine: Engine, redis_url: str, db_url: str) -> None:
+    """After a short read the writer waits ``linger_ms``: what arrives meanwhile joins the next
+    commit. With no linger, each reservation of a slow trickle is a commit of its own."""
+    eager = await _batches_for_a_trickle(engine, redis_url, db_url, "ledger-eager", 0)
+    patient = await _batches_for_a_trickle(engine, redis_url, db_url, "ledger-patient", 1000)
+    assert patient <= 2 < eager  # the first entry alone, then the other eleven together
