@@ -19,6 +19,7 @@ import yaml
 
 from engine.core import Engine
 from engine.core.redis_client import connect, require_durable
+from engine.loadgen.services import DURABLE_AOF
 from engine.ops import metrics
 from engine.ops.instrument import instrument
 from tests.ops.promtext import Samples
@@ -64,6 +65,14 @@ def test_redis_keeps_every_acknowledged_write() -> None:
     assert flag(args, "--appendfsync") == "always"
     assert flag(args, "--maxmemory-policy") == "noeviction"
     assert any(v.endswith(":/data") for v in SERVICES["redis"]["volumes"])  # the AOF survives the container
+
+
+def test_compose_redis_has_the_aof_profile_of_the_demo_and_benchmarks() -> None:
+    """What the benchmarks measured is what compose deploys: AOF always, rewrites deferred to 1 GB."""
+    args = command("redis")
+    pairs = dict(zip(DURABLE_AOF[::2], DURABLE_AOF[1::2], strict=True))
+    assert pairs["--auto-aof-rewrite-min-size"] == "1gb"
+    assert {name: flag(args, name) for name in pairs} == pairs
 
 
 def test_the_compose_redis_command_passes_the_engines_durability_check(tmp_path: Path) -> None:
