@@ -12,8 +12,8 @@ Two kinds of figures:
   rejections, the ledger's lag, the writer's stream backlog and dead letters. They live in
   Redis, so every worker reports the same values and nothing is counted twice.
 
-The metric objects are built on first use in each process, never at import: a worker forked
-after ``prepare_multiprocess()`` must build them with the multiprocess value class.
+The metric objects are built on first use in each process, never at import: a worker forked or
+spawned after ``prepare_multiprocess()`` must build them with the multiprocess value class.
 """
 
 from __future__ import annotations
@@ -58,20 +58,23 @@ class _Metrics:
 
 
 def _build() -> _Metrics:
+    # with several workers each writes its own file, which any worker's scrape sums; chosen here, at
+    # first use in each process: a worker spawned after prepare_multiprocess() finds the variable set
+    value = MmapValue if os.environ.get(MULTIPROC_ENV) else values.MutexValue  # type: ignore[attr-defined]
     families = (
         CounterFamily("flashsale_http_requests", "HTTP requests served, by route template and status",
-                      ["route", "method", "status"]),
+                      ["route", "method", "status"], value),
         HistogramFamily("flashsale_http_request_duration_seconds", "HTTP request latency",
-                        ["route", "method"], REQUEST_BUCKETS),
+                        ["route", "method"], REQUEST_BUCKETS, value),
         CounterFamily("flashsale_outcomes", "Engine outcomes: operation and OK or the rejection code",
-                      ["operation", "code"]),
+                      ["operation", "code"], value),
         HistogramFamily("flashsale_engine_call_duration_seconds",
                         "Engine call latency as the API sees it (batching wait included)",
-                        ["operation"], REQUEST_BUCKETS),
+                        ["operation"], REQUEST_BUCKETS, value),
         HistogramFamily("flashsale_script_duration_seconds", "Lua script round trip (EVALSHA)",
-                        ["script"], SCRIPT_BUCKETS),
+                        ["script"], SCRIPT_BUCKETS, value),
         HistogramFamily("flashsale_script_batch_requests", "Requests carried by one script call",
-                        ["script"], BATCH_BUCKETS),
+                        ["script"], BATCH_BUCKETS, value),
     )
     registry = CollectorRegistry(auto_describe=True)
     registry.register(Families(*families))  # type: ignore[arg-type]
@@ -153,8 +156,6 @@ def prepare_multiprocess() -> str:
         path = tempfile.mkdtemp(prefix="flashsale-metrics-")
         os.environ[MULTIPROC_ENV] = path
         atexit.register(_remove_dir, path, os.getpid())
-    # prometheus_client picks its value class at import: ours writes the same files, cheaper
-    values.ValueClass = MmapValue
     _state.clear()
     return path
 

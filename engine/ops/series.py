@@ -7,8 +7,9 @@ series is looked up once (``child``) and is then just its values: a counter's on
 histogram's sum and one value per bucket, found by ``bisect``. With ``engine.ops.mpvalues`` the
 API's two hooks per request (``engine.ops.metrics``) went from 5.5 to 0.9 µs with several workers,
 and from 2.5 to 1.6 µs in a single process (a loop of both hooks, best of three). The values are
-``prometheus_client.values.ValueClass`` objects made with the same keys prometheus-client would
-use, so in multiprocess mode ``MultiProcessCollector`` reads them from the workers' files as it
+value objects of the class given (``engine.ops.mpvalues.MmapValue`` with several workers, else
+prometheus-client's ``MutexValue``), made with the same keys prometheus-client would use, so in
+multiprocess mode ``MultiProcessCollector`` reads them from the workers' files as it
 reads its own, and in a single process ``collect()`` gives the same families.
 """
 
@@ -18,7 +19,6 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prometheus_client import values
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
@@ -26,7 +26,8 @@ INF = float("inf")
 
 
 class CounterFamily:
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], value_class: Any) -> None:
+        self.value_class = value_class
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
@@ -36,7 +37,7 @@ class CounterFamily:
         """The series' value (``inc(amount)``), made on first use."""
         value = self._series.get(labelvalues)
         if value is None:
-            value = self._series[labelvalues] = values.ValueClass(
+            value = self._series[labelvalues] = self.value_class(
                 "counter", self.name, f"{self.name}_total", self.labelnames, labelvalues, self.documentation)
         return value
 
@@ -61,7 +62,9 @@ class HistogramSeries:
 
 
 class HistogramFamily:
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]) -> None:
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float],
+                 value_class: Any) -> None:
+        self.value_class = value_class
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
@@ -72,9 +75,9 @@ class HistogramFamily:
     def child(self, *labelvalues: str) -> HistogramSeries:
         series = self._series.get(labelvalues)
         if series is None:
-            names, doc = self.labelnames, self.documentation
-            total = values.ValueClass("histogram", self.name, f"{self.name}_sum", names, labelvalues, doc)
-            buckets = [values.ValueClass("histogram", self.name, f"{self.name}_bucket", (*names, "le"),
+            names, doc, value = self.labelnames, self.documentation, self.value_class
+            total = value("histogram", self.name, f"{self.name}_sum", names, labelvalues, doc)
+            buckets = [value("histogram", self.name, f"{self.name}_bucket", (*names, "le"),
                                          (*labelvalues, le), doc) for le in self.les]
             series = self._series[labelvalues] = HistogramSeries(self.bounds, buckets, total)
         return series

@@ -182,6 +182,28 @@ def test_forked_workers_are_summed() -> None:
     assert out.stdout.rstrip().endswith("# files 2")
 
 
+def test_a_spawned_worker_writes_the_shared_files_with_the_lean_values(tmp_path: Path) -> None:
+    """uvicorn spawns its workers: they import everything afresh with PROMETHEUS_MULTIPROC_DIR set."""
+    script = textwrap.dedent("""
+        from engine.ops import metrics
+        metrics.observe_request("/x", "GET", 200, 0.01)
+        print(type(metrics._metrics().requests.child("/x", "GET", "200")).__name__)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+                         cwd=Path(__file__).parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "MmapValue"
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, str(tmp_path))  # type: ignore[no-untyped-call]
+    m = Samples(generate_latest(registry).decode())
+    assert m.get("flashsale_http_requests_total", route="/x", method="GET", status="200") == 1
+    assert m.get("flashsale_http_request_duration_seconds_count", route="/x", method="GET") == 1
+
+
 @pytest.mark.parametrize("preset", [False, True])
 def test_prepare_multiprocess_makes_or_empties_the_directory(tmp_path: Path, preset: bool) -> None:
     script = textwrap.dedent("""

@@ -31,12 +31,11 @@ amounts = st.lists(st.one_of(st.sampled_from([0.0, *BUCKETS, 1e9]), st.floats(0,
 @settings(max_examples=60, deadline=None)
 @given(observations=st.lists(st.tuples(st.sampled_from(["a", "b"]), amounts), max_size=4))
 def test_one_process_exposition_equals_prometheus_clients(observations: list[tuple[str, list[float]]]) -> None:
-    assert values.ValueClass is values.MutexValue  # type: ignore[attr-defined] # this process: single mode
     ref, ours = CollectorRegistry(), CollectorRegistry()
     ref_c = Counter("t_things", "things", ["kind"], registry=ref)
     ref_h = Histogram("t_seconds", "seconds", ["kind"], buckets=BUCKETS, registry=ref)
-    c = CounterFamily("t_things", "things", ["kind"])
-    h = HistogramFamily("t_seconds", "seconds", ["kind"], BUCKETS)
+    c = CounterFamily("t_things", "things", ["kind"], values.MutexValue)  # type: ignore[attr-defined]
+    h = HistogramFamily("t_seconds", "seconds", ["kind"], BUCKETS, values.MutexValue)  # type: ignore[attr-defined]
     ours.register(Families(c, h))  # type: ignore[arg-type]
     for kind, xs in observations:
         for x in xs:
@@ -79,9 +78,8 @@ WORKERS = textwrap.dedent("""
     observe(c.labels, h.labels, None)
 
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = our_dir
-    values.ValueClass = MmapValue
-    c2 = CounterFamily("t_things", "things", ["kind"])
-    h2 = HistogramFamily("t_seconds", "seconds", ["kind"], BUCKETS)
+    c2 = CounterFamily("t_things", "things", ["kind"], MmapValue)
+    h2 = HistogramFamily("t_seconds", "seconds", ["kind"], BUCKETS, MmapValue)
     observe(c2.child, h2.child, None)
 
     for d in (ref_dir, our_dir):
