@@ -26,8 +26,8 @@ async def _check_redis(settings: Settings) -> str:
 def _prepare_metrics(workers: int) -> None:
     """Prometheus multiprocess mode must be set up before the workers fork (when ops provides it).
 
-    Only with several workers: in that mode every counter update takes a lock, a getpid() and an
-    mmap write, which one worker (a scrape sees its own registry) does not need to pay.
+    Only with several workers: in that mode every value lives in a per-process file that a scrape
+    reads back and sums, which one worker (a scrape sees its own registry) does not need.
     """
     from engine.ops import metrics
 

@@ -96,7 +96,7 @@ def _metrics() -> _Metrics:
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
     """One HTTP request served: route template (``/v1/campaigns/{cid}/reservations``), status, latency."""
     m = _metrics()
-    key = (route, method, status)
+    key = ("request", route, method, status)
     pair = m.series.get(key)
     if pair is None:
         pair = m.series[key] = (m.requests.child(route, method, str(status)), m.request_seconds.child(route, method))
