@@ -280,34 +280,47 @@ async def test_a_stream_lost_under_a_running_writer_is_followed_again(engine: En
     await client.aclose()
 
 
-async def _batches_for_a_trickle(engine: Engine, redis_url: str, db_url: str, cid: str, linger_ms: int) -> int:
-    """Twelve reservations, one every 20 ms, to a running writer: how many batches it committed."""
+class _Recording(Writer):
+    """The writer, noting each pause it takes (``_sleep``) before taking it."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.pauses: list[float] = []
+
+    async def _sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        await super()._sleep(seconds)
+
+
+async def _pauses_draining(engine: Engine, redis_url: str, db_url: str, cid: str, **settings: object) -> list[float]:
+    """Twelve events already in the stream, read 5 at a time: the pauses the writer took."""
     await engine.load_campaign(campaign(cid))
+    await sell(engine, cid, 12, start=1, confirm_every=10**6)  # held: one "reserved" event each
     client = aioredis.Redis.from_url(redis_url)
     sink = sink_for(db_url)
     await sink.open()
-    writer = Writer(client, sink, WriterSettings(consumer=f"w-{linger_ms}", block_ms=100, linger_ms=linger_ms))
+    writer = _Recording(client, sink, WriterSettings(consumer="w", batch_size=5, block_ms=100, **settings))  # type: ignore[arg-type]
     run = asyncio.create_task(writer.run())
-    for i in range(12):
-        await sell(engine, cid, 1, start=i + 1, confirm_every=10**6)  # held: one "reserved" event each
-        await asyncio.sleep(0.02)
 
     async def all_in() -> bool:
         return writer.stats.events >= 12
 
-    await until(all_in, 30, "the trickle is committed")
+    await until(all_in, 30, "the twelve events are committed")
     writer.stop()
     await run
     assert len((await sink.snapshot(cid)).events) == 12
     await sink.close()
     await client.aclose()
-    return writer.stats.batches
+    return writer.pauses
 
 
-async def test_a_writer_that_has_caught_up_lingers_so_a_trickle_makes_few_commits(
-        engine: Engine, redis_url: str, db_url: str) -> None:
-    """After a short read the writer waits ``linger_ms``: what arrives meanwhile joins the next
-    commit. With no linger, each reservation of a slow trickle is a commit of its own."""
-    eager = await _batches_for_a_trickle(engine, redis_url, db_url, "ledger-eager", 0)
-    patient = await _batches_for_a_trickle(engine, redis_url, db_url, "ledger-patient", 1000)
-    assert patient <= 2 < eager  # the first entry alone, then the other eleven together
+async def test_a_writer_lingers_after_a_short_read_only(engine: Engine, redis_url: str, db_url: str) -> None:
+    """Reads of 5, 5, then 2: the writer caught up on the third and waits ``linger_ms`` there,
+    once, so what arrives meanwhile joins its next commit; the full reads before it do not wait."""
+    pauses = await _pauses_draining(engine, redis_url, db_url, "ledger-linger", linger_ms=250)
+    assert pauses.count(0.25) == 1
+
+
+async def test_a_writer_without_linger_or_in_burst_never_lingers(engine: Engine, redis_url: str, db_url: str) -> None:
+    assert 0.0 not in await _pauses_draining(engine, redis_url, db_url, "ledger-eager", linger_ms=0)
+    assert 0.25 not in await _pauses_draining(engine, redis_url, db_url, "ledger-burst", linger_ms=250, burst=True)
