@@ -19,7 +19,6 @@ from typing import Any, NamedTuple
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from starlette.types import Send
 
 from engine import errors as e
 
@@ -165,17 +164,19 @@ EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Exception], Reply]] = {
     e.FlashsaleError: _other_flashsale,
 }
 """The exception-handler table; lookup follows each exception's MRO, most specific first. What is
-not here (a bug) is answered 500 ``INTERNAL`` (``internal_reply``), by the request middleware or
-the reserve lane, and logged with the request id."""
+not here (a bug) is answered 500 ``INTERNAL`` and logged with the request id (``reply_to``)."""
 
 
-def reply_for(exc: Exception) -> Reply | None:
-    """The answer to ``exc`` from the table; None when it is not in the table (a bug)."""
+def reply_to(exc: Exception, serving: str) -> Reply:
+    """The answer to ``exc``: the table's, or for a bug ``INTERNAL``, the error logged with its
+    traceback (``serving`` names the request: ``POST /v1/…``). The ASGI middleware and the
+    reserve lane both answer errors through here."""
     for cls in type(exc).__mro__:
         handler = EXCEPTION_HANDLERS.get(cls)
         if handler is not None:
             return handler(exc)
-    return None
+    log.error("unhandled error serving %s", serving, exc_info=exc)
+    return INTERNAL
 
 
 def head(body: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()) -> list[tuple[bytes, bytes]]:
@@ -183,21 +184,10 @@ def head(body: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()) -> list[tuple
     return [_JSON, (b"content-length", b"%d" % len(body)), *extra]
 
 
-async def respond(exc: Exception, send: Send) -> bool:
-    """Answer ``exc`` from the table over ASGI; False when it is not in the table (a bug)."""
-    reply = reply_for(exc)
-    if reply is None:
-        return False
-    await send({"type": "http.response.start", "status": reply.status,
-                "headers": head(reply.body, reply.headers)})
-    await send({"type": "http.response.body", "body": reply.body})
-    return True
-
-
 def retry_after_seconds(ms: int) -> int:
     """``Retry-After`` is whole seconds: round up, and never 0 (which would invite a retry storm)."""
     return max(1, math.ceil(ms / 1000))
 
 
-INTERNAL_BODY = error_body("INTERNAL", "internal error; it has been logged with the request id")
-INTERNAL = Reply(500, INTERNAL_BODY)  # the answer to a bug: nothing about it reaches the client
+#: the answer to a bug: nothing about it reaches the client
+INTERNAL = Reply(500, error_body("INTERNAL", "internal error; it has been logged with the request id"))

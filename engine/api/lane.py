@@ -9,7 +9,7 @@ The lane takes the reserve requests it can answer exactly as the ASGI route woul
 reserve path, HTTP/1.1, a ``Content-Length`` within the 4 KiB limit, no ``Transfer-Encoding``, no
 ``Expect``, no ``%`` in the path — and answers them through the same code: ``Api.reserve_head`` and
 ``Api.place`` (auth, validation, the engine call under its deadline), the one error table
-(``errors.reply_for``), the request id, log context and /metrics series of ``RequestContext``.
+(``errors.reply_to``), the request id, log context and /metrics series of ``RequestContext``.
 Every other request, reserve or not, goes to the ASGI app unchanged. ``tests/api`` runs the same
 checks over both paths.
 
@@ -19,23 +19,21 @@ the server's side, ``engine.api.transport``.
 
 from __future__ import annotations
 
-import logging
 import time
 
 from engine.api import logs
 from engine.api.dispatch import PREFIX, RESERVE_TEMPLATE, SUFFIX
-from engine.api.errors import INTERNAL, reply_for
+from engine.api.errors import reply_to
 from engine.api.middleware import RequestIds
 from engine.api.routes import Api
 from engine.api.validation import MAX_BODY_BYTES, Headers
 from engine.ops import metrics
 
-log = logging.getLogger("flashsale.api")
-
 _PREFIX = PREFIX.encode()
 _SUFFIX = SUFFIX.encode()
 _START = len(_PREFIX)
 _END = -len(_SUFFIX)
+_SERVING = f"POST {RESERVE_TEMPLATE}"
 
 #: an answer: status, JSON body, extra headers, the request id
 Answer = tuple[int, bytes, tuple[tuple[bytes, bytes], ...], bytes]
@@ -77,10 +75,6 @@ class ReserveLane:
             storefront, cid, key = api.reserve_head(hdrs, cid)
             status, out = await api.place(storefront, cid, key, body)
         except Exception as exc:
-            reply = reply_for(exc)
-            if reply is None:
-                log.exception("unhandled error serving POST %s", RESERVE_TEMPLATE)
-                reply = INTERNAL
-            status, out, extra = reply
+            status, out, extra = reply_to(exc, _SERVING)
         metrics.observe_request(RESERVE_TEMPLATE, "POST", status, time.perf_counter() - start)
         return status, out, extra, rid

@@ -22,7 +22,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.api import logs
-from engine.api.errors import INTERNAL, head, respond
+from engine.api.errors import head, reply_to
 from engine.ops import metrics
 
 log = logging.getLogger("flashsale.api")
@@ -78,18 +78,16 @@ class RequestContext:
             return send(message)
 
         try:
-            try:
-                await self.app(scope, receive, send_with_id)
-            except Exception as exc:
-                if started or not await respond(exc, send_with_id):
-                    raise
-        except Exception:
-            log.exception("unhandled error serving %s %s", scope["method"], scope["path"])
-            status = 500
-            if not started:
-                await send({"type": "http.response.start", "status": 500,
-                            "headers": [*head(INTERNAL.body), (b"x-request-id", rid)]})
-                await send({"type": "http.response.body", "body": INTERNAL.body})
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if started:  # part of the answer is out: nothing more can be said to the client
+                log.exception("unhandled error serving %s %s", scope["method"], scope["path"])
+                status = 500
+            else:
+                reply = reply_to(exc, f"{scope['method']} {scope['path']}")
+                await send_with_id({"type": "http.response.start", "status": reply.status,
+                                    "headers": head(reply.body, reply.headers)})
+                await send_with_id({"type": "http.response.body", "body": reply.body})
         finally:
             template = self.templates.get(scope.get("endpoint"), UNMATCHED)  # type: ignore[arg-type]
             metrics.observe_request(template, scope["method"], status, time.perf_counter() - start)
