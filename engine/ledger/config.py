@@ -7,6 +7,7 @@ import random
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from engine.events import MalformedEvent
 from engine.ledger.copytext import EventRows, encode_run
@@ -14,6 +15,7 @@ from engine.ledger.decoding import row_of
 from engine.ledger.rows import EventRow
 from engine.ledger.streams import Entry, Run
 
+X = TypeVar("X")
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 READ_AHEAD = 2  # batches read while the one before commits
@@ -88,11 +90,13 @@ class Batch:
 
 def merged(group: Sequence[Batch]) -> Batch:
     """One batch of several; the rows kept as text first, then the others (``EventRows``' order)."""
-    cut = [b.rows.text_rows for b in group]
-    return Batch([s for b, n in zip(group, cut, strict=True) for s in b.streams[:n]]
-                 + [s for b, n in zip(group, cut, strict=True) for s in b.streams[n:]],
-                 [i for b, n in zip(group, cut, strict=True) for i in b.ids[:n]]
-                 + [i for b, n in zip(group, cut, strict=True) for i in b.ids[n:]],
+    cuts = [b.rows.text_rows for b in group]
+
+    def text_first(parts: list[list[X]]) -> list[X]:  # each batch's text rows, then each one's others
+        pairs = list(zip(parts, cuts, strict=True))
+        return [x for xs, n in pairs for x in xs[:n]] + [x for xs, n in pairs for x in xs[n:]]
+
+    return Batch(text_first([b.streams for b in group]), text_first([b.ids for b in group]),
                  EventRows.joined([b.rows for b in group]), [m for b in group for m in b.malformed])
 
 
