@@ -26,7 +26,7 @@ import struct
 import weakref
 from typing import Any
 
-from prometheus_client.mmap_dict import mmap_key
+from prometheus_client.mmap_dict import _read_all_values, mmap_key
 
 INITIAL_BYTES = 1 << 16  # prometheus-client's initial file size
 _HEADER = struct.Struct("i")  # bytes used, including this 8-byte header
@@ -50,13 +50,8 @@ class ValueFile:
             used = 8
             _HEADER.pack_into(self._mm, 0, used)
         else:  # this process's file from before (a value class switched mid-run): keep its values
-            pos = 8
-            while pos < used:
-                length = _ENTRY_LEN.unpack_from(self._mm, pos)[0]
-                key = bytes(self._mm[pos + 4:pos + 4 + length]).decode()
-                pos += 4 + length + (8 - (length + 4) % 8)
+            for key, _, _, pos in _read_all_values(self._mm, used):  # type: ignore[no-untyped-call]
                 self._slots[key] = pos // 8
-                pos += 16
         self._used = used
 
     def slot(self, key: str) -> int:

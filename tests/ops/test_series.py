@@ -107,3 +107,21 @@ def test_worker_files_sum_as_prometheus_clients_own(tmp_path: Path) -> None:
     assert ours.get("t_seconds_bucket", kind="b", le="0.005") == 1
     assert len([f for f in our_dir.iterdir() if f.name.startswith("counter_")]) == 2  # parent, child
     assert max(f.stat().st_size for f in our_dir.iterdir()) >= 1 << 17  # grew past its first 64 KiB
+
+
+def test_a_value_file_opened_again_finds_its_values(tmp_path: Path) -> None:
+    """A process's file opened a second time (its value class switched mid-run) keeps every value
+    at the place it had, and new keys go after them."""
+    from engine.ops.mpvalues import ValueFile
+
+    path = str(tmp_path / "counter_1.db")
+    first = ValueFile(path)
+    slots = {f"k{i}": first.slot(f"k{i}") for i in range(3000)}  # past the first 64 KiB
+    for i, index in enumerate(slots.values()):
+        first.doubles[index] = float(i)
+    first.close()
+    again = ValueFile(path)
+    assert {key: again.slot(key) for key in slots} == slots
+    assert [again.doubles[i] for i in slots.values()] == [float(i) for i in range(3000)]
+    assert again.slot("new") > max(slots.values())
+    again.close()
