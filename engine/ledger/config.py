@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from engine.events import MalformedEvent
-from engine.ledger.copytext import EventRows, encode_run
+from engine.ledger.copytext import EventRows, count_rows, encode_run
 from engine.ledger.decoding import row_of
 from engine.ledger.rows import EventRow
 from engine.ledger.streams import Entry, Run
@@ -125,8 +125,7 @@ def decode_batch(runs: Sequence[Run]) -> Batch:
                 malformed.append((entry, str(exc)))
                 continue
             odd.append((stream, entry.entry_id.encode(), row))
-            events[cid] = events.get(cid, 0) + 1
-            if row[3] == "confirmed":
-                confirmed.setdefault(cid, []).append(b"%d-%d" % (row[1], row[2]))
-    rows = EventRows(text, len(ids), [r for _, _, r in odd], events, confirmed)
+    odd_rows = [r for _, _, r in odd]
+    count_rows(odd_rows, events, confirmed)
+    rows = EventRows(text, len(ids), odd_rows, events, confirmed)
     return Batch(streams + [s for s, _, _ in odd], ids + [i for _, i, _ in odd], rows, malformed)

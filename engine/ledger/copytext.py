@@ -121,6 +121,14 @@ def parse_line(line: bytes) -> EventRow:
             None if ref == _N else ref.decode(), None if key == _N else key.decode())
 
 
+def count_rows(rows: Sequence[EventRow], events: dict[str, int], confirmed: dict[str, list[bytes]]) -> None:
+    """Add decoded rows to a batch's figures: campaign -> rows, campaign -> confirmed entry ids."""
+    for r in rows:
+        events[r[0]] = events.get(r[0], 0) + 1
+        if r[3] == "confirmed":
+            confirmed.setdefault(r[0], []).append(b"%d-%d" % (r[1], r[2]))
+
+
 class EventRows(Sequence[EventRow]):
     """A batch's rows: first those held as ``COPY`` text lines (decoded only if asked), then
     ``odd``, decoded the slow way. ``events``: campaign -> rows; ``confirmed``: campaign -> entry
@@ -147,10 +155,7 @@ class EventRows(Sequence[EventRow]):
             events[cid] = events.get(cid, 0) + 1
             if f[0] == b"confirmed":
                 confirmed.setdefault(cid, []).append(f[11] + b"-" + f[12])
-        for r in odd:
-            events[r[0]] = events.get(r[0], 0) + 1
-            if r[3] == "confirmed":
-                confirmed.setdefault(r[0], []).append(b"%d-%d" % (r[1], r[2]))
+        count_rows(odd, events, confirmed)
         rows = cls([b"".join(line + b"\n" for line in lines)] if lines else [], len(lines), odd, events, confirmed)
         rows._lines = lines
         return rows
