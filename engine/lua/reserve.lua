@@ -260,8 +260,7 @@ local function judge(i, b, rid, sf, key, uid, pid, units)
   nevents = nevents + 1
   events[nevents] = b
   taken = taken + units
-  out[no + 1] = OK; out[no + 2] = rid; out[no + 3] = packed; out[no + 4] = 0
-  no = no + 4
+  reply(OK, rid, packed, 0)
 end
 
 for i = 1, n do
