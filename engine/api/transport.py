@@ -14,6 +14,9 @@ the parsed headers and the body to the lane and writes its answer, head and body
 To uvicorn's protocol a lane request looks like any other request-response cycle (``LaneCycle``):
 pipelining, flow control, keep-alive, a client that goes away and a graceful shutdown behave as
 they do for the ASGI app's requests.
+
+It uses uvicorn's private names, so it is imported only on a uvicorn release ``engine.fastpath``
+lists as tested, and never with ``FLASHSALE_FAST_PATH=0``: uvicorn's own protocol serves then.
 """
 
 from __future__ import annotations

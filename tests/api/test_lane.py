@@ -5,6 +5,8 @@ A real uvicorn server with flashsale's protocol runs in a thread of this process
 so the tests can see which path answered (``ReserveLane.served``). The same request goes once as
 the lane takes it (a Content-Length body) and once as only the ASGI route takes it (the same body,
 chunked): statuses, bodies and headers must agree, case by case, for every answer a reserve can get.
+With the fast path off (``FLASHSALE_FAST_PATH=0``, ``make test-slowpath``) the server runs uvicorn's
+own protocol, as ``flashsale serve`` then does: the same answers are expected, none from the lane.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ import orjson
 import pytest
 import uvicorn
 
+from engine import fastpath
 from engine.api import logs
 from engine.api.app import FlashsaleApp, create_app
 from engine.api.lane import ReserveLane
-from engine.api.transport import HttpToolsProtocol
 from engine.settings import Settings
 from tests.api.conftest import definition, new_id
 from tests.api.rawhttp import read_answer
@@ -35,6 +37,16 @@ from tests.support.processes import ADMIN_TOKEN, STOREFRONT_TOKENS, admin_header
 from tests.support.servers import RedisServer, free_port
 
 Answer = tuple[int, dict[bytes, bytes], bytes]
+LANE = fastpath.serving().on  # whether the server below runs flashsale's protocol (and its lane)
+
+
+def protocol() -> Any:
+    """The protocol ``flashsale serve`` would run here (``engine.api.server``)."""
+    if not LANE:
+        return "httptools"
+    from engine.api.transport import HttpToolsProtocol
+
+    return HttpToolsProtocol
 
 
 class InProcessServer:
@@ -46,7 +58,7 @@ class InProcessServer:
         self.app: FlashsaleApp = create_app(settings)
         self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, loop="uvloop", http=HttpToolsProtocol, lifespan="on",
+            self.app, host="127.0.0.1", port=self.port, loop="uvloop", http=protocol(), lifespan="on",
             access_log=False, log_config=None, proxy_headers=False, server_header=False))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -181,7 +193,7 @@ async def test_the_lane_answers_as_the_asgi_route(server: InProcessServer, case:
         [answer] = await exchange(server, encode(path, hdrs, payload))
         took_lane = server.lane.served - before
         # the lane takes a Content-Length body within 4 KiB; chunked, or larger, goes through ASGI
-        assert took_lane == (encode is with_length and len(payload) <= 4096), case
+        assert took_lane == (LANE and encode is with_length and len(payload) <= 4096), case
         answers.append(answer)
     lane, asgi = answers
     assert lane[0] == status, (case, lane)
@@ -242,7 +254,7 @@ async def test_a_body_arriving_late_is_waited_for(server: InProcessServer) -> No
     finally:
         writer.close()
     assert status == 201 and orjson.loads(answer)["units"] == 1
-    assert server.lane.served == before + 1
+    assert server.lane.served == before + LANE
 
 
 async def test_a_client_gone_before_its_body_leaves_the_server_serving(server: InProcessServer) -> None:
@@ -283,7 +295,7 @@ async def test_pipelined_lane_and_asgi_requests_answer_in_order(server: InProces
     assert [orjson.loads(a[2])["user_id"] for a in reserves] == [f"u{i}" for i in range(12)]
     assert [a[1][b"x-request-id"] for a in reserves] == [f"p-{i}".encode() for i in range(12)]
     assert [a[2] for a in answers if b"reservation_id" not in a[2]] == [b'{"status":"ok"}'] * 3
-    assert server.lane.served - before == 8
+    assert server.lane.served - before == (8 if LANE else 0)
 
 
 async def test_connection_close_and_http_1_0(server: InProcessServer) -> None:
@@ -301,7 +313,7 @@ async def test_connection_close_and_http_1_0(server: InProcessServer) -> None:
         finally:
             writer.close()
         assert status == 201 and rest == b""  # answered whole, then closed
-        assert server.lane.served - before == (1 if version == b"HTTP/1.1" else 0)  # 1.0: the ASGI route
+        assert server.lane.served - before == (1 if LANE and version == b"HTTP/1.1" else 0)  # 1.0: the ASGI route
         if close:
             assert answer_headers[b"connection"] == b"close"
 
@@ -329,3 +341,4 @@ async def test_a_bug_on_the_lane_is_a_500_logged_with_the_request_id(server: InP
     assert b"secret" not in body and b"Traceback" not in body
     line = orjson.loads(stream.getvalue().splitlines()[0])
     assert line["request_id"] == "lane-77" and "secret internals" in line["exc"]
+
