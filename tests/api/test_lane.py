@@ -342,3 +342,58 @@ async def test_a_bug_on_the_lane_is_a_500_logged_with_the_request_id(server: InP
     line = orjson.loads(stream.getvalue().splitlines()[0])
     assert line["request_id"] == "lane-77" and "secret internals" in line["exc"]
 
+
+def _raw(path: str, pairs: list[tuple[str, str]], body: bytes, *, lane: bool) -> bytes:
+    """A reserve with exactly these header lines (repeats kept), sized (lane) or chunked (ASGI only)."""
+    framing = [("Content-Length", str(len(body)))] if lane else [("Transfer-Encoding", "chunked")]
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in [*pairs, *framing])
+    payload = body if lane else (b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    return head.encode("latin-1") + b"\r\n" + payload
+
+
+_TOKEN = f"Bearer {STOREFRONT_TOKENS['shop-a']}"
+_FRESH = None  # the server made the request id: the one sent was missing or not a usable id
+# (case, header lines besides Idempotency-Key, the request id answered: echoed or _FRESH, status)
+TRICKY: list[tuple[str, list[tuple[str, str]], str | None, int]] = [
+    ("repeated request id: the first", [("Authorization", _TOKEN), ("X-Request-Id", "first-1"),
+                                        ("X-Request-Id", "second-2")], "first-1", 201),
+    ("repeated request id, the first invalid", [("Authorization", _TOKEN), ("X-Request-Id", "has space"),
+                                                ("X-Request-Id", "second-2")], _FRESH, 201),
+    ("repeated request id, the same", [("Authorization", _TOKEN), ("X-Request-Id", "same-3"),
+                                       ("X-Request-Id", "same-3")], "same-3", 201),
+    ("request id too long", [("Authorization", _TOKEN), ("X-Request-Id", "r" * 129)], _FRESH, 201),
+    ("request id of 128", [("Authorization", _TOKEN), ("X-Request-Id", "r" * 128)], "r" * 128, 201),
+    ("empty request id", [("Authorization", _TOKEN), ("X-Request-Id", "")], _FRESH, 201),
+    ("non-ASCII request id", [("Authorization", _TOKEN), ("X-Request-Id", "caf\xe9")], _FRESH, 201),
+    ("request id with a comma", [("Authorization", _TOKEN), ("X-Request-Id", "a,b")], "a,b", 201),
+    ("request id padded", [("Authorization", _TOKEN), ("X-Request-Id", "  pad-4")], "pad-4", 201),
+    ("names in odd case", [("AUTHORIZATION", _TOKEN), ("x-REQUEST-id", "case-5"),
+                           ("Content-TYPE", "application/json")], "case-5", 201),
+    ("repeated token, the last a wrong one", [("Authorization", _TOKEN), ("Authorization", "Bearer nope"),
+                                              ("X-Request-Id", "auth-6")], "auth-6", 401),
+    ("an odd content type", [("Authorization", _TOKEN), ("Content-Type", "text/plain; charset=\"x\"")], _FRESH, 201),
+    ("an unknown header, repeated", [("Authorization", _TOKEN), ("X-Whatever", "1"), ("X-Whatever", "2"),
+                                     ("X-Request-Id", "odd-7")], "odd-7", 201),
+]
+
+
+@pytest.mark.parametrize(("case", "pairs", "rid", "status"), TRICKY, ids=[c[0] for c in TRICKY])
+async def test_tricky_headers_answer_alike_on_both_paths(server: InProcessServer, case: str,
+                                                         pairs: list[tuple[str, str]], rid: str | None,
+                                                         status: int) -> None:
+    """Repeated, invalid, padded and oddly cased headers: the same status, body and request id."""
+    cid = campaign(server)
+    path = f"/v1/campaigns/{cid}/reservations"
+    sent = {v.strip().encode("latin-1") for k, v in pairs if k.lower() == "x-request-id"}
+    answers = []
+    for lane in (True, False):
+        before = server.lane.served
+        [answer] = await exchange(server, _raw(path, [*pairs, ("Idempotency-Key", _key())], orjson.dumps(RESERVE),
+                                               lane=lane))
+        assert server.lane.served - before == (LANE and lane), case
+        answered = answer[1][b"x-request-id"]
+        assert answered == rid.encode() if rid is not _FRESH else answered not in sent, (case, lane, answered)
+        answers.append(answer)
+    by_lane, by_asgi = answers
+    assert by_lane[0] == status, (case, by_lane)
+    assert _comparable(by_lane) == _comparable(by_asgi), case
