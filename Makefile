@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup services test test-fast lint typecheck bench demo clean
+.PHONY: setup services test test-fast test-slowpath lint typecheck bench demo clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,11 @@ test: services
 
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow and not browser"
+
+# the API and ops tests again with the fast path off (engine/fastpath.py): the documented path
+# every untested uvicorn or prometheus-client release falls back to must answer alike
+test-slowpath: services
+	FLASHSALE_FAST_PATH=0 $(BIN)/pytest -q -m "not browser" tests/api tests/ops
 
 lint: setup
 	$(BIN)/ruff check engine tests scripts loadtests

@@ -63,11 +63,12 @@ class ReserveLane:
         return (declared is not None and declared.isdigit() and int(declared) <= MAX_BODY_BYTES
                 and b"transfer-encoding" not in hdrs and b"expect" not in hdrs)
 
-    async def answer(self, cid: str, hdrs: Headers, body: bytes) -> Answer:
-        """The response to one reserve request, whole: nothing raises out of here but cancellation."""
+    async def answer(self, cid: str, hdrs: Headers, body: bytes, given_id: bytes | None) -> Answer:
+        """The response to one reserve request, whole: nothing raises out of here but cancellation.
+        ``given_id`` is the request's first ``X-Request-Id`` (``middleware.given_id``), as over ASGI."""
         start = time.perf_counter()
         self.served += 1
-        rid = self.ids.of(hdrs.get(b"x-request-id"))
+        rid = self.ids.of(given_id)
         logs.request_id.set(rid.decode())  # this request's own task: nothing to reset
         extra: tuple[tuple[bytes, bytes], ...] = ()
         try:

@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,6 +28,17 @@ from engine.ops import metrics
 log = logging.getLogger("flashsale.api")
 _VALID_ID = re.compile(rb"[!-~]{1,128}")
 UNMATCHED = "<unmatched>"  # the template of a path no route matched (keeps /metrics bounded)
+
+
+def given_id(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The first ``X-Request-Id`` of the raw headers (lower-case names), as both request paths read it.
+
+    A repeated one is answered with the first: the id nearest the client, since a proxy that adds
+    its own appends it; ``RequestIds.of`` then keeps it only if it is a valid id."""
+    for key, value in headers:
+        if key == b"x-request-id":
+            return value
+    return None
 
 
 class RequestIds:
@@ -59,12 +70,7 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        rid = None
-        for key, value in scope["headers"]:
-            if key == b"x-request-id":
-                rid = value
-                break
-        rid = self.new_id.of(rid)
+        rid = self.new_id.of(given_id(scope["headers"]))
         token = logs.request_id.set(rid.decode())
         status = 500
         started = False

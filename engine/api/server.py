@@ -10,7 +10,10 @@ Under uvicorn, our protocol (``engine.api.transport``) takes CPU off every reque
 reserve requests it can straight from the parser, without ASGI (the reserve lane,
 ``engine.api.lane``), and sends every other response's head and body in one write; and
 ``proxy_headers`` is off: flashsale stands behind a load balancer but reads no client address or
-scheme, so parsing ``X-Forwarded-*`` on every request bought nothing.
+scheme, so parsing ``X-Forwarded-*`` on every request bought nothing. That protocol runs only on the
+uvicorn releases it was tested with and not with ``FLASHSALE_FAST_PATH=0`` (``engine.fastpath``):
+otherwise uvicorn's own httptools protocol serves every request through ASGI, with one log line
+saying so at start.
 
 Workers are separate processes that rebuild the app from the ``FLASHSALE_*`` environment
 (``engine.api.app:factory``), so the parent exports its settings before spawning them. Both
@@ -20,8 +23,11 @@ shutdown (the sweeper stops, the Redis client closes), and exit.
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import Any
 
+from engine import fastpath
 from engine.api import logs
 from engine.settings import Settings
 
@@ -45,13 +51,21 @@ def serve_target(target: str, *, server: str, host: str, port: int, workers: int
     this too, so both stand behind the same HTTP stack."""
     if server not in SERVERS:
         raise ValueError(f"unknown server {server!r}; choose one of {', '.join(SERVERS)}")
+    lane = fastpath.serving()
+    logs.configure(log_level)
+    fastpath.notice(([lane] if server == "uvicorn" else []) + ([fastpath.metric_values()] if workers > 1 else []),
+                    logging.getLogger("flashsale.serve"))
     if server == "uvicorn":
         import uvicorn
 
-        from engine.api.transport import HttpToolsProtocol
+        http: Any = "httptools"  # uvicorn's own protocol: every request through ASGI
+        if lane.on:
+            from engine.api import transport
+
+            http = transport.HttpToolsProtocol
 
         uvicorn.run(target, factory=factory, host=host, port=port, workers=workers,
-                    loop="uvloop", http=HttpToolsProtocol, lifespan="on", access_log=False,
+                    loop="uvloop", http=http, lifespan="on", access_log=False,
                     log_config=logs.dict_config(log_level), backlog=BACKLOG,
                     timeout_graceful_shutdown=GRACEFUL_S, server_header=False, proxy_headers=False)
     else:

@@ -14,6 +14,9 @@ the parsed headers and the body to the lane and writes its answer, head and body
 To uvicorn's protocol a lane request looks like any other request-response cycle (``LaneCycle``):
 pipelining, flow control, keep-alive, a client that goes away and a graceful shutdown behave as
 they do for the ASGI app's requests.
+
+It uses uvicorn's private names, so it is imported only on a uvicorn release ``engine.fastpath``
+lists as tested, and never with ``FLASHSALE_FAST_PATH=0``: uvicorn's own protocol serves then.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Base
 
 from engine.api.lane import ReserveLane
+from engine.api.middleware import given_id
 from engine.api.validation import Headers
 
 
@@ -125,9 +129,10 @@ class HttpToolsProtocol(_Base):
             if parser.get_method() == b"POST" and parser.get_http_version() == "1.1" and not parser.should_upgrade():
                 cid = lane.campaign_of(self.url.partition(b"?")[0])
                 if cid is not None:
-                    hdrs = dict(self.headers)
+                    raw = self.headers
+                    hdrs = dict(raw)
                     if lane.takes(hdrs):
-                        self._start_lane(LaneCycle(self, lane, cid, hdrs, parser.should_keep_alive()))
+                        self._start_lane(LaneCycle(self, lane, cid, hdrs, given_id(raw), parser.should_keep_alive()))
                         return
         super().on_headers_complete()
 
@@ -176,15 +181,16 @@ class LaneCycle:
     ``message_event`` is the cycle itself: a waiter woken by ``set()``, made only when the body is
     not all in yet."""
 
-    __slots__ = ("_waiter", "body", "cid", "disconnected", "hdrs", "keep_alive", "lane", "more_body",
+    __slots__ = ("_waiter", "body", "cid", "disconnected", "given_id", "hdrs", "keep_alive", "lane", "more_body",
                  "protocol", "response_complete")
 
     def __init__(self, protocol: HttpToolsProtocol, lane: ReserveLane, cid: str, hdrs: Headers,
-                 keep_alive: bool) -> None:
+                 given_id: bytes | None, keep_alive: bool) -> None:
         self.protocol = protocol
         self.lane = lane
         self.cid = cid
         self.hdrs = hdrs
+        self.given_id = given_id
         self.keep_alive = keep_alive
         self.body = bytearray()
         self.more_body = True
@@ -209,7 +215,7 @@ class LaneCycle:
         self._waiter = None
         if self.disconnected:
             return  # gone before its body: nobody to answer
-        status, body, extra, rid = await self.lane.answer(self.cid, self.hdrs, bytes(self.body))
+        status, body, extra, rid = await self.lane.answer(self.cid, self.hdrs, bytes(self.body), self.given_id)
         if self.disconnected:
             return
         if protocol.flow.write_paused:

@@ -32,9 +32,9 @@ from prometheus_client import CollectorRegistry, generate_latest, values
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from engine import fastpath
 from engine.core import Engine
 from engine.ops.collector import SnapshotCollector, snapshot
-from engine.ops.mpvalues import MmapValue
 from engine.ops.series import CounterFamily, Families, HistogramFamily
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -60,7 +60,7 @@ class _Metrics:
 def _build() -> _Metrics:
     # with several workers each writes its own file, which any worker's scrape sums; chosen here, at
     # first use in each process: a worker spawned after prepare_multiprocess() finds the variable set
-    value = MmapValue if os.environ.get(MULTIPROC_ENV) else values.MutexValue  # type: ignore[attr-defined]
+    value = _multiprocess_value() if os.environ.get(MULTIPROC_ENV) else values.MutexValue  # type: ignore[attr-defined]
     families = (
         CounterFamily("flashsale_http_requests", "HTTP requests served, by route template and status",
                       ["route", "method", "status"], value),
@@ -79,6 +79,16 @@ def _build() -> _Metrics:
     registry = CollectorRegistry(auto_describe=True)
     registry.register(Families(*families))  # type: ignore[arg-type]
     return _Metrics(registry, *families)  # type: ignore[arg-type]
+
+
+def _multiprocess_value() -> Any:
+    """Our lean values on a prometheus-client release they were tested with, else its own
+    (``engine.fastpath``): the same files either way, so a scrape sums them alike."""
+    if fastpath.metric_values().on:
+        from engine.ops.mpvalues import MmapValue
+
+        return MmapValue
+    return values.MultiProcessValue()  # type: ignore[no-untyped-call]
 
 
 _state: dict[str, _Metrics] = {}

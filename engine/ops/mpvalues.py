@@ -14,6 +14,10 @@ reading the file concurrently sees whole. The pid is read once, and again in a f
 (``os.register_at_fork``), which starts from zero in files of its own as prometheus-client's
 values do.
 
+The file format and ``_read_all_values`` are prometheus-client's internals: ``engine.ops.metrics``
+uses this class only on a release ``engine.fastpath`` lists as tested (and not with
+``FLASHSALE_FAST_PATH=0``), else prometheus-client's own multiprocess values.
+
 Values are written by the thread that serves requests (the event loop), as prometheus-client
 presumes in multiprocess mode; scrapes read the files, never these objects.
 """

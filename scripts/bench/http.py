@@ -1,6 +1,6 @@
 """HTTP benchmark: POST …/reservations on flashsale against a bare Starlette hello-world (the yardstick).
 
-    python -m scripts.bench.http [--seconds 8] [--workers 1,2] [--servers granian,uvicorn] [--no-write]
+    python -m scripts.bench.http [--seconds 8] [--workers 1,2] [--servers granian,uvicorn] [--slowpath] [--no-write]
 
 In one run, on loopback, for 1 and 2 worker processes:
 
@@ -132,15 +132,17 @@ def _wait(url: str, proc: Process, timeout: float = 30) -> None:
     raise RuntimeError(f"{url} did not answer:\n{proc.output()}")
 
 
-def flashsale(redis: RedisServer, server: str, workers: int) -> Target:
-    api = ApiServer(redis.url, workers=workers, server=server).start()
+def flashsale(redis: RedisServer, server: str, workers: int, fast: bool = True) -> Target:
+    """flashsale under ``server``; ``fast=False``: with ``FLASHSALE_FAST_PATH=0`` (engine.fastpath)."""
+    api = ApiServer(redis.url, workers=workers, server=server, **({} if fast else {"FLASHSALE_FAST_PATH": "0"})).start()
     cid = f"bench-{server}-{workers}-{os.urandom(3).hex()}"
     d = {"title": "bench", "currency": "CNY", "unit_price": 10000, "opens_at": "2020-01-01T00:00:00Z",
          "closes_at": "2099-01-01T00:00:00Z", "hold_seconds": 3600, "total_units": 10**9,
          "products": [{"id": "p1", "title": "p1", "total_units": 10**9}],
          "rate_limit": {"per_second": 1_000_000, "burst": 1_000_000}}
     httpx.put(f"{api.url}/v1/campaigns/{cid}", json=d, headers=admin_headers(), timeout=10).raise_for_status()
-    return Target(f"flashsale POST …/reservations, {server}", api, api.url, "http_reserve.lua", (cid, TOKEN))
+    name = f"flashsale POST …/reservations, {server}" + ("" if fast else " (FLASHSALE_FAST_PATH=0)")
+    return Target(name, api, api.url, "http_reserve.lua", (cid, TOKEN))
 
 
 def fixed_rate(target: Target, rate: float, seconds: int, pacer: str) -> dict[str, float]:
@@ -170,6 +172,8 @@ def main() -> None:
     ap.add_argument("--pacer", choices=("wrk", "python"), default="wrk",
                     help="fixed-rate load: wrk paced by Lua, or the Python open-loop generator")
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    ap.add_argument("--slowpath", action="store_true",
+                    help="also measure each server with FLASHSALE_FAST_PATH=0 (what an untested release runs)")
     a = ap.parse_args()
     if subprocess.run(["which", "wrk"], capture_output=True).returncode != 0:
         sys.exit("wrk not found: run `scripts/ensure-services.sh wrk` (Debian's wrk package)")
@@ -179,7 +183,8 @@ def main() -> None:
     try:
         for workers in (int(w) for w in a.workers.split(",")):
             hello = yardstick(workers)
-            apps = [flashsale(redis, server, workers) for server in a.servers.split(",")]
+            apps = [flashsale(redis, server, workers, fast) for server in a.servers.split(",")
+                    for fast in ((True, False) if a.slowpath else (True,))]
             try:
                 for _ in range(a.rounds):  # interleaved, so a burst of noise on the host hits every target
                     for target in (hello, *apps):
@@ -190,8 +195,9 @@ def main() -> None:
                     print(f"{workers}w {app.name} at half capacity: {steady}", flush=True)
                     rows.append(_row(app.name, workers, app.best, hello.best, steady))
                     verdicts.append(_verdict(app.name, workers, app.best.rps / hello.best.rps, steady))
-                if len(apps) > 1:
-                    fastest = max(apps, key=lambda t: t.best.rps)
+                served = [t for t in apps if "FAST_PATH" not in t.name]  # as `flashsale serve` runs
+                if len(served) > 1:
+                    fastest = max(served, key=lambda t: t.best.rps)
                     verdicts.append(f"- {workers} worker(s): the faster server for this app in this run: "
                                     f"{fastest.name.rsplit(', ', 1)[-1]} (`flashsale serve` defaults to "
                                     f"{DEFAULT_SERVER}).")

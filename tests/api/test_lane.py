@@ -5,6 +5,8 @@ A real uvicorn server with flashsale's protocol runs in a thread of this process
 so the tests can see which path answered (``ReserveLane.served``). The same request goes once as
 the lane takes it (a Content-Length body) and once as only the ASGI route takes it (the same body,
 chunked): statuses, bodies and headers must agree, case by case, for every answer a reserve can get.
+With the fast path off (``FLASHSALE_FAST_PATH=0``, ``make test-slowpath``) the server runs uvicorn's
+own protocol, as ``flashsale serve`` then does: the same answers are expected, none from the lane.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ import orjson
 import pytest
 import uvicorn
 
+from engine import fastpath
 from engine.api import logs
 from engine.api.app import FlashsaleApp, create_app
 from engine.api.lane import ReserveLane
-from engine.api.transport import HttpToolsProtocol
 from engine.settings import Settings
 from tests.api.conftest import definition, new_id
 from tests.api.rawhttp import read_answer
@@ -35,6 +37,16 @@ from tests.support.processes import ADMIN_TOKEN, STOREFRONT_TOKENS, admin_header
 from tests.support.servers import RedisServer, free_port
 
 Answer = tuple[int, dict[bytes, bytes], bytes]
+LANE = fastpath.serving().on  # whether the server below runs flashsale's protocol (and its lane)
+
+
+def protocol() -> Any:
+    """The protocol ``flashsale serve`` would run here (``engine.api.server``)."""
+    if not LANE:
+        return "httptools"
+    from engine.api.transport import HttpToolsProtocol
+
+    return HttpToolsProtocol
 
 
 class InProcessServer:
@@ -46,7 +58,7 @@ class InProcessServer:
         self.app: FlashsaleApp = create_app(settings)
         self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, loop="uvloop", http=HttpToolsProtocol, lifespan="on",
+            self.app, host="127.0.0.1", port=self.port, loop="uvloop", http=protocol(), lifespan="on",
             access_log=False, log_config=None, proxy_headers=False, server_header=False))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -181,7 +193,7 @@ async def test_the_lane_answers_as_the_asgi_route(server: InProcessServer, case:
         [answer] = await exchange(server, encode(path, hdrs, payload))
         took_lane = server.lane.served - before
         # the lane takes a Content-Length body within 4 KiB; chunked, or larger, goes through ASGI
-        assert took_lane == (encode is with_length and len(payload) <= 4096), case
+        assert took_lane == (LANE and encode is with_length and len(payload) <= 4096), case
         answers.append(answer)
     lane, asgi = answers
     assert lane[0] == status, (case, lane)
@@ -242,7 +254,7 @@ async def test_a_body_arriving_late_is_waited_for(server: InProcessServer) -> No
     finally:
         writer.close()
     assert status == 201 and orjson.loads(answer)["units"] == 1
-    assert server.lane.served == before + 1
+    assert server.lane.served == before + LANE
 
 
 async def test_a_client_gone_before_its_body_leaves_the_server_serving(server: InProcessServer) -> None:
@@ -283,7 +295,7 @@ async def test_pipelined_lane_and_asgi_requests_answer_in_order(server: InProces
     assert [orjson.loads(a[2])["user_id"] for a in reserves] == [f"u{i}" for i in range(12)]
     assert [a[1][b"x-request-id"] for a in reserves] == [f"p-{i}".encode() for i in range(12)]
     assert [a[2] for a in answers if b"reservation_id" not in a[2]] == [b'{"status":"ok"}'] * 3
-    assert server.lane.served - before == 8
+    assert server.lane.served - before == (8 if LANE else 0)
 
 
 async def test_connection_close_and_http_1_0(server: InProcessServer) -> None:
@@ -301,7 +313,7 @@ async def test_connection_close_and_http_1_0(server: InProcessServer) -> None:
         finally:
             writer.close()
         assert status == 201 and rest == b""  # answered whole, then closed
-        assert server.lane.served - before == (1 if version == b"HTTP/1.1" else 0)  # 1.0: the ASGI route
+        assert server.lane.served - before == (1 if LANE and version == b"HTTP/1.1" else 0)  # 1.0: the ASGI route
         if close:
             assert answer_headers[b"connection"] == b"close"
 
@@ -329,3 +341,59 @@ async def test_a_bug_on_the_lane_is_a_500_logged_with_the_request_id(server: InP
     assert b"secret" not in body and b"Traceback" not in body
     line = orjson.loads(stream.getvalue().splitlines()[0])
     assert line["request_id"] == "lane-77" and "secret internals" in line["exc"]
+
+
+def _raw(path: str, pairs: list[tuple[str, str]], body: bytes, *, lane: bool) -> bytes:
+    """A reserve with exactly these header lines (repeats kept), sized (lane) or chunked (ASGI only)."""
+    framing = [("Content-Length", str(len(body)))] if lane else [("Transfer-Encoding", "chunked")]
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in [*pairs, *framing])
+    payload = body if lane else (b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    return head.encode("latin-1") + b"\r\n" + payload
+
+
+_TOKEN = f"Bearer {STOREFRONT_TOKENS['shop-a']}"
+_FRESH = None  # the server made the request id: the one sent was missing or not a usable id
+# (case, header lines besides Idempotency-Key, the request id answered: echoed or _FRESH, status)
+TRICKY: list[tuple[str, list[tuple[str, str]], str | None, int]] = [
+    ("repeated request id: the first", [("Authorization", _TOKEN), ("X-Request-Id", "first-1"),
+                                        ("X-Request-Id", "second-2")], "first-1", 201),
+    ("repeated request id, the first invalid", [("Authorization", _TOKEN), ("X-Request-Id", "has space"),
+                                                ("X-Request-Id", "second-2")], _FRESH, 201),
+    ("repeated request id, the same", [("Authorization", _TOKEN), ("X-Request-Id", "same-3"),
+                                       ("X-Request-Id", "same-3")], "same-3", 201),
+    ("request id too long", [("Authorization", _TOKEN), ("X-Request-Id", "r" * 129)], _FRESH, 201),
+    ("request id of 128", [("Authorization", _TOKEN), ("X-Request-Id", "r" * 128)], "r" * 128, 201),
+    ("empty request id", [("Authorization", _TOKEN), ("X-Request-Id", "")], _FRESH, 201),
+    ("non-ASCII request id", [("Authorization", _TOKEN), ("X-Request-Id", "caf\xe9")], _FRESH, 201),
+    ("request id with a comma", [("Authorization", _TOKEN), ("X-Request-Id", "a,b")], "a,b", 201),
+    ("request id padded", [("Authorization", _TOKEN), ("X-Request-Id", "  pad-4")], "pad-4", 201),
+    ("names in odd case", [("AUTHORIZATION", _TOKEN), ("x-REQUEST-id", "case-5"),
+                           ("Content-TYPE", "application/json")], "case-5", 201),
+    ("repeated token, the last a wrong one", [("Authorization", _TOKEN), ("Authorization", "Bearer nope"),
+                                              ("X-Request-Id", "auth-6")], "auth-6", 401),
+    ("an odd content type", [("Authorization", _TOKEN), ("Content-Type", "text/plain; charset=\"x\"")], _FRESH, 201),
+    ("an unknown header, repeated", [("Authorization", _TOKEN), ("X-Whatever", "1"), ("X-Whatever", "2"),
+                                     ("X-Request-Id", "odd-7")], "odd-7", 201),
+]
+
+
+@pytest.mark.parametrize(("case", "pairs", "rid", "status"), TRICKY, ids=[c[0] for c in TRICKY])
+async def test_tricky_headers_answer_alike_on_both_paths(server: InProcessServer, case: str,
+                                                         pairs: list[tuple[str, str]], rid: str | None,
+                                                         status: int) -> None:
+    """Repeated, invalid, padded and oddly cased headers: the same status, body and request id."""
+    cid = campaign(server)
+    path = f"/v1/campaigns/{cid}/reservations"
+    sent = {v.strip().encode("latin-1") for k, v in pairs if k.lower() == "x-request-id"}
+    answers = []
+    for lane in (True, False):
+        before = server.lane.served
+        [answer] = await exchange(server, _raw(path, [*pairs, ("Idempotency-Key", _key())], orjson.dumps(RESERVE),
+                                               lane=lane))
+        assert server.lane.served - before == (LANE and lane), case
+        answered = answer[1][b"x-request-id"]
+        assert answered == rid.encode() if rid is not _FRESH else answered not in sent, (case, lane, answered)
+        answers.append(answer)
+    by_lane, by_asgi = answers
+    assert by_lane[0] == status, (case, by_lane)
+    assert _comparable(by_lane) == _comparable(by_asgi), case

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import keys
+from engine import fastpath, keys
 from engine.core import Engine
 from engine.ledger.streams import GROUP
 from engine.ops import metrics
@@ -182,18 +182,26 @@ def test_forked_workers_are_summed() -> None:
     assert out.stdout.rstrip().endswith("# files 2")
 
 
-def test_a_spawned_worker_writes_the_shared_files_with_the_lean_values(tmp_path: Path) -> None:
-    """uvicorn spawns its workers: they import everything afresh with PROMETHEUS_MULTIPROC_DIR set."""
+# the lean values on a prometheus-client release they were tested with, else prometheus-client's own
+LEAN = "MmapValue" if fastpath.metric_values({}).on else "MmapedValue"
+
+
+@pytest.mark.parametrize(("switch", "value_class"), [("1", LEAN), ("0", "MmapedValue")])
+def test_a_spawned_worker_writes_the_shared_files_with_the_lean_values(tmp_path: Path, switch: str,
+                                                                        value_class: str) -> None:
+    """uvicorn spawns its workers: they import everything afresh with PROMETHEUS_MULTIPROC_DIR set.
+    With FLASHSALE_FAST_PATH=0 they write through prometheus-client's own values: the same sums."""
     script = textwrap.dedent("""
         from engine.ops import metrics
         metrics.observe_request("/x", "GET", 200, 0.01)
         print(type(metrics._metrics().requests.child("/x", "GET", "200")).__name__)
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                         env={"PATH": "/usr/bin:/bin", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+                         env={"PATH": "/usr/bin:/bin", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+                              "FLASHSALE_FAST_PATH": switch},
                          cwd=Path(__file__).parents[2])
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "MmapValue"
+    assert out.stdout.strip() == value_class
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
 

@@ -25,7 +25,8 @@ FLASHSALE = str(Path(sys.executable).with_name("flashsale"))
 
 
 def base_env(redis_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSALE_")}
+    # FLASHSALE_FAST_PATH passes through: `make test-slowpath` runs the servers with it off
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSALE_") or k == "FLASHSALE_FAST_PATH"}
     env.update({
         "FLASHSALE_REDIS_URL": redis_url,
         "FLASHSALE_STOREFRONT_TOKENS": ",".join(f"{n}={t}" for n, t in STOREFRONT_TOKENS.items()),
