@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 services: setup
-	scripts/ensure-services.sh redis postgres chromium
+	scripts/ensure-services.sh redis postgres chromium promtool
 
 test: services
 	$(BIN)/pytest -q
