@@ -21,8 +21,9 @@ services: setup
 test: services
 	$(BIN)/pytest -q
 
+# no Redis, PostgreSQL, browser or promtool: pure-Python tests only (tests/conftest.py marks the rest)
 test-fast: setup
-	$(BIN)/pytest -q -m "not slow and not browser"
+	FLASHSALE_TEST_TIER=fast $(BIN)/pytest -q -m "not needs_services"
 
 lint: setup
 	$(BIN)/ruff check engine tests scripts loadtests

@@ -61,6 +61,7 @@ async def app_client(own_redis: RedisServer) -> AsyncIterator[httpx.AsyncClient]
         gc.set_threshold(*threshold)
 
 
+@pytest.mark.needs_services  # starts its own redis-server
 async def test_a_bug_is_a_500_in_the_error_shape_logged_with_the_request_id(app_client: httpx.AsyncClient) -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
@@ -103,6 +104,7 @@ def test_retry_after_rounds_up(ms: int, seconds: int) -> None:
     assert retry_after_seconds(ms) == seconds
 
 
+@pytest.mark.needs_services  # starts its own redis-server
 async def test_lifespan_runs_the_sweeper(app_client: httpx.AsyncClient) -> None:
     cid = new_id()
     r = await app_client.put(f"/v1/campaigns/{cid}", json=definition(cid, hold_seconds=1), headers=ADMIN)
