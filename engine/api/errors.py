@@ -24,7 +24,7 @@ from engine import errors as e
 
 log = logging.getLogger("flashsale.api")
 
-#: Rejections of the engine and their HTTP status (API.md, "Errors").
+#: Rejections of the engine and their HTTP status (docs/API.md, "Errors").
 REJECTION_STATUS: dict[type[e.Rejected], int] = {
     e.InvalidRequest: 422,
     e.NotFound: 404,
@@ -66,7 +66,7 @@ def error_body(code: str, message: str, details: Mapping[str, Any] | None = None
 
 
 def public_code(exc: BaseException) -> str:
-    """The API.md code an exception is answered with (metrics count outcomes by it)."""
+    """The docs/API.md code an exception is answered with (metrics count outcomes by it)."""
     if isinstance(exc, e.Rejected):
         return exc.code
     if isinstance(exc, e.StorageUnavailable):
