@@ -7,9 +7,10 @@ STAMP := $(VENV)/.installed
 .PHONY: setup services test test-fast lint typecheck bench demo clean
 
 setup: $(STAMP)
-
-$(STAMP): pyproject.toml
 	scripts/ensure-services.sh redis
+
+# the virtualenv alone: all that test-fast needs
+$(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
@@ -22,7 +23,7 @@ test: services
 	$(BIN)/pytest -q
 
 # no Redis, PostgreSQL, browser or promtool: pure-Python tests only (tests/conftest.py marks the rest)
-test-fast: setup
+test-fast: $(STAMP)
 	FLASHSALE_TEST_TIER=fast $(BIN)/pytest -q -m "not needs_services"
 
 lint: setup
