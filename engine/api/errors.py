@@ -151,7 +151,7 @@ def _disconnect(_: Exception) -> Reply:
 
 def _other_flashsale(exc: Exception) -> Reply:
     log.error("unexpected engine error: %s", exc, extra={"error": type(exc).__name__})
-    return _reply(500, "INTERNAL", "internal error; retry with the same Idempotency-Key")
+    return INTERNAL  # a bug like any other (docs/API.md): a retry will not help
 
 
 EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Exception], Reply]] = {
