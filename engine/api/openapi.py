@@ -283,7 +283,8 @@ def _ops_paths() -> dict[str, Any]:
     data = _op("dashboardData", "what the dashboard polls: each campaign's stats body with titles and the "
                "writer's figures", {"200": _ok("the snapshot", "DashboardData")}, "401 403 404 405 503",
                security=ADMIN)
-    data["parameters"] = campaign("one campaign (absent: every one)", _id("campaign id"))
+    data["parameters"] = campaign("one campaign (absent or empty: every one)",
+                                  {"type": "string", "maxLength": 64, "pattern": f"^({v.ID_REGEX[1:-1]})?$"})
     return {"/metrics": {"get": metrics}, "/dashboard": {"get": page}, "/dashboard/data": {"get": data}}
 
 
