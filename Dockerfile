@@ -9,8 +9,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# what `pip install .` needs: the project metadata (its readme included) and the package
-COPY pyproject.toml README.md /src/
+# what `pip install .` needs: the project metadata (its readme and licence included) and the package
+COPY pyproject.toml README.md LICENSE /src/
 COPY engine /src/engine
 RUN pip install /src && rm -rf /src
 

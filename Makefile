@@ -7,22 +7,24 @@ STAMP := $(VENV)/.installed
 .PHONY: setup services test test-fast test-slowpath lint typecheck bench demo clean
 
 setup: $(STAMP)
-
-$(STAMP): pyproject.toml
 	scripts/ensure-services.sh redis
+
+# the virtualenv alone: all that test-fast needs
+$(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
 services: setup
-	scripts/ensure-services.sh redis postgres chromium
+	scripts/ensure-services.sh redis postgres chromium promtool
 
 test: services
 	$(BIN)/pytest -q
 
-test-fast: setup
-	$(BIN)/pytest -q -m "not slow and not browser"
+# no Redis, PostgreSQL, browser or promtool: pure-Python tests only (tests/conftest.py marks the rest)
+test-fast: $(STAMP)
+	FLASHSALE_TEST_TIER=fast $(BIN)/pytest -q -m "not needs_services"
 
 # the API and ops tests again with the fast path off (engine/fastpath.py): the documented path
 # every untested uvicorn or prometheus-client release falls back to must answer alike

@@ -68,7 +68,7 @@ class Campaign:
         return next((p for p in self.products if p.id == product_id), None)
 
     def to_dict(self) -> dict[str, Any]:
-        """The definition as API.md shows it (times in UTC, RFC 3339)."""
+        """The definition as docs/API.md shows it (times in UTC, RFC 3339)."""
         out: dict[str, Any] = {
             "id": self.id, "title": self.title, "currency": self.currency,
             "unit_price": self.unit_price, "opens_at": ms_to_rfc3339(self.opens_at_ms),

@@ -1,6 +1,6 @@
 """Settings: one frozen dataclass, built once at start-up (``Settings.from_env``) and passed down.
 
-Flags of the ``flashsale`` command override the ``FLASHSALE_*`` environment variables of API.md.
+Flags of the ``flashsale`` command override the ``FLASHSALE_*`` environment variables of docs/API.md.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ class Status(IntEnum):
     RATE_LIMITED = -14  # detail: ms until the next attempt is allowed
 
 
-#: The public error code (API.md) of each rejection, as counted in ``counters`` (``rej|CODE``).
+#: The public error code (docs/API.md) of each rejection, as counted in ``counters`` (``rej|CODE``).
 PUBLIC_CODE: dict[Status, str] = {
     Status.CAMPAIGN_NOT_FOUND: "NOT_FOUND",
     Status.PRODUCT_NOT_FOUND: "NOT_FOUND",

@@ -5,7 +5,7 @@
 
 Each Locust user is a storefront session serving buyers one after another: a buyer reserves 1..cap
 units of one product (weighted by stock), then pays (most), cancels (some) or walks away and lets
-the hold expire (some). A 503 or a timeout is retried with the same Idempotency-Key, as API.md
+the hold expire (some). A 503 or a timeout is retried with the same Idempotency-Key, as docs/API.md
 allows; business refusals (409 SOLD_OUT, USER_CAP_EXCEEDED …, 429) are outcomes, not failures.
 Anything else (a 5xx, an unexpected 4xx) is a failure, and Locust exits 1.
 
@@ -39,7 +39,7 @@ from engine.loadgen.profile import SpikeProfile
 
 CAMPAIGN = os.environ.get("FLASHSALE_CAMPAIGN", "yulebao-2014-p1")
 RETRIES = 5
-BUSINESS = {409, 429}  # refusals API.md documents for a well-formed reserve: outcomes, not failures
+BUSINESS = {409, 429}  # refusals docs/API.md documents for a well-formed reserve: outcomes, not failures
 MIX = Mix()
 
 
@@ -82,7 +82,7 @@ class Storefront(FastHttpUser):
         return p["id"], min(caps) if caps else 10
 
     def _post(self, name: str, path: str, body: dict[str, Any], key: str | None = None) -> Any:
-        """POST with API.md's retry rule: 503 and timeouts again, with the same Idempotency-Key."""
+        """POST with docs/API.md's retry rule: 503 and timeouts again, with the same Idempotency-Key."""
         headers = dict(self.headers, **({"Idempotency-Key": key} if key else {}))
         for attempt in range(RETRIES + 1):
             with self.client.post(path, json=body, headers=headers, name=name, catch_response=True) as r:

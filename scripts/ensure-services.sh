@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install (Debian packages) and start what flashsale's tests and demo need, when it is missing.
-# Usage: scripts/ensure-services.sh [redis] [postgres] [chromium] [wrk]
+# Usage: scripts/ensure-services.sh [redis] [postgres] [chromium] [promtool] [wrk]
 set -euo pipefail
 apt_updated=0
 apt_install() {
@@ -29,6 +29,19 @@ for what in "$@"; do
       ;;
     chromium)
       command -v chromium >/dev/null || apt_install chromium chromium-driver fonts-noto-cjk
+      ;;
+    promtool)
+      # promtool checks deploy/alerts.yml and runs its unit tests; Debian ships it in the prometheus
+      # package, whose own server (and node exporter) the tests do not want running
+      if ! command -v promtool >/dev/null; then
+        apt_install --no-install-recommends prometheus
+        for unit in prometheus prometheus-node-exporter; do
+          if command -v systemctl >/dev/null && systemctl is-enabled -q "$unit" 2>/dev/null; then
+            systemctl disable --now -q "$unit" 2>/dev/null || true
+          fi
+          if [ -x "/etc/init.d/$unit" ]; then "/etc/init.d/$unit" stop >/dev/null 2>&1 || true; fi
+        done
+      fi
       ;;
     wrk)
       command -v wrk >/dev/null || apt_install wrk

@@ -41,8 +41,8 @@ GC_GEN0_THRESHOLD = 20_000  # allocations between young collections (CPython's d
 def tune_gc() -> None:
     """Once the worker is up: move everything alive now (modules, the app, the engine) out of the
     collector's sight, and collect the young generation less often. Each request allocates a few
-    hundred short-lived objects, and the default thresholds made the collector a third of the reserve
-    route's CPU time (measured in-process: ~82 -> ~52 µs per request)."""
+    hundred short-lived objects, and with the default thresholds the collector took a large share of
+    the reserve route's CPU time (BENCHMARKS.md, "Design measurements")."""
     gc.collect()
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()

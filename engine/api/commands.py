@@ -51,7 +51,7 @@ def _prepare_metrics(workers: int) -> None:
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING (FLASHSALE_LOG_LEVEL)")
 def serve(host: str | None, port: int | None, workers: int | None, server: str | None, redis_url: str | None,
           allow_volatile_redis: bool, log_level: str | None) -> None:
-    """The storefront HTTP API (API.md) until SIGTERM, which drains requests in flight."""
+    """The storefront HTTP API (docs/API.md) until SIGTERM, which drains requests in flight."""
     from engine.api import server as http
 
     server = server or os.environ.get("FLASHSALE_SERVER") or http.DEFAULT_SERVER

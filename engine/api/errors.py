@@ -24,7 +24,7 @@ from engine import errors as e
 
 log = logging.getLogger("flashsale.api")
 
-#: Rejections of the engine and their HTTP status (API.md, "Errors").
+#: Rejections of the engine and their HTTP status (docs/API.md, "Errors").
 REJECTION_STATUS: dict[type[e.Rejected], int] = {
     e.InvalidRequest: 422,
     e.NotFound: 404,
@@ -66,7 +66,7 @@ def error_body(code: str, message: str, details: Mapping[str, Any] | None = None
 
 
 def public_code(exc: BaseException) -> str:
-    """The API.md code an exception is answered with (metrics count outcomes by it)."""
+    """The docs/API.md code an exception is answered with (metrics count outcomes by it)."""
     if isinstance(exc, e.Rejected):
         return exc.code
     if isinstance(exc, e.StorageUnavailable):
@@ -151,7 +151,7 @@ def _disconnect(_: Exception) -> Reply:
 
 def _other_flashsale(exc: Exception) -> Reply:
     log.error("unexpected engine error: %s", exc, extra={"error": type(exc).__name__})
-    return _reply(500, "INTERNAL", "internal error; retry with the same Idempotency-Key")
+    return INTERNAL  # a bug like any other (docs/API.md): a retry will not help
 
 
 EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Exception], Reply]] = {

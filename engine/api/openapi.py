@@ -1,4 +1,4 @@
-"""``/openapi.json``: the v1 contract of API.md as an OpenAPI 3.0 document, written by hand.
+"""``/openapi.json``: the HTTP part of docs/API.md as an OpenAPI 3.0 document, written by hand.
 
 Bounds and patterns come from ``engine.api.validation`` and ``engine.campaign``, the code that
 enforces them, so the document and the server agree by construction; schemathesis checks that
@@ -138,6 +138,12 @@ def _schemas() -> dict[str, Any]:
                 "rejections": {"type": "object", "additionalProperties": {"type": "integer"}},
                 "ledger": {"type": "object"},
                 "products": {"type": "array", "items": {"type": "object"}}}},
+        "DashboardData": {
+            "type": "object", "required": ["as_of", "campaigns", "dead_letters", "writers_alive"],
+            "properties": {"as_of": {**_TIME, "nullable": True},
+                           "campaigns": {"type": "array", "items": {"type": "object", "description": "a stats body "
+                                         "with title, products[].title and writer"}},
+                           "dead_letters": _COUNT, "writers_alive": _COUNT}},
         "Status": {"type": "object", "required": ["status"],
                    "properties": {"status": {"type": "string", "enum": ["ok", "ready"]}}},
     }
@@ -248,12 +254,38 @@ def _paths() -> dict[str, Any]:
                                                         "content": {"application/json": {
                                                             "schema": {"type": "object"}}}}}}},
     }
+    paths.update(_ops_paths())
     for action, text in (("pause", "stop reserves"), ("resume", "take reserves again"),
                          ("close", "close for good")):
         paths[f"{c}/{action}"] = {"post": _op(
             f"{action}Campaign", f"kill switch: {text}; takes effect for the next request",
             {"200": _ok("the campaign", "Campaign")}, admin_errors, security=ADMIN, params=("cid",))}
     return paths
+
+
+def _ops_paths() -> dict[str, Any]:
+    """The ops routes (``engine.ops.web``). On this listener the figures need the admin token; the
+    ops listener (``flashsale serve --ops-port``) serves the same routes without one."""
+    def body(media: str, description: str) -> dict[str, Any]:
+        return {"description": description, "headers": {"X-Request-Id": _ref("headers", "X-Request-Id")},
+                "content": {media: {"schema": {"type": "string"}}}}
+
+    def campaign(description: str, schema: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"name": "campaign", "in": "query", "required": False, "description": description, "schema": schema}]
+
+    metrics = _op("metrics", "Prometheus text format 0.0.4: every worker's figures summed",
+                  {"200": body("text/plain", "the metrics")}, "401 403 405 503", security=ADMIN)
+    page = _op("dashboard", "the live sell-through page; it holds no figures, and its script reads the admin "
+               "token from the URL fragment (#token=...)", {"200": body("text/html", "the page")}, "405",
+               security=[])
+    page["parameters"] = campaign("the campaign the page shows, read by its script (absent: every one)",
+                                  {"type": "string"})
+    data = _op("dashboardData", "what the dashboard polls: each campaign's stats body with titles and the "
+               "writer's figures", {"200": _ok("the snapshot", "DashboardData")}, "401 403 404 405 503",
+               security=ADMIN)
+    data["parameters"] = campaign("one campaign (absent or empty: every one)",
+                                  {"type": "string", "maxLength": 64, "pattern": f"^({v.ID_REGEX[1:-1]})?$"})
+    return {"/metrics": {"get": metrics}, "/dashboard": {"get": page}, "/dashboard/data": {"get": data}}
 
 
 def _parameters() -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Response bodies as bytes, built for the hot path.
 
-A reservation's JSON is the shape of ``Reservation.to_dict`` (API.md), with its times formatted
+A reservation's JSON is the shape of ``Reservation.to_dict`` (docs/API.md), with its times formatted
 through a small per-second cache: ``datetime`` formatting would cost more than the rest of the
 body (``tests/api/test_app.py`` checks the two agree).
 """

@@ -1,4 +1,4 @@
-"""The v1 routes of API.md: each one authenticates, validates, calls the Engine, maps the result.
+"""The v1 routes of docs/API.md: each one authenticates, validates, calls the Engine, maps the result.
 
 Refusals are raised (``ApiError`` here, ``engine.errors`` from the engine) and answered by the
 one table in ``engine.api.errors``. Every engine call runs under a deadline shorter than a second,

@@ -3,8 +3,8 @@
 uvicorn is the default because it serves this app faster here: ``python -m scripts.bench.http``
 measured more reservations per second and less CPU per request under uvicorn (httptools, uvloop)
 than under granian, whose ASGI bridge hands every request, body and response between its Rust I/O
-thread and the Python event loop (granian wins on a bare GET, see ``shared/LIMITS.md``, not on a
-POST with a body). ``--server granian`` or ``FLASHSALE_SERVER=granian`` selects granian.
+thread and the Python event loop (granian wins on a bare GET, not on a POST with a body).
+``--server granian`` or ``FLASHSALE_SERVER=granian`` selects granian.
 
 Under uvicorn, our protocol (``engine.api.transport``) takes CPU off every request: it answers the
 reserve requests it can straight from the parser, without ASGI (the reserve lane,

@@ -18,7 +18,7 @@ from engine.campaign import ID_PATTERN
 from engine.core.requests import MAX_IDEMPOTENCY_KEY as MAX_IDEMPOTENCY_KEY  # one source for both layers
 from engine.core.requests import MAX_PAYMENT_REF as MAX_PAYMENT_REF
 
-MAX_BODY_BYTES = 4096  # API.md: a body over 4 KiB is refused with 413
+MAX_BODY_BYTES = 4096  # docs/API.md: a body over 4 KiB is refused with 413
 MAX_DEFINITION_BYTES = 65536  # a campaign definition (admin): up to 64 products with long titles
 MAX_UNITS_PER_REQUEST = 1_000_000  # units one reserve may ask for
 

@@ -1,7 +1,8 @@
 """Micro-batching: concurrent requests for one campaign share one script call.
 
-redis-py spends ~150 µs of CPU per call (``shared/LIMITS.md``), far more than Redis spends
-running the script, so one call per request caps a process at a fraction of Redis. The batcher
+redis-py spends far more CPU per call than Redis spends running the script, so one call per
+request caps a process at a fraction of Redis (BENCHMARKS.md, "Reservation core": batched against
+one call per request). The batcher
 queues requests as they arrive; whenever fewer than ``max_inflight`` calls are out, it sends
 everything queued (up to ``max_batch``) as one call. At low load a request goes out alone on the
 next loop turn; under load the batches grow by themselves. The script judges each request on its

@@ -1,7 +1,7 @@
 """A lean, pipelined Redis connection for the hot path: EVALSHA of the batched scripts.
 
 redis-py spends most of a call's CPU around the wire, not on it: a pool lock, observability
-hooks, a health probe, a task for each write timeout (``shared/LIMITS.md``: ~150 µs per call).
+hooks, a health probe, a task for each write timeout.
 ``Wire`` is one asyncio protocol over one socket with a hiredis reader: a request is written at
 once and its future waits in a FIFO until its reply arrives, so several batches can be in
 flight on one connection, and a call costs a few µs of Python.

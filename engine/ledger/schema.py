@@ -8,7 +8,7 @@ The tables (the same in both dialects, apart from types):
 
 | table | key | what |
 |---|---|---|
-| ``orders`` | ``reservation_id`` | one row per confirmed order (API.md): what settlement reads |
+| ``orders`` | ``reservation_id`` | one row per confirmed order (docs/API.md): what settlement reads |
 | ``events`` | ``(campaign_id, entry_ms, entry_seq)`` | every transition, append-only, keyed by stream entry id |
 | ``campaigns`` | ``campaign_id`` | each campaign's definition (JSON), for ``flashsale recover`` |
 | ``ledger_progress`` | ``campaign_id`` | orders and events persisted so far (the lag's other half) |

@@ -34,7 +34,7 @@ class RowRejected(LedgerError):
 
 @dataclass(frozen=True, slots=True)
 class Order:
-    """One row of ``orders``: a confirmed reservation (API.md, "The ledger")."""
+    """One row of ``orders``: a confirmed reservation (docs/API.md, "The ledger")."""
 
     reservation_id: str
     campaign_id: str

@@ -41,7 +41,7 @@ class Mix:
 
 @dataclass(frozen=True, slots=True)
 class BadRequest:
-    """One malformed request and the statuses API.md allows for it."""
+    """One malformed request and the statuses docs/API.md allows for it."""
 
     name: str
     method: bytes

@@ -1,6 +1,6 @@
 """Calls to the storefront API with the generator's retry rules, timed and counted in the record.
 
-503 and timeouts are retried with the same Idempotency-Key (API.md: the caller may), 429 after its
+503 and timeouts are retried with the same Idempotency-Key (docs/API.md: the caller may), 429 after its
 ``Retry-After``; everything else is an answer. A call that never gets one returns ``None``: the
 caller records the request as in doubt and the verdict treats its effect as unknown.
 """

@@ -20,7 +20,7 @@ YULEBAO_P1 = CAMPAIGNS_DIR / "yulebao-2014-p1.toml"
 
 
 def read_definition(path: str | Path = YULEBAO_P1) -> dict[str, Any]:
-    """A campaign TOML file as the JSON definition of API.md."""
+    """A campaign TOML file as the JSON definition of docs/API.md."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: campaign file not found; pass one with --campaign-file")

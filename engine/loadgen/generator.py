@@ -100,7 +100,7 @@ class Generator:
                     return
                 try:
                     await buyer.visit(f"{self.record.user_prefix}{n}")
-                except (KeyError, TypeError, ValueError) as exc:  # an answer not shaped as API.md says
+                except (KeyError, TypeError, ValueError) as exc:  # an answer not shaped as docs/API.md says
                     self.record.server_errors.append(f"buyer {n}: unexpected answer: {exc!r}")
         finally:
             for c in conns:

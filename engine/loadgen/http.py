@@ -1,8 +1,9 @@
 """A lean HTTP/1.1 client for load generation: one keep-alive connection per virtual user.
 
-httpx spends ~150-300 µs of CPU per request; a load generator sharing two cores with the server it
-measures cannot afford that. This client writes requests as preformatted bytes on an asyncio
-``Protocol`` and parses responses with httptools (llhttp, C), so a request costs a few tens of µs.
+httpx spends more CPU per request than the server it measures (BENCHMARKS.md, "Design
+measurements"); a load generator sharing the machine's cores with that server cannot afford it.
+This client writes requests as preformatted bytes on an asyncio ``Protocol`` and parses responses
+with httptools (llhttp, C), so a request costs a small fraction of httpx's CPU.
 One request at a time per connection, as a browser does with HTTP/1.1 keep-alive.
 
     conn = Connection("127.0.0.1", 8000)
@@ -48,7 +49,7 @@ class Response:
         return self._data
 
     def error(self) -> dict[str, Any]:
-        """``error`` of an API.md error body ({} when there is none)."""
+        """``error`` of a docs/API.md error body ({} when there is none)."""
         data = self.json()
         err = data.get("error") if isinstance(data, dict) else None
         return err if isinstance(err, dict) else {}

@@ -126,7 +126,7 @@ def _sqlite_rows(path: str, campaign_id: str) -> list[LedgerRow]:
 
 
 async def ledger_rows(database_url: str, campaign_id: str) -> tuple[LedgerRow, ...]:
-    """The campaign's ``orders`` rows (API.md: the ledger), from SQLite or PostgreSQL."""
+    """The campaign's ``orders`` rows (docs/API.md: the ledger), from SQLite or PostgreSQL."""
     if database_url.startswith("sqlite:///"):
         return tuple(await asyncio.to_thread(_sqlite_rows, database_url[len("sqlite:///"):], campaign_id))
     if database_url.startswith(("postgresql://", "postgres://")):

@@ -105,7 +105,7 @@ def print_report(console: Console, record: Record, observed: Observed, verdict: 
 
 
 def print_verdict(console: Console, verdict: Verdict) -> None:
-    t = Table(title="Verdict (API.md invariants)", show_header=True, header_style="bold")
+    t = Table(title="Verdict (the invariants of docs/API.md)", show_header=True, header_style="bold")
     t.add_column("#", justify="right")
     t.add_column("check")
     t.add_column("result")

@@ -33,10 +33,9 @@ def flashsale_exe() -> list[str]:
 
 
 #: AOF with ``appendfsync always`` (no acknowledged write lost); rewrites (a fork that writes the
-#: whole dataset out again) wait until the AOF reaches 1 GB, not Redis's default 64 MB: a launch
-#: spike appends tens of MB a second, and with the default the peer benchmark's setup rewrote
-#: twice in every 8-second round, serving about 6% fewer reserves than with no rewrite (18.5k
-#: against 17.6k/s, side by side). A restart replays at most that much more log;
+#: whole dataset out again) wait until the AOF reaches 1 GB, not Redis's default 64 MB, which a
+#: launch spike fills within seconds: each rewrite costs reserves while it runs (BENCHMARKS.md,
+#: "Design measurements"). A restart replays at most that much more log;
 #: ``BGREWRITEAOF`` after the sale compacts it.
 DURABLE_AOF = ["--appendonly", "yes", "--appendfsync", "always", "--auto-aof-rewrite-min-size", "1gb"]
 

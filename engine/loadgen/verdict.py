@@ -1,7 +1,7 @@
 """The verdict: the generator's record against what the API and the ledger show, per invariant.
 
 ``judge(record, observed)`` is a pure function (no I/O): ``engine.loadgen.observe`` gathers the
-``Observed`` state, a test can build one by hand. Each check names the invariant of API.md it
+``Observed`` state, a test can build one by hand. Each check names the invariant of docs/API.md it
 guards (1 never oversold · 2 caps · 3 ledger exactly once · 4 released units come back ·
 5 idempotency · 6 bad input changes nothing). A check fails only on certain evidence: where the
 record cannot know (a request that never got an answer, a hold at the edge of its deadline) the
@@ -56,7 +56,7 @@ class Observed:
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    invariant: int  # 1..6 as numbered in API.md; 0 for the stats' own arithmetic
+    invariant: int  # 1..6 as numbered in docs/API.md; 0 for the stats' own arithmetic
     name: str
     ok: bool | None  # None: skipped (nothing to judge it by)
     detail: str = ""
@@ -80,7 +80,7 @@ class Verdict:
 
 
 def judge(record: Record, observed: Observed) -> Verdict:
-    """Every invariant of API.md, judged from the record against the observed state."""
+    """Every invariant of docs/API.md, judged from the record against the observed state."""
     checks: list[Check] = []
     for part in (_oversold, _caps, _ledger, _returned, _idempotency, _bad_input):
         checks.extend(part(record, observed))

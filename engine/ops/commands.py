@@ -54,7 +54,7 @@ async def _run(campaign_id: str, redis_url: str | None, url: str | None, token: 
               help="seconds between refreshes with --watch")
 @click.option("--count", default=None, type=click.IntRange(min=1), hidden=True,
               help="stop after this many refreshes (scripts and tests)")
-@click.option("--json", "as_json", is_flag=True, help="print the stats body as JSON (API.md) and exit")
+@click.option("--json", "as_json", is_flag=True, help="print the stats body as JSON (docs/API.md) and exit")
 def stats(campaign_id: str, redis_url: str | None, url: str | None, token: str | None, watch: bool,
           interval: float, count: int | None, as_json: bool) -> None:
     """Sell-through of a campaign in the terminal: totals, products, rejections, ledger lag."""

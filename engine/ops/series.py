@@ -4,13 +4,12 @@ prometheus-client's ``Counter`` and ``Histogram`` check on every ``inc``/``obser
 metric is not a labelled parent, check the amount, look for an exemplar and walk the buckets in
 Python: a dozen calls per observation, and the API makes four observations per request. Here a
 series is looked up once (``child``) and is then just its values: a counter's one value, a
-histogram's sum and one value per bucket, found by ``bisect``. With ``engine.ops.mpvalues`` the
-API's two hooks per request (``engine.ops.metrics``) went from 5.5 to 0.9 µs with several workers,
-and from 2.5 to 1.6 µs in a single process (a loop of both hooks, best of three). The values are
-value objects of the class given (``engine.ops.mpvalues.MmapValue`` with several workers, else
-prometheus-client's ``MutexValue``), made with the same keys prometheus-client would use, so in
-multiprocess mode ``MultiProcessCollector`` reads them from the workers' files as it
-reads its own, and in a single process ``collect()`` gives the same families.
+histogram's sum and one value per bucket, found by ``bisect``; with ``engine.ops.mpvalues`` this
+cuts the cost of the API's two hooks per request (``engine.ops.metrics``; BENCHMARKS.md, "Design
+measurements"). The values are value objects of the class given (``engine.ops.mpvalues.MmapValue``
+with several workers, else prometheus-client's ``MutexValue``), made with the same keys prometheus-
+client would use, so in multiprocess mode ``MultiProcessCollector`` reads them from the workers'
+files as it reads its own, and in a single process ``collect()`` gives the same families.
 """
 
 from __future__ import annotations

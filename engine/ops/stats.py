@@ -1,4 +1,4 @@
-"""Sell-through stats: the ``GET /v1/campaigns/{cid}/stats`` body of API.md.
+"""Sell-through stats: the ``GET /v1/campaigns/{cid}/stats`` body of docs/API.md.
 
 Built from one ``Engine.counters`` read (the counters the scripts keep, one round trip), never
 from a key scan, so a stats poll costs the same at 10 or 10 million reservations.
@@ -46,7 +46,7 @@ def projected_sellout_ms(c: Counters) -> int | None:
 
 
 def stats_from_counters(c: Counters) -> dict[str, Any]:
-    """The API.md stats body from a ``Counters`` read (pure: no I/O)."""
+    """The docs/API.md stats body from a ``Counters`` read (pure: no I/O)."""
     campaign = c.view.campaign
     total = campaign.total_units
     remaining = remaining_units(c)

@@ -12,7 +12,7 @@ One PostgreSQL transaction per reserve, through an asyncpg pool:
     COMMIT
 
 Behind the same HTTP stack as flashsale (Starlette on the same server, uvloop, the same worker count), the
-same route, body, token and Idempotency-Key rules, and API.md's error shape. The campaign's window,
+same route, body, token and Idempotency-Key rules, and docs/API.md's error shape. The campaign's window,
 price and caps are read once per process (flashsale reads them in Redis on every call: this is the
 peer's advantage, not its handicap). ``python -m scripts.bench.peer_app --port P --workers N``
 serves it; ``PEER_DATABASE_URL`` names the database, ``PEER_POOL_SIZE`` the connections per worker.

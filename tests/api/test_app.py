@@ -18,7 +18,7 @@ from engine import errors as e
 from engine.api import logs, render
 from engine.api.app import create_app
 from engine.api.deadline import Deadlines
-from engine.api.errors import EXCEPTION_HANDLERS, REJECTION_STATUS, retry_after_seconds
+from engine.api.errors import EXCEPTION_HANDLERS, INTERNAL, REJECTION_STATUS, reply_to, retry_after_seconds
 from engine.api.openapi import ERROR_CODES, spec
 from engine.api.render import rfc3339_ms
 from engine.campaign import ms_to_rfc3339
@@ -61,6 +61,7 @@ async def app_client(own_redis: RedisServer) -> AsyncIterator[httpx.AsyncClient]
         gc.set_threshold(*threshold)
 
 
+@pytest.mark.needs_services  # starts its own redis-server
 async def test_a_bug_is_a_500_in_the_error_shape_logged_with_the_request_id(app_client: httpx.AsyncClient) -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
@@ -98,11 +99,22 @@ def test_the_error_table_follows_api_md() -> None:
         assert cls.code in ERROR_CODES
 
 
+@pytest.mark.parametrize("exc", [e.UnsafeRedis("no AOF"), e.LedgerError("the ledger failed"), RuntimeError("a bug")],
+                         ids=["unsafe-redis", "ledger-error", "a-bug"])
+def test_an_error_outside_the_table_is_500_internal_without_inviting_a_retry(exc: Exception) -> None:
+    """docs/API.md: INTERNAL is a bug, logged with the request id; retrying will not help."""
+    reply = reply_to(exc, "POST /v1/campaigns/c/reservations")
+    assert reply.status == 500 and reply.body == INTERNAL.body
+    assert orjson.loads(reply.body)["error"]["code"] == "INTERNAL"
+    assert "retry" not in orjson.loads(reply.body)["error"]["message"]
+
+
 @pytest.mark.parametrize(("ms", "seconds"), [(1, 1), (999, 1), (1000, 1), (1001, 2), (0, 1), (2500, 3)])
 def test_retry_after_rounds_up(ms: int, seconds: int) -> None:
     assert retry_after_seconds(ms) == seconds
 
 
+@pytest.mark.needs_services  # starts its own redis-server
 async def test_lifespan_runs_the_sweeper(app_client: httpx.AsyncClient) -> None:
     cid = new_id()
     r = await app_client.put(f"/v1/campaigns/{cid}", json=definition(cid, hold_seconds=1), headers=ADMIN)

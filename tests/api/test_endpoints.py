@@ -1,4 +1,4 @@
-"""Every endpoint of API.md and its status codes, against a real `flashsale serve` process."""
+"""Every endpoint of docs/API.md and its status codes, against a real `flashsale serve` process."""
 
 from __future__ import annotations
 

@@ -36,6 +36,8 @@ from tests.api.rawhttp import read_answer
 from tests.support.processes import ADMIN_TOKEN, STOREFRONT_TOKENS, admin_headers, storefront_headers
 from tests.support.servers import RedisServer, free_port
 
+pytestmark = pytest.mark.needs_services  # starts its own servers
+
 Answer = tuple[int, dict[bytes, bytes], bytes]
 LANE = fastpath.serving().on  # whether the server below runs flashsale's protocol (and its lane)
 

@@ -20,6 +20,8 @@ from tests.api.conftest import definition, error_code, new_id
 from tests.support.processes import ApiServer, admin_headers, storefront_headers
 from tests.support.servers import RedisServer
 
+pytestmark = pytest.mark.needs_services  # starts its own servers
+
 #: A generous bound, not a timing assertion: a server that hangs instead of answering 503 makes
 #: the client give up, and the test fails on the exception rather than on a stopwatch.
 CLIENT_TIMEOUT_S = 10

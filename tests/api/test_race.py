@@ -66,7 +66,7 @@ async def run(port: int, requests: list[tuple[str, dict[str, Any], str]], cid: s
         try:
             while not queue.empty():
                 key, body, shop = queue.get_nowait()
-                # as API.md tells storefronts: a 503 is retried with the same Idempotency-Key (a loaded
+                # as docs/API.md tells storefronts: a 503 is retried with the same Idempotency-Key (a loaded
                 # CI host can stall Redis past the API's deadline); the first non-503 answer counts
                 for _ in range(RETRIES_503):
                     status, content = await conn.request("POST", f"/v1/campaigns/{cid}/reservations",

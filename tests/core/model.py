@@ -1,4 +1,4 @@
-"""A pure-Python reference model of one campaign in the reservation core, as API.md describes it.
+"""A pure-Python reference model of one campaign in the reservation core, as docs/API.md describes it.
 
 No Redis, no batching, no clock: a hold is "overdue" only when a test says so (it rewrites the
 real hold's deadline to the past). Each operation returns what the engine must answer: ``Ok``

@@ -121,6 +121,7 @@ def password_redis() -> Any:
 
 
 @pytest.mark.parametrize("auth", [":s3cret@", "bob:pw@"])
+@pytest.mark.needs_services  # starts its own redis-server
 async def test_engine_authenticates_and_selects_the_database(password_redis: int, auth: str) -> None:
     url = f"redis://{auth}127.0.0.1:{password_redis}/2"
     e = Engine.from_settings(Settings(redis_url=url))
@@ -136,6 +137,7 @@ async def test_engine_authenticates_and_selects_the_database(password_redis: int
     check.close()
 
 
+@pytest.mark.needs_services  # starts its own redis-server
 async def test_wrong_password_is_storage_unavailable(password_redis: int) -> None:
     e = Engine.from_settings(Settings(redis_url=f"redis://:wrong@127.0.0.1:{password_redis}/0"))
     try:

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
+import pytest
 import redis.asyncio as aioredis
 
 from engine import keys
@@ -182,6 +183,7 @@ async def test_redis_that_stops_answering_then_recovers(redis_url: str, aredis: 
         await e.close()
 
 
+@pytest.mark.needs_services  # starts its own redis-server
 async def test_redis_restart_mid_run() -> None:
     """A restarted Redis (durable profile) has lost its script cache and every connection: the
     engine fails fast while it is down and works again, reloading scripts, once it is back."""

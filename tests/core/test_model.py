@@ -1,7 +1,7 @@
 """A Hypothesis state machine drives the real engine and the reference model (``model.py``) side by
 side: reserve, replays (same body, another body), confirm (repeats, another payment_ref), cancel,
 holds forced past their deadline and expired by the real ``expire_due``, pause/resume and SCRIPT
-FLUSH. After every step each answer must match the model, and every invariant of API.md must hold
+FLUSH. After every step each answer must match the model, and every invariant of docs/API.md must hold
 in what Redis holds.
 
 Runs ``CI`` profile (300 examples × 40 steps) when the CI environment variable is set, a shorter
@@ -190,7 +190,7 @@ class CoreMachine(RuleBasedStateMachine):
     def flush_script_cache(self) -> None:
         self.run(self.redis.script_flush())
 
-    # -- invariants (API.md), read from Redis after every step --------------------------
+    # -- invariants (docs/API.md), read from Redis after every step --------------------------
 
     @invariant()
     def matches_the_model_and_keeps_every_promise(self) -> None:

@@ -78,6 +78,7 @@ async def test_writer_refuses_a_volatile_redis_unless_told(redis_url: str, tmp_p
     assert allowed.returncode == 0, allowed.stderr
 
 
+@pytest.mark.needs_services  # starts its own redis-server
 async def test_writer_starts_on_a_durable_redis_and_says_so(tmp_path: object) -> None:
     server = RedisServer(durable=True).start()
     try:

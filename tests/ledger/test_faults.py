@@ -26,6 +26,8 @@ from tests.ledger.sale import Sale, campaign, engine_for, ledger, sell, until
 from tests.support.processes import FLASHSALE, Process, base_env
 from tests.support.servers import RedisServer
 
+pytestmark = pytest.mark.needs_services  # starts its own servers
+
 CID = "fault-c1"
 KILLS = 20
 # 100,000 confirmed orders through PostgreSQL; SQLite (a few times slower to write here) runs a

@@ -169,7 +169,7 @@ async def test_recover_refuses_a_campaign_nobody_knows(engine: Engine, db_url: s
 
 async def test_idempotency_keys_survive_a_flush_and_recover(engine: Engine, aredis: aioredis.Redis, redis_url: str,
                                                             db_url: str) -> None:
-    """API.md invariant 5 across a Redis data loss: after recover, a storefront retrying with the
+    """docs/API.md invariant 5 across a Redis data loss: after recover, a storefront retrying with the
     same Idempotency-Key and body gets the reservation it made, as it is now (confirmed, cancelled,
     or expired for a dropped hold), never a second one; another body is IDEMPOTENCY_KEY_REUSED."""
     await engine.load_campaign(campaign(CID, total=TOTAL, user_cap=6))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import redis.asyncio as aioredis
 
 from engine import keys
@@ -215,6 +216,7 @@ async def test_persisted_orders_never_moves_backwards(aredis: aioredis.Redis) ->
     assert int(await aredis.hget(key, "persisted_orders")) == 12
 
 
+@pytest.mark.needs_services  # starts its own redis-server
 async def test_undelivered_is_counted_when_redis_lost_its_group_counters() -> None:
     """After an AOF reload Redis 7.0 reports no lag for a group; the status counts it instead."""
     server = RedisServer(durable=True).start()

@@ -6,7 +6,11 @@ from __future__ import annotations
 import os
 import subprocess
 
+import pytest
+
 from tests.support.processes import FLASHSALE
+
+pytestmark = pytest.mark.needs_services  # starts its own servers
 
 
 def test_the_demo_fast_variant_ends_with_a_clean_verdict() -> None:

@@ -1,5 +1,5 @@
 """The benchmark's PostgreSQL peer keeps the same promises it is compared on: caps, stock,
-idempotency, API.md's error shape. A peer that cut corners would flatter itself."""
+idempotency, docs/API.md's error shape. A peer that cut corners would flatter itself."""
 
 from __future__ import annotations
 

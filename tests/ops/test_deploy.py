@@ -75,6 +75,7 @@ def test_compose_redis_has_the_aof_profile_of_the_demo_and_benchmarks() -> None:
     assert {name: flag(args, name) for name in pairs} == pairs
 
 
+@pytest.mark.needs_services  # starts its own redis-server
 def test_the_compose_redis_command_passes_the_engines_durability_check(tmp_path: Path) -> None:
     """The same arguments on a real redis-server: what the API and the writer will find."""
     args = [_ENV_DEFAULT.sub(lambda m: m.group(2), a) for a in command("redis")[1:]]
@@ -164,8 +165,9 @@ def test_alert_rules_cover_what_ops_must_hear_about() -> None:
         assert r["expr"].count("(") == r["expr"].count(")"), r["alert"]
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian package prometheus)")
+@pytest.mark.needs_services  # promtool, which make test installs
 def test_promtool_checks_and_unit_tests_pass() -> None:
+    assert shutil.which("promtool"), "no promtool: run `scripts/ensure-services.sh promtool` (make test does)"
     for args in (["check", "rules", "alerts.yml"], ["check", "config", "prometheus.yml"],
                  ["test", "rules", "alerts.test.yml"]):
         out = subprocess.run(["promtool", *args], cwd=DEPLOY, capture_output=True, text=True, timeout=60)

@@ -1,4 +1,4 @@
-"""campaign_stats after a scripted sale: every figure of the API.md stats body, exactly."""
+"""campaign_stats after a scripted sale: every figure of the docs/API.md stats body, exactly."""
 
 from __future__ import annotations
 

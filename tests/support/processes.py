@@ -1,7 +1,7 @@
 """flashsale processes for tests: a real API server on a real socket, a real writer process.
 
 They run the installed ``flashsale`` command (``.venv/bin/flashsale``), exactly as an operator
-would, with settings passed through the ``FLASHSALE_*`` environment of API.md.
+would, with settings passed through the ``FLASHSALE_*`` environment of docs/API.md.
 """
 
 from __future__ import annotations
