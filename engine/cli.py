@@ -87,7 +87,7 @@ class Flashsale(click.Group):
         except click.Abort:
             click.echo("flashsale: aborted", err=True)
             sys.exit(130)
-        sys.exit(rv if isinstance(rv, int) else 0)
+        sys.exit(rv if type(rv) is int else 0)
 
 
 def _set_env(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
@@ -158,7 +158,7 @@ def _window(c: Campaign) -> str:
 def campaign_load(path: str, open_in_ms: int | None, redis_url: str | None) -> None:
     """Create (or replace, before it opens) the campaign defined in a TOML file.
 
-    The sale window is judged by Redis TIME; so is ``--open-in`` (now + DURATION).
+    The sale window is judged by Redis TIME, and so is --open-in (Redis TIME + DURATION).
     """
     c = load_file(path)
 

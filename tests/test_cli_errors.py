@@ -189,6 +189,10 @@ def test_loadgen_url_without_scheme(env: dict[str, str]) -> None:
     assert_short(run("loadgen", "--campaign", "c1", "--url", "127.0.0.1:8000", env=env), 2, "http://")
 
 
+def test_stats_url_without_scheme(env: dict[str, str]) -> None:
+    assert_short(run("stats", "c1", "--url", "127.0.0.1:8000", "--token", "t", env=env), 2, "http://")
+
+
 def test_no_token_configured(env: dict[str, str]) -> None:
     e = {k: v for k, v in env.items() if k != "FLASHSALE_STOREFRONT_TOKENS"}
     assert_short(run("loadgen", "--campaign", "c1", env=e), 2, "--token")

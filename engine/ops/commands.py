@@ -57,6 +57,9 @@ async def _run(campaign_id: str, redis_url: str | None, url: str | None, token: 
 def stats(campaign_id: str, redis_url: str | None, url: str | None, token: str | None, watch: bool,
           interval: float, count: int | None, as_json: bool) -> None:
     """Sell-through of a campaign in the terminal: totals, products, rejections, ledger lag."""
+    if url and not url.startswith(("http://", "https://")):
+        raise click.BadParameter(f"{url!r}: give the API's base URL with its scheme, e.g. http://127.0.0.1:8000",
+                                 param_hint="--url")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_run(campaign_id, redis_url, url, token, watch, interval, count, as_json))
 
