@@ -21,9 +21,10 @@ import click
 import orjson
 
 from engine.campaign import Campaign, load_file, ms_to_rfc3339
-from engine.clierrors import fail
+from engine.clierrors import USAGE, CliError, fail
 from engine.core import Engine
 from engine.core.sweeper import Sweeper
+from engine.errors import InvalidDefinition, InvalidState
 from engine.settings import Settings
 
 T = TypeVar("T")
@@ -160,14 +161,21 @@ def campaign_load(path: str, open_in_ms: int | None, redis_url: str | None) -> N
 
     The sale window is judged by Redis TIME, and so is --open-in (Redis TIME + DURATION).
     """
-    c = load_file(path)
+    try:
+        c = load_file(path)
+    except InvalidDefinition as exc:
+        where = "" if str(exc).startswith(path) else f"{path}: "
+        raise CliError(f"invalid campaign definition: {where}{' '.join(str(exc).split())}", USAGE) from exc
 
     async def go() -> tuple[Campaign, bool, int]:
         engine = Engine.from_settings(Settings.from_env(redis_url=redis_url))
         try:
             now_ms = await redis_now_ms(engine)
             loaded = c if open_in_ms is None else shift(c, now_ms + open_in_ms)
-            return loaded, await engine.load_campaign(loaded), now_ms
+            try:
+                return loaded, await engine.load_campaign(loaded), now_ms
+            except InvalidState as exc:
+                raise CliError(f"{exc}: to rehearse again, load a copy of {path} under another id") from exc
         finally:
             await engine.close()
 

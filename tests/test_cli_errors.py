@@ -59,8 +59,8 @@ def test_bad_toml(env: dict[str, str], tmp_path: Path) -> None:
 
 
 def test_unknown_field(env: dict[str, str], tmp_path: Path) -> None:
-    assert_short(run("campaign", "load", toml(tmp_path, GOOD.replace("hold_seconds", "hold_secs")), env=env),
-                 2, "hold_secs: unknown field")
+    path = toml(tmp_path, GOOD.replace("hold_seconds", "hold_secs"))
+    assert_short(run("campaign", "load", path, env=env), 2, f"{path}: hold_secs: unknown field")
 
 
 def test_bad_value(env: dict[str, str], tmp_path: Path) -> None:
@@ -187,6 +187,11 @@ def test_bad_setting_is_a_usage_error(env: dict[str, str]) -> None:
 
 def test_loadgen_url_without_scheme(env: dict[str, str]) -> None:
     assert_short(run("loadgen", "--campaign", "c1", "--url", "127.0.0.1:8000", env=env), 2, "http://")
+
+
+def test_loadgen_judge_of_a_file_that_is_no_record(env: dict[str, str], tmp_path: Path) -> None:
+    assert_short(run("loadgen", "--campaign", "c1", "--judge", toml(tmp_path, "not json", "r.json"), env=env),
+                 2, "not a saved run record")
 
 
 def test_stats_url_without_scheme(env: dict[str, str]) -> None:

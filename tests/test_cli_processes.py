@@ -73,6 +73,14 @@ async def redis_now(url: str) -> float:
         await client.aclose()
 
 
+def test_loading_an_opened_campaign_again_says_what_to_do(env: dict[str, str]) -> None:
+    assert run("campaign", "load", str(CAMPAIGN), "--open-in", "0s", env=env).returncode == 0
+    done = run("campaign", "load", str(CAMPAIGN), "--open-in", "1m", env=env)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "has already opened" in lines[0] and "under another id" in lines[0]
+
+
 def test_loading_a_closed_window_warns_in_one_line(env: dict[str, str]) -> None:
     done = run("campaign", "load", str(CAMPAIGN), env=env)
     assert done.returncode == 0
