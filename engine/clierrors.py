@@ -86,10 +86,22 @@ def translate(exc: BaseException) -> CliError | None:
         return _os_error(exc)
     if isinstance(exc, ValueError):  # settings, URLs and values the command line passed on
         text = _one_line(str(exc)) or exc.__class__.__name__
-        if "Redis URL" in text:  # redis-py's own words for a malformed URL
-            text = f"{text}: fix --redis-url or FLASHSALE_REDIS_URL"
+        if _raised_in(exc, "redis."):  # redis-py parsing a malformed URL
+            text = f"bad Redis URL: {text}; fix --redis-url or FLASHSALE_REDIS_URL (e.g. redis://127.0.0.1:6379/0)"
+        elif _raised_in(exc, "asyncpg."):  # asyncpg parsing a malformed database URL
+            text = f"bad database URL: {text}; fix --database-url or FLASHSALE_DATABASE_URL"
         return CliError(text, USAGE)
     return None
+
+
+def _raised_in(exc: BaseException, module_prefix: str) -> bool:
+    """Whether a frame of ``exc``'s traceback runs code of a module named ``module_prefix…``."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith(module_prefix):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _os_error(exc: OSError) -> CliError:

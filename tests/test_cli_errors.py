@@ -88,8 +88,9 @@ def test_unknown_command_is_two_lines(env: dict[str, str]) -> None:
 
 def test_malformed_redis_url(env: dict[str, str]) -> None:
     assert_short(run("campaign", "show", "x", "--redis-url", "127.0.0.1:6379", env=env), 2, "--redis-url")
-    bad_env = {**env, "FLASHSALE_REDIS_URL": "localhost"}
-    assert_short(run("campaign", "show", "x", env=bad_env), 2, "FLASHSALE_REDIS_URL")
+    for url in ("localhost", "redis://127.0.0.1:port/0", "redis://[::1"):
+        assert_short(run("campaign", "show", "x", env={**env, "FLASHSALE_REDIS_URL": url}), 2,
+                     "bad Redis URL", "FLASHSALE_REDIS_URL")
 
 
 @pytest.mark.parametrize("args", [
@@ -115,8 +116,14 @@ def test_debug_shows_the_traceback(env: dict[str, str], down_redis_url: str) -> 
 
 # -- the ledger ----------------------------------------------------------------------------------
 
-def test_bad_database_url(env: dict[str, str]) -> None:
+def test_bad_database_url(env: dict[str, str], tmp_path: Path) -> None:
     assert_short(run("export", "holders", "c1", "--database-url", "mysql://db/x", env=env), 2, "sqlite:///")
+    assert_short(run("export", "holders", "c1", "--database-url", "postgresql://u@127.0.0.1:port/db", env=env), 2,
+                 "bad database URL", "--database-url")
+    not_sqlite = tmp_path / "notes.db"
+    not_sqlite.write_text("not a database\n")
+    for args in (("export", "holders", "c1"), ("writer", "--burst", "--allow-volatile-redis")):
+        assert_short(run(*args, "--database-url", f"sqlite:///{not_sqlite}", env=env), 1, "not a database")
 
 
 def test_sqlite_in_a_missing_directory_is_not_created(env: dict[str, str], tmp_path: Path) -> None:

@@ -75,6 +75,9 @@ class SqliteSink:
             raise LedgerUnavailable(f"SQLite ledger {self.path}: {exc}; retrying") from exc
         except (sqlite3.IntegrityError, OverflowError, sqlite3.DataError) as exc:
             raise RowRejected(f"SQLite ledger {self.path} refused a row: {exc}") from exc
+        except sqlite3.DatabaseError as exc:  # e.g. a file that is no SQLite database: retrying is futile
+            raise LedgerError(f"SQLite ledger {self.path}: {exc}; check --database-url or "
+                              "FLASHSALE_DATABASE_URL") from exc
 
     def _connect(self) -> sqlite3.Connection:
         parent = Path(self.path).parent
