@@ -145,6 +145,8 @@ def test_serve_drains_to_exit_0_and_logs_json_without_escapes(api: ApiServer) ->
     out = api.output()
     records = json_lines(out)
     assert any(r["msg"] == "Application shutdown complete." for r in records)
+    assert any(str(r["msg"]).startswith("serving with uvicorn, 1 worker(s)") for r in records)
+    assert all(line.startswith("{") for line in out.splitlines() if line.strip())  # every line: one format
     assert ESCAPE not in out
     assert all("color_message" not in r for r in records)
 

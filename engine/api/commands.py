@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -76,6 +77,7 @@ def _prepare_metrics(workers: int) -> None:
 def serve(host: str | None, port: int | None, workers: int | None, server: str | None, redis_url: str | None,
           allow_volatile_redis: bool, log_level: str | None) -> None:
     """The storefront HTTP API (API.md) until SIGTERM, which drains requests in flight."""
+    from engine.api import logs
     from engine.api import server as http
 
     server = server or os.environ.get("FLASHSALE_SERVER") or http.DEFAULT_SERVER
@@ -90,8 +92,10 @@ def serve(host: str | None, port: int | None, workers: int | None, server: str |
                    "(FLASHSALE_STOREFRONT_TOKENS, FLASHSALE_ADMIN_TOKEN); those calls will all be 401", err=True)
     _check_port(settings.host, settings.port)
     profile = asyncio.run(_check_redis(settings))
-    click.echo(f"flashsale serve: {settings.server}, {settings.workers} worker(s) on "
-               f"http://{settings.host}:{settings.port}; Redis: {profile}", err=True)
+    logs.configure(settings.log_level)  # the same format as the server's and the workers' lines
+    logging.getLogger("flashsale.serve").info(
+        "serving with %s, %d worker(s) on http://%s:%d; Redis: %s",
+        settings.server, settings.workers, settings.host, settings.port, profile)
     _prepare_metrics(settings.workers)
     signal.signal(signal.SIGTERM, _drained)  # restored by the server after its drain, then raised
     http.run(settings)
