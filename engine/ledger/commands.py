@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ import redis.asyncio as aioredis
 
 from engine.core import Engine
 from engine.core.redis_client import connect, require_durable
+from engine.errors import LedgerError, NotFound
 from engine.ledger.config import Backoff, WriterSettings, default_consumer
 from engine.ledger.export import holders_csv, holders_json
 from engine.ledger.factory import sink_for
@@ -25,6 +27,7 @@ from engine.ledger.writer import Writer
 from engine.settings import Settings
 
 T = TypeVar("T")
+BURST_DB_WAIT_S = 10.0  # how long `writer --burst` waits for an unreachable database before giving up
 TOOL_TIMEOUT_S = 60.0  # reconcile and recover read whole streams and hashes: allow them time
 log = logging.getLogger("flashsale.writer")
 
@@ -43,6 +46,12 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
                         help="Redis URL (FLASHSALE_REDIS_URL); default redis://127.0.0.1:6379/0")(f)
 
 
+def _log_format(f: Callable[..., Any]) -> Callable[..., Any]:
+    from engine.cli import log_format_option  # late: engine.cli imports this module while it loads
+
+    return log_format_option(f)
+
+
 def _sink(url: str) -> Sink:
     try:
         return sink_for(url)
@@ -51,33 +60,41 @@ def _sink(url: str) -> Sink:
 
 
 @asynccontextmanager
-async def _opened(settings: Settings) -> AsyncIterator[tuple[aioredis.Redis, Sink]]:
+async def _opened(settings: Settings, *, readonly: bool = False) -> AsyncIterator[tuple[aioredis.Redis, Sink]]:
+    """Redis and the ledger; ``readonly``: the ledger must exist already (nothing is created)."""
     client = connect(settings.redis_url, TOOL_TIMEOUT_S)
     sink = _sink(settings.database_url)
     try:
-        await sink.open()
+        await sink.open(readonly=readonly)
         yield client, sink
     finally:
         await sink.close()
         await client.aclose()
 
 
-async def _open_with_retry(sink: Sink, stopping: asyncio.Event) -> bool:
-    """Create or migrate the schema, waiting for the database if it is down; False if stopped first."""
+async def _open_with_retry(sink: Sink, stopping: asyncio.Event, wait_s: float | None = None) -> bool:
+    """Create or migrate the schema, waiting for the database if it is down; False if stopped first.
+    After ``wait_s`` seconds (None: no bound) of a database still away, ``LedgerError``."""
     backoff = Backoff()
+    give_up = None if wait_s is None else time.monotonic() + wait_s
     while not stopping.is_set():
         try:
             version = await sink.open()
             log.info("ledger %s at schema version %d", sink.url_scheme, version)
             return True
         except LedgerUnavailable as exc:
+            if give_up is not None and time.monotonic() >= give_up:
+                raise LedgerError(f"gave up after {wait_s:g} s: {exc}; start the database or fix "
+                                  "--database-url (--db-wait sets the wait)") from exc
             log.warning("ledger unavailable at start, retrying: %s", exc)
+            pause = backoff.next() if give_up is None else min(backoff.next(), max(give_up - time.monotonic(), 0))
             with suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), backoff.next())
+                await asyncio.wait_for(stopping.wait(), pause)
     return False
 
 
-async def run_writer(settings: Settings, ws: WriterSettings, allow_volatile: bool) -> None:
+async def run_writer(settings: Settings, ws: WriterSettings, allow_volatile: bool,
+                     db_wait_s: float | None = None) -> None:
     client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=ws.block_ms / 1000 + 10,
                                      socket_connect_timeout=5, health_check_interval=0)
     sink = _sink(settings.database_url)
@@ -95,7 +112,7 @@ async def run_writer(settings: Settings, ws: WriterSettings, allow_volatile: boo
     try:
         profile = await require_durable(client, allow_volatile=allow_volatile)
         log.info("Redis durability: %s", profile.describe())
-        if await _open_with_retry(sink, stopping):
+        if await _open_with_retry(sink, stopping, db_wait_s):
             writer = Writer(client, sink, ws)
             if stopping.is_set():
                 writer.stop()
@@ -117,16 +134,34 @@ async def run_writer(settings: Settings, ws: WriterSettings, allow_volatile: boo
               help="after a read short of a full batch, wait this long: fewer, fuller commits under load")
 @click.option("--claim-idle-ms", type=click.IntRange(50), default=5000, show_default=True,
               help="claim entries another writer left unacknowledged this long")
+@click.option("--db-wait", "db_wait_s", type=click.FloatRange(0), default=None,
+              help=f"seconds to wait for an unreachable database at start, then exit 1 "
+                   f"(default: {BURST_DB_WAIT_S:g} with --burst, for ever without)")
+@_log_format
 def writer_command(database_url: str | None, redis_url: str | None, burst: bool, allow_volatile_redis: bool,
-                   consumer: str | None, batch_size: int, linger_ms: int, claim_idle_ms: int) -> None:
+                   consumer: str | None, batch_size: int, linger_ms: int, claim_idle_ms: int,
+                   db_wait_s: float | None) -> None:
     """The durable writer: every campaign's stream into the ledger, exactly once."""
+    from engine.api import logs
+
     settings = Settings.from_env(redis_url=redis_url, database_url=database_url)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings.log_level)
     ws = WriterSettings(consumer=consumer or default_consumer(), batch_size=batch_size, linger_ms=linger_ms,
                         claim_idle_ms=claim_idle_ms, burst=burst)
-    _run(lambda: run_writer(settings, ws, allow_volatile_redis or settings.allow_volatile_redis))
+    wait = db_wait_s if db_wait_s is not None else (BURST_DB_WAIT_S if burst else None)
+    _run(lambda: run_writer(settings, ws, allow_volatile_redis or settings.allow_volatile_redis, wait))
+
+
+async def _in_ledger(sink: Sink, campaign_id: str) -> bool:
+    return (await sink.campaign_definition(campaign_id) is not None
+            or await sink.last_entry(campaign_id) is not None)
+
+
+async def _known(client: aioredis.Redis, sink: Sink, campaign_id: str) -> None:
+    """NotFound unless Redis or the ledger knows the campaign (a typo is not a difference)."""
+    if campaign_id in await Engine(client).campaign_ids() or await _in_ledger(sink, campaign_id):
+        return
+    raise NotFound("campaign", campaign_id)
 
 
 def _print(report: Reconciliation) -> None:
@@ -143,7 +178,8 @@ def reconcile_command(campaign_id: str, database_url: str | None, redis_url: str
     settings = Settings.from_env(redis_url=redis_url, database_url=database_url)
 
     async def go() -> Reconciliation:
-        async with _opened(settings) as (client, sink):
+        async with _opened(settings, readonly=True) as (client, sink):
+            await _known(client, sink, campaign_id)
             return await reconcile(client, sink, campaign_id)
 
     report = _run(go)
@@ -191,8 +227,10 @@ def export_holders(campaign_id: str, fmt: str, database_url: str | None) -> None
     async def go() -> str:
         sink = _sink(settings.database_url)
         try:
-            await sink.open()
+            await sink.open(readonly=True)
             holders = await sink.holders(campaign_id)
+            if not holders and not await _in_ledger(sink, campaign_id):
+                raise NotFound("campaign", campaign_id)
         finally:
             await sink.close()
         return holders_csv(holders) if fmt == "csv" else holders_json(campaign_id, holders)

@@ -80,6 +80,7 @@ ON CONFLICT (campaign_id) DO UPDATE SET
 RETURNING campaign_id, persisted_orders"""
 # Errors that say the server is away or busy, not that the data is wrong: retry the batch.
 _UNAVAILABLE = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
+                asyncpg.InvalidCatalogNameError,  # the database is not there (yet)
                 asyncpg.exceptions.InsufficientResourcesError, asyncpg.exceptions.TransactionRollbackError,
                 asyncpg.InterfaceError, OSError, TimeoutError)
 _REJECTED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, OverflowError)
@@ -152,7 +153,16 @@ class PostgresSink:
             conn.terminate()
         return None
 
-    async def open(self) -> int:
+    async def open(self, *, readonly: bool = False) -> int:
+        if readonly:  # reading never creates or migrates the schema
+            async def current(conn: asyncpg.Connection) -> int:
+                if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
+                    return 0
+                return int(await conn.fetchval(schema.CURRENT_VERSION_SQL))
+
+            found: int = await self._call("reading the schema version", current)
+            return schema.readable(found, "the PostgreSQL database")
+
         async def migrate(conn: asyncpg.Connection) -> int:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)

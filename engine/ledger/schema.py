@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from engine.errors import SchemaTooNew
+from engine.errors import LedgerError, SchemaTooNew
 
 Dialect = Literal["postgres", "sqlite"]
 
@@ -124,3 +124,17 @@ def pending(dialect: Dialect, found: int) -> list[tuple[int, list[str]]]:
         raise SchemaTooNew(found, SCHEMA_VERSION)
     assert [v for v, _ in MIGRATIONS[dialect]] == list(range(1, SCHEMA_VERSION + 1))
     return [(v, sql) for v, sql in MIGRATIONS[dialect] if v > found]
+
+
+def readable(found: int, where: str) -> int:
+    """For a command that only reads: the version ``found`` if it is this flashsale's, else why not
+    (a read never creates or migrates a schema)."""
+    if found == 0:
+        raise LedgerError(f"{where} holds no ledger (no flashsale schema): check --database-url or "
+                          "FLASHSALE_DATABASE_URL; `flashsale writer` creates the ledger")
+    if found > SCHEMA_VERSION:
+        raise SchemaTooNew(found, SCHEMA_VERSION)
+    if found < SCHEMA_VERSION:
+        raise LedgerError(f"{where} has ledger schema version {found}, older than this flashsale's "
+                          f"({SCHEMA_VERSION}): run `flashsale writer` or `flashsale recover` once to migrate it")
+    return found

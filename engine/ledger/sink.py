@@ -85,8 +85,10 @@ class Sink(Protocol):
     url_scheme: str
     concurrency: int  # how many ``write`` calls may usefully run at once (one connection each)
 
-    async def open(self) -> int:
-        """Connect, create or migrate the schema; returns the schema version (``SchemaTooNew``)."""
+    async def open(self, *, readonly: bool = False) -> int:
+        """Connect, create or migrate the schema; returns the schema version (``SchemaTooNew``).
+        ``readonly``: create nothing (no file, no schema) and migrate nothing; a missing ledger
+        or one of another version is a ``LedgerError``."""
         ...
 
     async def close(self) -> None: ...

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from engine.campaign import ms_to_rfc3339
+from engine.errors import LedgerError
 from engine.ledger import schema
 from engine.ledger.rows import (
     EVENT_COLUMNS,
@@ -74,9 +75,15 @@ class SqliteSink:
             raise LedgerUnavailable(f"SQLite ledger {self.path}: {exc}; retrying") from exc
         except (sqlite3.IntegrityError, OverflowError, sqlite3.DataError) as exc:
             raise RowRejected(f"SQLite ledger {self.path} refused a row: {exc}") from exc
+        except sqlite3.DatabaseError as exc:  # e.g. a file that is no SQLite database: retrying is futile
+            raise LedgerError(f"SQLite ledger {self.path}: {exc}; check --database-url or "
+                              "FLASHSALE_DATABASE_URL") from exc
 
     def _connect(self) -> sqlite3.Connection:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        parent = Path(self.path).parent
+        if not parent.is_dir():  # never made here: a typo in the URL must not grow a directory tree
+            raise LedgerError(f"SQLite ledger {self.path}: the directory {parent} does not exist; "
+                              "create it or fix --database-url / FLASHSALE_DATABASE_URL")
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
                                check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -84,8 +91,13 @@ class SqliteSink:
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         return conn
 
-    async def open(self) -> int:
-        return await self._run(_migrate)
+    async def open(self, *, readonly: bool = False) -> int:
+        if not readonly:
+            return await self._run(_migrate)
+        if not await asyncio.to_thread(Path(self.path).is_file):  # reading never creates the file
+            raise LedgerError(f"SQLite ledger {self.path} does not exist: check --database-url or "
+                              "FLASHSALE_DATABASE_URL (`flashsale writer` creates it)")
+        return schema.readable(await self._run(_current), f"SQLite ledger {self.path}")
 
     async def close(self) -> None:
         def shut(conn: sqlite3.Connection) -> None:

@@ -58,7 +58,12 @@ def loadgen(url: str, campaign_id: str, users: int, duration: float, buyers: int
     console = Console(highlight=False)
     if judge_path:
         api = Api(url, token, campaign_id)
-        coro: Any = judge_record(api, Record.load(judge_path), console=console, database_url=database_url,
+        try:
+            record = Record.load(judge_path)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise click.BadParameter(f"{judge_path} is not a saved run record ({exc.__class__.__name__}: {exc})",
+                                     param_hint="--judge") from exc
+        coro: Any = judge_record(api, record, console=console, database_url=database_url,
                                  redis_url=redis_url)
     else:
         cfg = LoadConfig(url=url, campaign_id=campaign_id, token=token, users=users, duration_s=duration,

@@ -192,8 +192,11 @@ def _expire(fut: asyncio.Future[Response]) -> None:
 def split_url(url: str) -> tuple[str, int, str]:
     """``http://host:port/prefix`` -> (host, port, prefix). Plain HTTP only (loopback load)."""
     if not url.startswith("http://"):
-        raise ValueError(f"{url!r}: the load generator speaks plain http:// only")
+        raise ValueError(f"URL {url!r}: give the API's plain http:// URL, e.g. http://127.0.0.1:8000 "
+                         "(the load generator speaks plain HTTP only)")
     rest = url[len("http://"):]
     hostport, _, prefix = rest.partition("/")
     host, _, port = hostport.partition(":")
+    if port and not port.isdigit():
+        raise ValueError(f"URL {url!r}: the port must be a number, e.g. http://127.0.0.1:8000")
     return host or "127.0.0.1", int(port or 80), ("/" + prefix).rstrip("/")

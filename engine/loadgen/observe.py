@@ -24,6 +24,17 @@ SAMPLE = 500  # users and reservations looked up per category, at random
 RECONCILE_TIMEOUT_S = 180.0
 
 
+class Refused(LookupError):
+    """The API answered, with a status that waiting will not change (401, 403, 404)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+FINAL = (401, 403, 404)
+
+
 class Api:
     """Read-only calls to the storefront API."""
 
@@ -57,6 +68,8 @@ class Api:
 
     async def definition(self) -> dict[str, Any]:
         status, data = await self.get("")
+        if status in FINAL:
+            raise Refused(f"GET {self.base}: {status} {data}", status)
         if status != 200 or not isinstance(data, dict):
             raise LookupError(f"GET {self.base}: {status} {data}")
         return data

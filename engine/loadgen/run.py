@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from engine.loadgen.calls import now_ms
 from engine.loadgen.generator import Generator, LoadConfig
 from engine.loadgen.http import TransportError
-from engine.loadgen.observe import Api, observe
+from engine.loadgen.observe import Api, Refused, observe
 from engine.loadgen.record import Record
 from engine.loadgen.report import Summary, print_report
 from engine.loadgen.verdict import Observed, Verdict, judge
@@ -27,7 +27,15 @@ API_WAIT_S = 30.0  # how long to wait for the API to answer before giving up
 
 
 class NoApi(Exception):
-    """The API did not answer, or the campaign is not there."""
+    """The API did not answer, refused the token, or the campaign is not there or cannot be bought."""
+
+
+_REFUSED = {
+    401: "the API refused the storefront token (401): pass the right one with --token or FLASHSALE_STOREFRONT_TOKENS",
+    403: "the API forbids this token the campaign (403): pass a storefront token with --token",
+    404: "campaign {cid!r} is not on this API (404): load it first (`flashsale campaign load FILE --open-in 30s`) "
+         "or fix --campaign / --url",
+}
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -55,10 +63,25 @@ async def wait_for_campaign(api: Api, wait_s: float = API_WAIT_S) -> dict[str, A
     while now_ms() < deadline:
         try:
             return await api.definition()
+        except Refused as exc:  # waiting will not change the answer
+            cid = api.base.rsplit("/", 1)[-1]
+            raise NoApi(_REFUSED[exc.status].format(cid=cid)) from exc
         except (TransportError, LookupError) as exc:
             last = str(exc)
         await asyncio.sleep(0.5)
     raise NoApi(f"cannot read the campaign from the API: {last}")
+
+
+def check_window(definition: dict[str, Any], duration_s: float, now: float | None = None) -> None:
+    """``NoApi`` unless the campaign's window is open, or opens, within the run's time bound."""
+    now = now_ms() if now is None else now
+    cid, opens, closes = definition["id"], rfc3339_ms(definition["opens_at"]), rfc3339_ms(definition["closes_at"])
+    rehearse = f"load it again with `flashsale campaign load FILE --open-in 30s` (campaign {cid})"
+    if closes <= now:
+        raise NoApi(f"campaign {cid!r} closed at {definition['closes_at']}: nothing can be bought; {rehearse}")
+    if opens > now + duration_s * 1000:
+        raise NoApi(f"campaign {cid!r} opens at {definition['opens_at']}, {(opens - now) / 1000:,.0f} s from now, "
+                    f"after this run's --duration {duration_s:g} s; raise --duration or {rehearse}")
 
 
 class _Display:
@@ -98,6 +121,7 @@ async def run_load(cfg: LoadConfig, *, console: Console, database_url: str | Non
                    record_out: str | None = None) -> RunResult:
     api = Api(cfg.url, cfg.token, cfg.campaign_id)
     definition = await wait_for_campaign(api)
+    check_window(definition, cfg.duration_s)
     baseline = await api.stats()
     gen = Generator(cfg, definition, rfc3339_ms(definition["opens_at"]))
     gen.record.baseline = baseline

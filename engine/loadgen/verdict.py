@@ -81,7 +81,7 @@ class Verdict:
 
 def judge(record: Record, observed: Observed) -> Verdict:
     """Every invariant of docs/API.md, judged from the record against the observed state."""
-    checks: list[Check] = []
+    checks: list[Check] = [_made_requests(record)]
     for part in (_oversold, _caps, _ledger, _returned, _idempotency, _bad_input):
         checks.extend(part(record, observed))
     return Verdict(tuple(checks))
@@ -95,6 +95,13 @@ def _fail_list(items: Iterable[str], limit: int = 5) -> str:
 
 def _check(invariant: int, name: str, problems: list[str], ok_detail: str = "") -> Check:
     return Check(invariant, name, not problems, _fail_list(problems) if problems else ok_detail)
+
+
+def _made_requests(r: Record) -> Check:
+    """A run that sent nothing proves nothing: it is never a clean verdict."""
+    n = r.attempts()
+    return _check(0, "the run made requests", [] if n else ["no request was made: nothing was judged"],
+                  f"{n:,} requests")
 
 
 # -- 1. never oversold -------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import sys
+import contextlib
 
 import click
 import httpx
@@ -11,7 +11,6 @@ import orjson
 from rich.console import Console
 
 from engine.core import Engine
-from engine.errors import FlashsaleError
 from engine.ops import tui
 from engine.settings import Settings
 
@@ -58,13 +57,11 @@ async def _run(campaign_id: str, redis_url: str | None, url: str | None, token: 
 def stats(campaign_id: str, redis_url: str | None, url: str | None, token: str | None, watch: bool,
           interval: float, count: int | None, as_json: bool) -> None:
     """Sell-through of a campaign in the terminal: totals, products, rejections, ledger lag."""
-    try:
+    if url and not url.startswith(("http://", "https://")):
+        raise click.BadParameter(f"{url!r}: give the API's base URL with its scheme, e.g. http://127.0.0.1:8000",
+                                 param_hint="--url")
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_run(campaign_id, redis_url, url, token, watch, interval, count, as_json))
-    except FlashsaleError as exc:
-        click.echo(f"flashsale: {exc}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        pass
 
 
 COMMANDS: list[click.Command] = [stats]

@@ -38,7 +38,7 @@ def test_sigterm_drains_a_request_in_flight(redis_server: RedisServer, server: s
         assert b'"units":2' in reply
         assert api.proc is not None
         code = api.proc.wait(30)
-        assert code in (0, -signal.SIGTERM), api.output()  # uvicorn re-raises the signal once drained
+        assert code == 0, api.output()  # drained: a clean exit under either server
         assert "Traceback" not in api.output()
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{api.url}/healthz", timeout=2)

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from engine import keys
 from engine.core import Engine
+from engine.ledger.factory import sink_for
 from engine.ledger.streams import GROUP
 from tests.ledger.sale import PRICE, campaign, flashsale, ledger, sell, until
 from tests.support.processes import FLASHSALE, Process, base_env
@@ -96,6 +97,11 @@ async def test_reconcile_exits_1_on_any_difference(engine: Engine, aredis: aiore
     await engine.load_campaign(campaign(CID))
     await sell(engine, CID, 200, confirm_every=2)
     env = base_env(redis_url, FLASHSALE_DATABASE_URL=db_url)
+    empty = await flashsale("reconcile", CID, env=env)  # a read never creates the ledger's schema
+    assert empty.returncode == 1 and "flashsale writer" in empty.stderr and not empty.stdout
+    sink = sink_for(db_url)
+    await sink.open()  # as a writer starting would
+    await sink.close()
     undrained = await flashsale("reconcile", CID, env=env)  # the ledger is empty: the stream counts
     assert undrained.returncode == 0, undrained.stdout
     assert "no differences" in undrained.stdout and "0 ledger events + 300 stream entries" in undrained.stdout
