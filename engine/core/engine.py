@@ -8,8 +8,11 @@
 Reserve, confirm and cancel are micro-batched per campaign (``calls.py``): concurrent requests
 share one script call, each still judged on its own, in arrival order. Every method raises a
 ``Rejected`` subclass for a business refusal (``InvalidRequest`` for a malformed field, before
-anything reaches Redis) and ``StorageUnavailable`` when Redis cannot answer in time; the caller
-may retry with the same Idempotency-Key.
+anything reaches Redis) and ``StorageUnavailable`` when Redis cannot answer in time (unreachable,
+timing out, loading, read-only or failing over: ``engine.core.outage``); the caller may retry with
+the same Idempotency-Key. Any other error Redis answers (a Lua script's runtime error: a bug or
+damaged data) propagates as redis-py's ``ResponseError``, never as ``StorageUnavailable``: a retry
+would meet it again. The API answers it 500 ``INTERNAL``.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import ResponseError
 
 from engine import keys
 from engine.campaign import Campaign, parse
 from engine.core.calls import BatchedScript
+from engine.core.outage import OUTAGE_CLASSES, is_outage
 from engine.core.redis_client import connect
 from engine.core.requests import ReserveRequest, check_payment_ref, check_reserve, new_reservation_id
 from engine.core.results import CampaignView, Counters, Holdings, Outcome, Reservation
@@ -60,7 +64,7 @@ def _transition_keys(campaign_id: str) -> list[str]:
     return [k.counters, k.users, k.reservations, k.holds, k.events]
 
 
-STORAGE_ERRORS = (RedisError, OSError, TimeoutError)
+STORAGE_ERRORS = OUTAGE_CLASSES  # Redis away: StorageUnavailable (503); a script error is no outage
 
 
 def _unavailable(what: str, exc: BaseException) -> StorageUnavailable:
@@ -74,6 +78,10 @@ async def _storage(what: str) -> AsyncIterator[None]:
         yield
     except STORAGE_ERRORS as exc:
         raise _unavailable(what, exc) from exc
+    except ResponseError as exc:  # MASTERDOWN and the like come as plain error replies
+        if is_outage(exc):
+            raise _unavailable(what, exc) from exc
+        raise
 
 
 async def _reply(fut: Awaitable[Sequence[Any]], what: str) -> Sequence[Any]:
@@ -82,6 +90,10 @@ async def _reply(fut: Awaitable[Sequence[Any]], what: str) -> Sequence[Any]:
         return await fut
     except STORAGE_ERRORS as exc:
         raise _unavailable(what, exc) from exc
+    except ResponseError as exc:
+        if is_outage(exc):
+            raise _unavailable(what, exc) from exc
+        raise
 
 
 def _outcome(campaign_id: str, reply: Sequence[Any], subject: str) -> Outcome:
