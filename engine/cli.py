@@ -16,7 +16,7 @@ from engine.campaign import load_file
 from engine.core import Engine
 from engine.core.sweeper import Sweeper
 from engine.errors import FlashsaleError
-from engine.settings import Settings
+from engine.settings import Settings, SettingsError
 
 T = TypeVar("T")
 
@@ -41,7 +41,19 @@ def redis_option(f: Callable[..., Any]) -> Callable[..., Any]:
                         help="Redis URL (FLASHSALE_REDIS_URL); default redis://127.0.0.1:6379/0")(f)
 
 
-@click.group()
+class _Main(click.Group):
+    """The command group: a setting that cannot be used (``SettingsError``, raised wherever a command
+    builds its ``Settings``) is one line on stderr and exit 2, like a usage error; no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SettingsError as exc:
+            click.echo(f"flashsale: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Main)
 @click.version_option(package_name="flashsale")
 def main() -> None:
     """flashsale: a high-concurrency flash-sale subscription engine."""
@@ -88,14 +100,16 @@ def campaign_show(campaign_id: str, redis_url: str | None) -> None:
 
 @main.command("sweeper")
 @redis_option
-@click.option("--interval", default=0.25, show_default=True, help="seconds between sweeps")
-def sweeper(redis_url: str | None, interval: float) -> None:
+@click.option("--interval", type=float, default=None,
+              help="seconds between sweeps (FLASHSALE_SWEEP_INTERVAL; default 0.25)")
+def sweeper(redis_url: str | None, interval: float | None) -> None:
     """Release expired holds continuously (the API workers run one too; several are safe)."""
+    settings = Settings.from_env(redis_url=redis_url, sweep_interval_s=interval)
 
     async def go() -> None:
-        engine = Engine.from_settings(Settings.from_env(redis_url=redis_url))
+        engine = Engine.from_settings(settings)
         try:
-            await Sweeper(engine, interval_s=interval).run()
+            await Sweeper(engine, interval_s=settings.sweep_interval_s).run()
         finally:
             await engine.close()
 

@@ -59,8 +59,9 @@ def serve(host: str | None, port: int | None, workers: int | None, server: str |
         settings = Settings.from_env(host=host, port=port, workers=workers, server=server, redis_url=redis_url,
                                      allow_volatile_redis=True if allow_volatile_redis else None,
                                      log_level=log_level)
-    except ValueError as exc:
-        raise click.UsageError(f"bad FLASHSALE_* setting: {exc}") from exc
+    except ValueError as exc:  # SettingsError, or a token list that cannot be read: one line, exit 2
+        click.echo(f"flashsale serve: {exc}", err=True)
+        sys.exit(2)
     if not settings.storefront_tokens or not settings.admin_token:
         click.echo("flashsale serve: warning: no storefront tokens or no admin token configured "
                    "(FLASHSALE_STOREFRONT_TOKENS, FLASHSALE_ADMIN_TOKEN); those calls will all be 401", err=True)
