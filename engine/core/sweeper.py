@@ -13,8 +13,10 @@ The sweeper cannot die silently: any exception of a tick (Redis away, a script e
 logged, as one structured line per campaign (or for the whole tick) at most every ``LOG_EVERY_S``
 with the count of failures it stands for, and the next tick runs. Each tick is reported
 (``SweepTick``): a tick *completes* when the campaign list was read and every due campaign was
-tried, and is *good* when, besides, no campaign failed. ``/readyz`` shows both ages and fails when
-no tick has completed for a while (the sweeper is stuck, or Redis is away); the metric
+tried without an outage (Redis away or refusing writes ends the tick: ``StorageUnavailable``);
+it is *good* when, besides, no campaign failed at all (a script error: damaged data or a bug).
+``/readyz`` shows both ages and fails when no tick has completed for a while (the sweeper is
+stuck, or cannot write); the metric
 ``flashsale_sweeper_last_success_timestamp_seconds`` and its alert follow the last good tick, so
 a campaign whose holds cannot be expired pages someone without taking every worker out of service.
 """
@@ -30,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.core.engine import Engine
+from engine.errors import StorageUnavailable
 from engine.settings import DEFAULT_SWEEP_INTERVAL_S, DEFAULT_SWEEP_LIMIT
 
 log = logging.getLogger("flashsale.sweeper")
@@ -40,7 +43,8 @@ WHOLE_TICK = ""  # the throttle's key for a failure of the tick itself (listing 
 @dataclass(frozen=True, slots=True)
 class SweepTick:
     """One tick, as reported to ``on_tick``: wall-clock time, holds expired, campaigns that failed;
-    ``completed`` False when the tick itself failed (no campaign list, no due read)."""
+    ``completed`` False when the tick itself failed (no campaign list, an outage) or was cut short
+    by ``stop``."""
 
     at_s: float
     expired: int
@@ -95,31 +99,37 @@ class Sweeper:
 
     async def sweep_once(self, campaign_ids: list[str]) -> int:
         """Expire every due hold of these campaigns; how many were expired. A campaign that fails
-        is logged and counted (``failures_total``) and does not stop the others' sweep."""
-        expired, _ = await self._sweep(campaign_ids)
+        is logged and counted (``failures_total``) and does not stop the others' sweep; an outage
+        (``StorageUnavailable``) is raised."""
+        expired, _, _ = await self._sweep(campaign_ids)
         return expired
 
-    async def _sweep(self, campaign_ids: list[str]) -> tuple[int, int]:
+    async def _sweep(self, campaign_ids: list[str]) -> tuple[int, int, bool]:
+        """(holds expired, campaigns failed, every due campaign tried: not cut short by ``stop``)."""
         expired = failed = 0
         self._throttle.keep(set(campaign_ids))
         for cid in await self.engine.campaigns_due(campaign_ids):
+            if self._stop.is_set():
+                return expired, failed, False
             more = True
             try:
                 while more and not self._stop.is_set():
                     n, more = await self.engine.expire_due(cid, self.limit)
                     expired += n
                     self.expired_total += n
+            except StorageUnavailable:  # an outage is every campaign's: the tick ends here
+                raise
             except Exception as exc:  # one campaign's trouble, whatever it is, must not stop the others
                 failed += 1
                 self.failures_total += 1
                 self._throttle.error(cid, exc)
-        return expired, failed
+        return expired, failed, not self._stop.is_set()
 
     async def tick(self) -> SweepTick:
         """One sweep of every campaign; never raises but cancellation."""
         try:
-            expired, failed = await self._sweep(await self.engine.campaign_ids())
-            tick = SweepTick(time.time(), expired, failed, completed=True)
+            expired, failed, finished = await self._sweep(await self.engine.campaign_ids())
+            tick = SweepTick(time.time(), expired, failed, completed=finished)
         except Exception as exc:  # Redis away, or a bug: logged, and the next tick tries again
             self.failures_total += 1
             self._throttle.error(WHOLE_TICK, exc)
