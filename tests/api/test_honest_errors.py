@@ -12,7 +12,7 @@ import redis
 
 from engine import keys
 from tests.api.conftest import error_code, reserve
-from tests.support.processes import ApiServer, storefront_headers
+from tests.support.processes import ApiServer, admin_headers, storefront_headers
 from tests.support.servers import RedisServer
 
 
@@ -28,13 +28,20 @@ def test_a_script_error_is_500_internal_with_the_request_id_logged(
     held = reserve(client, cid, key="before")
     assert held.status_code == 201, held.text
     r = redis.Redis(port=redis_server.port)
-    try:  # the campaign's counters turn into a string: WRONGTYPE inside every script that counts
-        counters = keys.CampaignKeys(cid).counters
-        r.delete(counters)
-        r.set(counters, "damaged")
+    counters = keys.CampaignKeys(cid).counters
+    r.delete(counters)
+    r.set(counters, "damaged")  # the campaign's counters turn into a string: WRONGTYPE wherever they are read
+    try:
+        _answers_500(client, api_server, cid, held.json()["reservation_id"])
+        metrics = client.get("/metrics", headers=admin_headers())  # one damaged campaign: not a 500 here
+        assert metrics.status_code == 200 and "flashsale_redis_up 1.0" in metrics.text, metrics.text[:500]
+        assert f'campaign="{cid}"' not in metrics.text
     finally:
+        r.delete(counters)  # the shared server's other tests read every campaign
         r.close()
-    rid = held.json()["reservation_id"]
+
+
+def _answers_500(client: httpx.Client, api_server: ApiServer, cid: str, rid: str) -> None:
     body = {"user_id": "u2", "product_id": "p1", "units": 1}
     calls = {  # the reserve lane, and the ASGI routes (a batched script, a pipelined read)
         "lane": lambda h: client.post(f"/v1/campaigns/{cid}/reservations", json=body, headers=h),
