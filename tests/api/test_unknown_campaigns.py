@@ -1,5 +1,6 @@
 """Unknown campaigns cost nothing: 100,000 requests to random campaign ids, over real sockets to a
-real server, leave the worker's memory where warm-up left it, and add no /metrics series.
+real server, leave the worker's memory where warm-up left it, and add no /metrics series and no
+Redis key.
 
 Each campaign id a storefront sent used to make a batcher per script and stay for good (20,000
 reserves to random ids grew a worker by hundreds of MB). The client here pipelines raw HTTP/1.1
@@ -18,6 +19,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+import redis
 
 from tests.api.conftest import definition, new_id
 from tests.api.rawhttp import read_answer
@@ -33,12 +35,12 @@ TOKEN = STOREFRONT_TOKENS["shop-a"]
 
 
 @pytest.fixture
-def server() -> Iterator[ApiServer]:
-    redis = RedisServer().start()
-    api = ApiServer(redis.url, workers=1).start()
-    yield api
+def servers() -> Iterator[tuple[RedisServer, ApiServer]]:
+    redis_server = RedisServer().start()
+    api = ApiServer(redis_server.url, workers=1).start()
+    yield redis_server, api
     api.stop()
-    redis.stop()
+    redis_server.stop()
 
 
 def _worker_pid(api: ApiServer) -> int:
@@ -103,12 +105,15 @@ async def _send(port: int, total: int, seed: int) -> dict[tuple[int, bytes], int
 
 
 @pytest.mark.slow
-def test_random_campaign_ids_leave_the_worker_memory_flat(server: ApiServer) -> None:
+def test_random_campaign_ids_leave_the_worker_memory_flat(servers: tuple[RedisServer, ApiServer]) -> None:
+    redis_server, server = servers
     with httpx.Client(base_url=server.url, timeout=10) as c:  # one real campaign, in use throughout
         cid = new_id()
         assert c.put(f"/v1/campaigns/{cid}", json=definition(cid), headers=admin_headers()).status_code == 201
     pid = _worker_pid(server)
 
+    r = redis.Redis(port=redis_server.port)
+    keys_before = r.dbsize()
     warm = asyncio.run(_send(server.port, WARM_UP, seed=1))
     assert set(warm) == {(404, b"NOT_FOUND")}, warm
     before = _rss_kb(pid)
@@ -118,6 +123,8 @@ def test_random_campaign_ids_leave_the_worker_memory_flat(server: ApiServer) -> 
 
     assert answers == {(404, b"NOT_FOUND"): REQUESTS // CONNECTIONS * CONNECTIONS}, answers
     assert after - before <= MARGIN_KB, f"worker RSS grew from {before} kB to {after} kB"
+    assert r.dbsize() == keys_before  # nor a key in Redis
+    r.close()
     with httpx.Client(base_url=server.url, timeout=10) as c:
         metrics = c.get("/metrics", headers=admin_headers()).text
     assert not re.search(r"x-[0-9a-f]{32}", metrics)  # no series named after a random id
