@@ -8,7 +8,9 @@ be answered as if it invited one.
 
 redis-py's parser maps some error replies to classes (``LOADING``, ``READONLY``); the others that
 mean an outage (``MASTERDOWN``, ``CLUSTERDOWN``, ``TRYAGAIN``, ``BUSY``) arrive as plain
-``ResponseError`` with the code first in the message, so both are checked.
+``ResponseError`` with the code first in the message, so both are checked. An error inside a
+redis-py pipeline has its message wrapped (``Command # 1 (HMGET …) of pipeline caused error: …``):
+the code is looked for after that prefix.
 """
 
 from __future__ import annotations
@@ -32,10 +34,17 @@ OUTAGE_CLASSES: tuple[type[BaseException], ...] = (
 
 #: error-reply codes that mean an outage when they arrive as a plain ResponseError
 OUTAGE_REPLIES = ("LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY ")
+_PIPELINE = "of pipeline caused error: "
 
 
 def is_outage(exc: BaseException) -> bool:
     """True when ``exc`` says Redis cannot answer now (retry later), False for anything else."""
     if isinstance(exc, OUTAGE_CLASSES):
         return True
-    return isinstance(exc, ResponseError) and str(exc).startswith(OUTAGE_REPLIES)
+    if not isinstance(exc, ResponseError):
+        return False
+    message = str(exc)
+    _, wrapped, inner = message.partition(_PIPELINE)
+    if wrapped:
+        message = inner.lstrip("('\"")
+    return message.startswith(OUTAGE_REPLIES)

@@ -3,6 +3,7 @@ to Redis: the lean wire (batched reserve / confirm / cancel) and redis-py (reads
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -84,4 +85,32 @@ async def test_redis_gone_is_an_outage(replica: RedisServer) -> None:
         with pytest.raises(StorageUnavailable):
             await engine.view("c1")
     finally:
+        await engine.close()
+
+
+BUSY_LOOP = """
+local stop_at = tonumber(redis.call('TIME')[1]) + tonumber(ARGV[1])
+while tonumber(redis.call('TIME')[1]) < stop_at do end
+return 1
+"""
+
+
+async def test_a_script_running_too_long_is_an_outage(replica: RedisServer) -> None:
+    """Another client's script runs past busy-reply-threshold: Redis answers BUSY to everyone else
+    until it ends, on both paths (a plain error reply to redis-py and to the wire): retry later."""
+    engine = Engine.from_settings(Settings(redis_url=replica.url, redis_timeout_s=5.0))
+    admin = redis.Redis(port=replica.port)
+    try:
+        await engine.load_campaign(campaign())
+        admin.config_set("busy-reply-threshold", 100)
+        busy = asyncio.ensure_future(asyncio.to_thread(admin.eval, BUSY_LOOP, 0, 3))
+        await asyncio.sleep(0.5)
+        with pytest.raises(StorageUnavailable, match="BUSY"):
+            await engine.view("c1")
+        with pytest.raises(StorageUnavailable, match="BUSY"):
+            await engine.reserve("c1", ReserveRequest("u1", "p1", 1, "k1", "shop"))
+        assert await busy == 1
+        assert (await engine.reserve("c1", ReserveRequest("u1", "p1", 1, "k1", "shop"))).reservation.units == 1
+    finally:
+        admin.close()
         await engine.close()
