@@ -8,8 +8,8 @@ Batchers are made on a campaign's first request and dropped once idle: every cam
 sends (most of them unknown, answered CAMPAIGN_NOT_FOUND by the script) makes one, so they must
 not outlive their work. When the table has grown to twice what it held after the last prune (at
 least ``KEEP_BATCHERS``), the idle ones go: a batcher with requests queued or a call out stays.
-So the table holds the busy batchers plus at most as many idle ones, and a prune costs O(1) per
-batcher made. A campaign whose batcher was dropped gets a new one on its next request.
+So the table holds the busy batchers plus at most as many idle ones, and pruning costs O(1) per
+batcher made, amortized. A campaign whose batcher was dropped gets a new one on its next request.
 """
 
 from __future__ import annotations
@@ -45,9 +45,6 @@ class BatchedScript:
     def __len__(self) -> int:
         """Batchers held now (busy ones and idle ones not yet pruned)."""
         return len(self._batchers)
-
-    def __contains__(self, campaign_id: object) -> bool:
-        return campaign_id in self._batchers
 
     def submit(self, campaign_id: str, args: Sequence[Arg]) -> asyncio.Future[Sequence[Any]]:
         b = self._batchers.get(campaign_id)
