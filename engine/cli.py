@@ -217,19 +217,20 @@ def campaign_show(campaign_id: str, redis_url: str | None) -> None:
 
 @main.command("sweeper")
 @redis_option
-@click.option("--interval", default=0.25, show_default=True, help="seconds between sweeps")
+@click.option("--interval", type=float, default=None,
+              help="seconds between sweeps (FLASHSALE_SWEEP_INTERVAL; default 0.25)")
 @log_format_option
-def sweeper(redis_url: str | None, interval: float) -> None:
+def sweeper(redis_url: str | None, interval: float | None) -> None:
     """Release expired holds continuously (the API workers run one too; several are safe)."""
     from engine.api import logs
 
-    settings = Settings.from_env(redis_url=redis_url)
+    settings = Settings.from_env(redis_url=redis_url, sweep_interval_s=interval)
     logs.configure(settings.log_level)
 
     async def go() -> None:
         engine = Engine.from_settings(settings)
         try:
-            await Sweeper(engine, interval_s=interval).run()
+            await Sweeper(engine, interval_s=settings.sweep_interval_s).run()
         finally:
             await engine.close()
 

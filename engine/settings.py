@@ -1,11 +1,15 @@
 """Settings: one frozen dataclass, built once at start-up (``Settings.from_env``) and passed down.
 
 Flags of the ``flashsale`` command override the ``FLASHSALE_*`` environment variables of docs/API.md.
+Every value is checked once, at start (``Settings.validate``, called by ``from_env``): a number
+out of its range, or not a number, raises ``SettingsError``, one line naming the setting and what
+it allows; the commands print it and exit 2.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -19,6 +23,68 @@ DEFAULT_BATCH_MAX = 256  # reservations carried by one script call
 DEFAULT_BATCH_INFLIGHT = 4  # script calls in flight per campaign and process
 DEFAULT_SWEEP_INTERVAL_S = 0.25  # expired holds are released within ~this of their deadline
 DEFAULT_SWEEP_LIMIT = 1000  # holds released by one expire call
+
+
+SERVERS = ("uvicorn", "granian")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used: the message is one line naming it and what it allows."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """The allowed values of one numeric setting: ``low``..``high``; ``low`` excluded when ``open_low``."""
+
+    env: str
+    kind: type[int] | type[float]
+    low: float
+    high: float
+    open_low: bool = False
+
+    def allowed(self) -> str:
+        if self.kind is int:
+            return f"an integer in {int(self.low)}..{int(self.high)}"
+        low = f"> {self.low:g}" if self.open_low else f">= {self.low:g}"
+        return f"a number {low} and <= {self.high:g}"
+
+    def check(self, name: str, value: object) -> None:
+        kinds = (int, float) if self.kind is float else (int,)
+        ok = isinstance(value, kinds) and not isinstance(value, bool)
+        if isinstance(value, float):
+            ok = ok and math.isfinite(value)
+        if ok:
+            v = float(value)  # type: ignore[arg-type]
+            ok = (v > self.low if self.open_low else v >= self.low) and v <= self.high
+        if not ok:
+            raise SettingsError(f"setting {name} ({self.env}) = {value!r} is not allowed: "
+                                f"it must be {self.allowed()}")
+
+    def parse(self, raw: str) -> int | float:
+        try:
+            return self.kind(raw.strip())
+        except ValueError:
+            what = "an integer" if self.kind is int else "a number"
+            raise SettingsError(f"setting {self.env}={raw!r} is not {what}: "
+                                f"it must be {self.allowed()}") from None
+
+
+#: every numeric setting, its variable and its range
+BOUNDS: dict[str, Bound] = {
+    "port": Bound("FLASHSALE_PORT", int, 1, 65535),
+    "workers": Bound("FLASHSALE_WORKERS", int, 1, 64),
+    "redis_timeout_s": Bound("FLASHSALE_REDIS_TIMEOUT", float, 0, 60, open_low=True),
+    "batch_max": Bound("FLASHSALE_BATCH_MAX", int, 1, 4096),  # reserve.lua takes 1..4096 per call
+    "batch_inflight": Bound("FLASHSALE_BATCH_INFLIGHT", int, 1, 1024),
+    "sweep_interval_s": Bound("FLASHSALE_SWEEP_INTERVAL", float, 0, 60, open_low=True),
+}
+
+
+def _number(e: os._Environ[str] | dict[str, str], name: str, default: float) -> Any:
+    bound = BOUNDS[name]
+    raw = e.get(bound.env)
+    return default if raw is None or not raw.strip() else bound.parse(raw)
 
 
 def storefront_name(token: str) -> str:
@@ -68,17 +134,30 @@ class Settings:
             storefront_tokens=parse_storefront_tokens(e.get("FLASHSALE_STOREFRONT_TOKENS", "")),
             admin_token=e.get("FLASHSALE_ADMIN_TOKEN", ""),
             host=e.get("FLASHSALE_HOST", DEFAULT_HOST),
-            port=int(e.get("FLASHSALE_PORT", DEFAULT_PORT)),
-            workers=int(e.get("FLASHSALE_WORKERS", "1")),
+            port=_number(e, "port", DEFAULT_PORT),
+            workers=_number(e, "workers", 1),
             server=e.get("FLASHSALE_SERVER", "uvicorn"),
             allow_volatile_redis=e.get("FLASHSALE_ALLOW_VOLATILE_REDIS", "") in ("1", "true", "yes"),
-            redis_timeout_s=float(e.get("FLASHSALE_REDIS_TIMEOUT", DEFAULT_REDIS_TIMEOUT_S)),
-            batch_max=int(e.get("FLASHSALE_BATCH_MAX", DEFAULT_BATCH_MAX)),
-            batch_inflight=int(e.get("FLASHSALE_BATCH_INFLIGHT", DEFAULT_BATCH_INFLIGHT)),
+            redis_timeout_s=_number(e, "redis_timeout_s", DEFAULT_REDIS_TIMEOUT_S),
+            batch_max=_number(e, "batch_max", DEFAULT_BATCH_MAX),
+            batch_inflight=_number(e, "batch_inflight", DEFAULT_BATCH_INFLIGHT),
+            sweep_interval_s=_number(e, "sweep_interval_s", DEFAULT_SWEEP_INTERVAL_S),
             log_level=e.get("FLASHSALE_LOG_LEVEL", "INFO"),
         )
         given = {k: v for k, v in overrides.items() if v is not None}
-        return replace(s, **given) if given else s
+        return (replace(s, **given) if given else s).validate()
+
+    def validate(self) -> Settings:
+        """This, if every value is usable; else ``SettingsError`` naming the first that is not."""
+        for name, bound in BOUNDS.items():
+            bound.check(name, getattr(self, name))
+        if self.server not in SERVERS:
+            raise SettingsError(f"setting server (FLASHSALE_SERVER) = {self.server!r} is not allowed: "
+                                f"it must be one of {', '.join(SERVERS)}")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise SettingsError(f"setting log_level (FLASHSALE_LOG_LEVEL) = {self.log_level!r} is not "
+                                f"allowed: it must be one of {', '.join(LOG_LEVELS)}")
+        return self
 
     def to_env(self) -> dict[str, str]:
         """The settings as environment variables, for child processes (API workers, demo)."""
@@ -95,5 +174,6 @@ class Settings:
             "FLASHSALE_REDIS_TIMEOUT": str(self.redis_timeout_s),
             "FLASHSALE_BATCH_MAX": str(self.batch_max),
             "FLASHSALE_BATCH_INFLIGHT": str(self.batch_inflight),
+            "FLASHSALE_SWEEP_INTERVAL": str(self.sweep_interval_s),
             "FLASHSALE_LOG_LEVEL": self.log_level,
         }

@@ -28,7 +28,7 @@ from engine.core import Engine
 from engine.core.redis_client import require_durable
 from engine.core.sweeper import Sweeper
 from engine.errors import StorageUnavailable
-from engine.ops import web
+from engine.ops import metrics, web
 from engine.ops.instrument import instrument
 from engine.settings import Settings
 
@@ -78,14 +78,16 @@ def _lifespan(api: Api, settings: Settings) -> Any:
             await _durability_checked(engine, settings)
             with contextlib.suppress(StorageUnavailable):
                 await engine.ready()  # load the scripts now rather than on the first request
-            sweeper = Sweeper(engine, interval_s=settings.sweep_interval_s)
+            sweeper = Sweeper(engine, interval_s=settings.sweep_interval_s, on_tick=metrics.observe_sweep)
             task = asyncio.create_task(sweeper.run(), name="flashsale-sweeper")
             api.engine = app.state.engine = engine
+            api.sweeper = sweeper
             tune_gc()
             try:
                 yield {"engine": engine, "settings": settings}
             finally:
                 api.engine = app.state.engine = None
+                api.sweeper = None
                 sweeper.stop()
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):
                     await asyncio.wait_for(task, SWEEPER_STOP_S)

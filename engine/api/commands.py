@@ -81,12 +81,10 @@ def serve(host: str | None, port: int | None, workers: int | None, server: str |
     from engine.api import server as http
 
     server = server or os.environ.get("FLASHSALE_SERVER") or http.DEFAULT_SERVER
-    try:
-        settings = Settings.from_env(host=host, port=port, workers=workers, server=server, redis_url=redis_url,
-                                     allow_volatile_redis=True if allow_volatile_redis else None,
-                                     log_level=log_level)
-    except ValueError as exc:
-        raise click.UsageError(f"bad FLASHSALE_* setting: {exc}") from exc
+    # a SettingsError (a ValueError) is one line and exit 2 through the CLI's error boundary
+    settings = Settings.from_env(host=host, port=port, workers=workers, server=server, redis_url=redis_url,
+                                 allow_volatile_redis=True if allow_volatile_redis else None,
+                                 log_level=log_level)
     if not settings.storefront_tokens or not settings.admin_token:
         click.echo("flashsale serve: warning: no storefront tokens or no admin token configured "
                    "(FLASHSALE_STOREFRONT_TOKENS, FLASHSALE_ADMIN_TOKEN); those calls will all be 401", err=True)

@@ -145,7 +145,10 @@ def _schemas() -> dict[str, Any]:
                                          "with title, products[].title and writer"}},
                            "dead_letters": _COUNT, "writers_alive": _COUNT}},
         "Status": {"type": "object", "required": ["status"],
-                   "properties": {"status": {"type": "string", "enum": ["ok", "ready"]}}},
+                   "properties": {"status": {"type": "string", "enum": ["ok", "ready"]},
+                                  "sweeper": {"type": "object", "description": (
+                                      "/readyz: this worker's expiry sweeper; seconds since its last "
+                                      "completed tick and its last tick in which no campaign failed")}}},
     }
 
 
@@ -246,7 +249,7 @@ def _paths() -> dict[str, Any]:
         f"{c}/stats": {"get": _op("getStats", "sell-through", {"200": _ok("stats", "Stats")},
                                   "401 403 404 405 422 503", security=ANYONE_WITH_TOKEN, params=("cid",))},
         "/healthz": {"get": _op("healthz", "liveness", {"200": _ok("alive", "Status")}, "405", security=[])},
-        "/readyz": {"get": _op("readyz", "Redis reachable and scripts loaded",
+        "/readyz": {"get": _op("readyz", "Redis reachable, scripts loaded, the expiry sweeper ticking",
                                {"200": _ok("ready", "Status")}, "405 503", security=[])},
         "/openapi.json": {"get": {"operationId": "openapi", "summary": "this document", "security": [],
                                   "responses": {"200": {"description": "OpenAPI 3.0",

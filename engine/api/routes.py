@@ -22,9 +22,10 @@ from engine.api import render
 from engine.api import validation as v
 from engine.api.auth import Authenticator
 from engine.api.deadline import Deadlines
-from engine.api.errors import head, invalid, public_code
+from engine.api.errors import ApiError, head, invalid, public_code
 from engine.campaign import parse
 from engine.core import Engine, Outcome, ReserveRequest
+from engine.core.sweeper import Sweeper
 from engine.errors import FlashsaleError, StorageUnavailable
 from engine.ops import metrics, stats
 from engine.settings import Settings
@@ -34,6 +35,8 @@ Answer = tuple[int, bytes]
 Handler = Callable[[Request], Awaitable[Answer]]
 DEADLINE_MARGIN_S = 0.35  # on top of the Redis timeout: time a request may wait for its batch
 DEADLINE_TICK_S = 0.05  # deadlines are checked this often, so one may run this much late (< 1 s in all)
+SWEEPER_STALE_TICKS = 40  # /readyz fails when the sweeper completed no tick for this many intervals
+SWEEPER_STALE_MIN_S = 2.0  # ... and at least this long
 
 
 class JsonEndpoint:
@@ -60,6 +63,7 @@ class Api:
         self.deadlines = Deadlines(self.deadline_s, DEADLINE_TICK_S)
         self.spec = spec
         self._engine: Engine | None = None
+        self.sweeper: Sweeper | None = None  # this worker's, set by the app's lifespan
 
     @property
     def engine(self) -> Engine:
@@ -91,6 +95,9 @@ class Api:
             raise self._unavailable() from None
         except FlashsaleError as exc:
             metrics.count_outcome(operation, public_code(exc), time.perf_counter() - start)
+            raise
+        except Exception:  # a script error or a bug: answered 500 INTERNAL, counted as such
+            metrics.count_outcome(operation, "INTERNAL", time.perf_counter() - start)
             raise
         metrics.count_outcome(operation, "OK", time.perf_counter() - start)
         return outcome
@@ -195,8 +202,22 @@ class Api:
         return 200, b'{"status":"ok"}'
 
     async def readyz(self, _: Request) -> Answer:
+        """Redis answers, the scripts are loaded, and this worker's sweeper completed a tick lately.
+        A tick in which some campaign failed still counts here (one damaged campaign must not take
+        every worker out of service); ``last_good_tick_age_s`` shows it, and the sweeper alert
+        follows it (``flashsale_sweeper_last_success_timestamp_seconds``)."""
         await self._within(self.engine.ready())
-        return 200, b'{"status":"ready"}'
+        sweeper = self.sweeper
+        if sweeper is None:
+            return 200, b'{"status":"ready"}'
+        completed, good = sweeper.ages()
+        stale_s = max(SWEEPER_STALE_MIN_S, SWEEPER_STALE_TICKS * sweeper.interval_s)
+        state = {"last_tick_age_s": round(completed, 3), "last_good_tick_age_s": round(good, 3),
+                 "stale_after_s": stale_s, "failures_total": sweeper.failures_total}
+        if completed > stale_s:
+            raise ApiError(503, "UNAVAILABLE", f"the expiry sweeper completed no tick for {completed:.1f} s",
+                           {"sweeper": state}, {"Retry-After": "1"})
+        return 200, render.json({"status": "ready", "sweeper": state})
 
     async def openapi(self, _: Request) -> Answer:
         return 200, self.spec

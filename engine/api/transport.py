@@ -179,10 +179,12 @@ class LaneCycle:
     protocol touches it: it gathers ``body`` until ``more_body`` is False, is told of a client gone
     (``disconnected``) or of a shutdown (``keep_alive`` False), and is started by ``run_asgi``.
     ``message_event`` is the cycle itself: a waiter woken by ``set()``, made only when the body is
-    not all in yet."""
+    not all in yet. A client gone while its reserve waits for the engine cancels that wait, as a
+    passed deadline does: a request still queued for its batch then leaves the queue
+    (``engine.core.batcher``), and nothing is held for a client that is not there to hear of it."""
 
-    __slots__ = ("_waiter", "body", "cid", "disconnected", "given_id", "hdrs", "keep_alive", "lane", "more_body",
-                 "protocol", "response_complete")
+    __slots__ = ("_answering", "_waiter", "body", "cid", "disconnected", "given_id", "hdrs", "keep_alive",
+                 "lane", "more_body", "protocol", "response_complete")
 
     def __init__(self, protocol: HttpToolsProtocol, lane: ReserveLane, cid: str, hdrs: Headers,
                  given_id: bytes | None, keep_alive: bool) -> None:
@@ -197,6 +199,7 @@ class LaneCycle:
         self.disconnected = False
         self.response_complete = False
         self._waiter: asyncio.Future[None] | None = None
+        self._answering: asyncio.Task[Any] | None = None  # the task awaiting the lane's answer
 
     @property
     def message_event(self) -> LaneCycle:
@@ -206,6 +209,8 @@ class LaneCycle:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self.disconnected and self._answering is not None:
+            self._answering.cancel()
 
     async def run_asgi(self, _app: Any) -> None:
         protocol = self.protocol
@@ -215,7 +220,15 @@ class LaneCycle:
         self._waiter = None
         if self.disconnected:
             return  # gone before its body: nobody to answer
-        status, body, extra, rid = await self.lane.answer(self.cid, self.hdrs, bytes(self.body), self.given_id)
+        self._answering = asyncio.current_task()
+        try:
+            status, body, extra, rid = await self.lane.answer(self.cid, self.hdrs, bytes(self.body), self.given_id)
+        except asyncio.CancelledError:
+            if self.disconnected:
+                return  # cancelled by set(): the client is gone
+            raise
+        finally:
+            self._answering = None
         if self.disconnected:
             return
         if protocol.flow.write_paused:

@@ -7,6 +7,10 @@ queues requests as they arrive; whenever fewer than ``max_inflight`` calls are o
 everything queued (up to ``max_batch``) as one call. At low load a request goes out alone on the
 next loop turn; under load the batches grow by themselves. The script judges each request on its
 own, in arrival order, so batching changes cost, never outcomes.
+
+A request whose caller gave up while it waited in the queue (its future cancelled: the API's
+deadline passed) is left out of the batch when the batch leaves: nothing is held for a caller who
+was told the request failed. Once a batch has left, its outcome stands, whoever still waits for it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ class Batcher:
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()  # strong references while calls are out
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, no flush to come, no call out: the batcher may be dropped."""
+        return not self._pending and not self._inflight and not self._flush_scheduled
+
     def submit(self, args: Sequence[Any]) -> asyncio.Future[Sequence[Any]]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Sequence[Any]] = loop.create_future()
@@ -57,6 +66,10 @@ class Batcher:
 
     async def _run(self, batch: list[tuple[Sequence[Any], asyncio.Future[Sequence[Any]]]]) -> None:
         try:
+            # the last moment before the call leaves: drop the requests whose callers gave up
+            batch = [item for item in batch if not item[1].done()]
+            if not batch:
+                return
             argv: list[Any] = [len(batch)]
             for args, _ in batch:
                 argv.extend(args)

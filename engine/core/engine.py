@@ -8,8 +8,11 @@
 Reserve, confirm and cancel are micro-batched per campaign (``calls.py``): concurrent requests
 share one script call, each still judged on its own, in arrival order. Every method raises a
 ``Rejected`` subclass for a business refusal (``InvalidRequest`` for a malformed field, before
-anything reaches Redis) and ``StorageUnavailable`` when Redis cannot answer in time; the caller
-may retry with the same Idempotency-Key.
+anything reaches Redis) and ``StorageUnavailable`` when Redis cannot answer in time (unreachable,
+timing out, loading, read-only or failing over: ``engine.core.outage``); the caller may retry with
+the same Idempotency-Key. Any other error Redis answers (a Lua script's runtime error: a bug or
+damaged data) propagates as redis-py's ``ResponseError``, never as ``StorageUnavailable``: a retry
+would meet it again. The API answers it 500 ``INTERNAL``.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import ResponseError
 
 from engine import keys
 from engine.campaign import Campaign, parse
 from engine.core.calls import BatchedScript
+from engine.core.lru import Lru
+from engine.core.outage import OUTAGE_CLASSES, is_outage
 from engine.core.redis_client import connect
 from engine.core.requests import ReserveRequest, check_payment_ref, check_reserve, new_reservation_id
 from engine.core.results import CampaignView, Counters, Holdings, Outcome, Reservation
@@ -39,6 +44,7 @@ RESERVE_STRIDE_IN = 6  # values per request in reserve.lua's ARGV
 CONFIRM_STRIDE_IN = 2
 CANCEL_STRIDE_IN = 1
 STRIDE_OUT = 4  # reply values per request, every batched script
+DEFINITIONS_KEPT = 1024  # parsed campaign definitions an Engine caches (least recently used go)
 
 
 def _text(v: Any) -> str:
@@ -60,7 +66,7 @@ def _transition_keys(campaign_id: str) -> list[str]:
     return [k.counters, k.users, k.reservations, k.holds, k.events]
 
 
-STORAGE_ERRORS = (RedisError, OSError, TimeoutError)
+STORAGE_ERRORS = OUTAGE_CLASSES  # Redis away: StorageUnavailable (503); a script error is no outage
 
 
 def _unavailable(what: str, exc: BaseException) -> StorageUnavailable:
@@ -74,6 +80,10 @@ async def _storage(what: str) -> AsyncIterator[None]:
         yield
     except STORAGE_ERRORS as exc:
         raise _unavailable(what, exc) from exc
+    except ResponseError as exc:  # MASTERDOWN and the like come as plain error replies
+        if is_outage(exc):
+            raise _unavailable(what, exc) from exc
+        raise
 
 
 async def _reply(fut: Awaitable[Sequence[Any]], what: str) -> Sequence[Any]:
@@ -82,6 +92,10 @@ async def _reply(fut: Awaitable[Sequence[Any]], what: str) -> Sequence[Any]:
         return await fut
     except STORAGE_ERRORS as exc:
         raise _unavailable(what, exc) from exc
+    except ResponseError as exc:
+        if is_outage(exc):
+            raise _unavailable(what, exc) from exc
+        raise
 
 
 def _outcome(campaign_id: str, reply: Sequence[Any], subject: str) -> Outcome:
@@ -97,8 +111,10 @@ class Engine:
         self.redis = client
         self.scripts = Scripts.register(client)
         self.wire = Wire.for_client(client, self.settings.redis_timeout_s)
-        self._definitions: dict[bytes, Campaign] = {}  # parsed definitions, by their stored JSON
-        self._known: dict[str, tuple[bytes, Campaign]] = {}  # campaign id -> its last-read definition
+        # Only campaigns that exist are cached (a NotFound caches nothing and drops the id), and
+        # both caches are bounded: a caller sending random campaign ids costs no memory here.
+        self._definitions: Lru[bytes, Campaign] = Lru(DEFINITIONS_KEPT)  # parsed, by stored JSON
+        self._known: Lru[str, tuple[bytes, Campaign]] = Lru(DEFINITIONS_KEPT)  # id -> last-read definition
         sizes = {"stride_out": STRIDE_OUT, "max_batch": self.settings.batch_max,
                  "max_inflight": self.settings.batch_inflight}
         self._reserve = BatchedScript(self.scripts.reserve, self.wire, _reserve_keys,
@@ -152,9 +168,20 @@ class Engine:
     def _definition(self, raw: bytes, campaign_id: str) -> Campaign:
         c = self._definitions.get(raw)
         if c is None:
-            c = self._definitions[raw] = parse(orjson.loads(raw))
-        self._known[campaign_id] = (raw, c)
+            c = parse(orjson.loads(raw))
+            self._definitions.put(raw, c)
+        self._known.put(campaign_id, (raw, c))
         return c
+
+    def _not_found(self, campaign_id: str) -> NotFound:
+        self._known.pop(campaign_id)  # gone (or never there): nothing of it stays cached
+        return NotFound("campaign", campaign_id)
+
+    def cache_sizes(self) -> dict[str, int]:
+        """How many entries each per-campaign structure of this Engine holds now."""
+        return {"definitions": len(self._definitions), "known": len(self._known),
+                "reserve_batchers": len(self._reserve), "confirm_batchers": len(self._confirm),
+                "cancel_batchers": len(self._cancel)}
 
     async def view(self, campaign_id: str) -> CampaignView:
         k = keys.CampaignKeys(campaign_id)
@@ -163,7 +190,7 @@ class Engine:
             p.time()
             (raw, flag), t = await p.execute()
         if raw is None:
-            raise NotFound("campaign", campaign_id)
+            raise self._not_found(campaign_id)
         return CampaignView(self._definition(raw, campaign_id), _text(flag), _now_ms(t))
 
     async def _admin(self, campaign_id: str, action: str) -> str:
@@ -273,7 +300,7 @@ class Engine:
                     return Holdings.from_values(known[1], user_id, vals)
             raw_def = await cast("Awaitable[bytes | None]", self.redis.hget(k.meta, "def"))
             if raw_def is None:
-                raise NotFound("campaign", campaign_id)
+                raise self._not_found(campaign_id)
             c = self._definition(raw_def, campaign_id)
             vals = await cast("Awaitable[list[bytes | None]]",
                               self.redis.hmget(k.users, Holdings.fields(c, user_id)))
@@ -290,7 +317,7 @@ class Engine:
             p.time()
             (raw, flag), counters, ring, persisted, t = await p.execute()
         if raw is None:
-            raise NotFound("campaign", campaign_id)
+            raise self._not_found(campaign_id)
         now = _now_ms(t)
         view = CampaignView(self._definition(raw, campaign_id), _text(flag), now)
         c = {_text(f): int(v) for f, v in counters.items()}

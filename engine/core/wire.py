@@ -11,7 +11,10 @@ It serves only what the engine's hot path needs (``redis://`` and ``unix://``, A
 falls back to redis-py. Errors are redis-py's own exception types, so callers handle one family:
 ``ConnectionError`` when the socket fails, ``TimeoutError`` when Redis does not answer in time
 (the connection is then dropped: every call waiting on it fails, the next one reconnects),
-``ResponseError`` (``NoScriptError`` for NOSCRIPT) for an error reply.
+``ResponseError`` for an error reply, of the subclass redis-py would give its code
+(``NoScriptError`` for NOSCRIPT, ``AuthenticationError`` for WRONGPASS, ``BusyLoadingError`` for
+LOADING, ``ReadOnlyError`` for READONLY, and the classes of MASTERDOWN, CLUSTERDOWN, TRYAGAIN), so
+``engine.core.outage`` tells an outage from a script error the same way whichever path a call took.
 """
 
 from __future__ import annotations
@@ -24,7 +27,17 @@ from typing import Any, cast
 import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
-from redis.exceptions import ConnectionError, NoScriptError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    ClusterDownError,
+    ConnectionError,
+    MasterDownError,
+    NoScriptError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import TimeoutError as RedisTimeout
 
 Arg = bytes | str | int
@@ -47,10 +60,16 @@ def command(*args: Arg) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(encode(args))
 
 
-def _reply_error(message: str) -> ResponseError:
-    if message.startswith("NOSCRIPT"):
-        return NoScriptError(message)
-    return ResponseError(message)
+_ERROR_CLASSES: dict[str, type[ResponseError] | type[ConnectionError]] = {
+    "NOSCRIPT": NoScriptError, "LOADING": BusyLoadingError, "READONLY": ReadOnlyError,
+    "MASTERDOWN": MasterDownError, "CLUSTERDOWN": ClusterDownError, "TRYAGAIN": TryAgainError,
+    "WRONGPASS": AuthenticationError, "NOAUTH": AuthenticationError,
+}
+
+
+def _reply_error(message: str) -> ResponseError | ConnectionError:
+    cls = _ERROR_CLASSES.get(message.partition(" ")[0], ResponseError)
+    return cls(message)
 
 
 class _Protocol(asyncio.Protocol):

@@ -5,7 +5,8 @@ Two kinds of figures:
 - **Counted in the process** (the API calls the hooks): requests and their latency
   (``observe_request``), engine outcomes by code and engine call latency (``count_outcome``),
   and, once ``engine.ops.instrument.instrument`` has wrapped an Engine, the round trip and
-  batch size of each script call and the holds the sweeper expires. With several workers, ``flashsale serve`` calls
+  batch size of each script call and the holds the sweeper expires; the sweeper's ticks
+  (``observe_sweep``: the last good tick's time, failures). With several workers, ``flashsale serve`` calls
   ``prepare_multiprocess()`` before it starts them: each worker then writes its values to files
   in ``PROMETHEUS_MULTIPROC_DIR`` (``engine.ops.mpvalues``) and a scrape of any worker sums them all.
 - **Read from Redis at scrape time** (``engine.ops.collector``): units sold / held / remaining,
@@ -34,8 +35,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from engine import fastpath
 from engine.core import Engine
+from engine.core.sweeper import SweepTick
 from engine.ops.collector import SnapshotCollector, snapshot
-from engine.ops.series import CounterFamily, Families, HistogramFamily
+from engine.ops.series import CounterFamily, Families, GaugeFamily, HistogramFamily
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the text format every Prometheus 2.x parses
@@ -53,6 +55,8 @@ class _Metrics:
     engine_seconds: HistogramFamily
     script_seconds: HistogramFamily
     script_batch: HistogramFamily
+    sweeper_last_success: GaugeFamily
+    sweeper_errors: CounterFamily
     # the series each hook writes, by the hook's own key (route templates, codes: a few dozen)
     series: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
@@ -75,6 +79,12 @@ def _build() -> _Metrics:
                         ["script"], SCRIPT_BUCKETS, value),
         HistogramFamily("flashsale_script_batch_requests", "Requests carried by one script call",
                         ["script"], BATCH_BUCKETS, value),
+        # the latest of every worker's (mode max): any worker's sweep releases every campaign's holds
+        GaugeFamily("flashsale_sweeper_last_success_timestamp_seconds",
+                    "Unix time of the expiry sweeper's last tick in which every campaign was swept",
+                    [], value, mode="max"),
+        CounterFamily("flashsale_sweeper_errors", "Sweeper failures: a campaign's sweep, or a whole tick",
+                      [], value),
     )
     registry = CollectorRegistry(auto_describe=True)
     registry.register(Families(*families))  # type: ignore[arg-type]
@@ -147,6 +157,15 @@ def count_expired(holds: int) -> None:
     """Holds the sweeper released at their deadline (outcome ``expire``/``OK``)."""
     if holds > 0:
         _metrics().outcomes.child("expire", "OK").inc(holds)
+
+
+def observe_sweep(tick: SweepTick) -> None:
+    """One sweeper tick (``Sweeper(on_tick=...)``): a good one moves the last-success time."""
+    m = _metrics()
+    if tick.good:
+        m.sweeper_last_success.child().set(tick.at_s)
+    failures = tick.failed + (0 if tick.completed else 1)
+    m.sweeper_errors.child().inc(failures)  # 0 too: the series exists from the first tick
 
 
 # -- several workers ------------------------------------------------------------------------------

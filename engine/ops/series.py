@@ -18,7 +18,7 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
 INF = float("inf")
@@ -42,6 +42,34 @@ class CounterFamily:
 
     def collect(self) -> Metric:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labelvalues, value in self._series.items():
+            family.add_metric(labelvalues, value.get())
+        return family
+
+
+class GaugeFamily:
+    """A gauge whose series are set (``child(...).set(v)``); with several workers, ``mode`` says how
+    a scrape combines the workers' values (prometheus-client's multiprocess modes: ``max``...)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], value_class: Any,
+                 mode: str = "max") -> None:
+        self.value_class = value_class
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.mode = mode
+        self._series: dict[tuple[str, ...], Any] = {}
+
+    def child(self, *labelvalues: str) -> Any:
+        value = self._series.get(labelvalues)
+        if value is None:
+            value = self._series[labelvalues] = self.value_class(
+                "gauge", self.name, self.name, self.labelnames, labelvalues, self.documentation,
+                multiprocess_mode=self.mode)
+        return value
+
+    def collect(self) -> Metric:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for labelvalues, value in self._series.items():
             family.add_metric(labelvalues, value.get())
         return family
@@ -95,7 +123,7 @@ class HistogramFamily:
 class Families:
     """A collector for a ``CollectorRegistry``: the families' series in this process."""
 
-    def __init__(self, *families: CounterFamily | HistogramFamily) -> None:
+    def __init__(self, *families: CounterFamily | GaugeFamily | HistogramFamily) -> None:
         self.families = families
 
     def collect(self) -> Iterator[Metric]:

@@ -20,7 +20,9 @@ RESERVATION_FIELDS = {"reservation_id", "campaign_id", "product_id", "user_id", 
 def test_health_ready_and_spec(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     r = client.get("/readyz")
-    assert r.status_code == 200 and r.json() == {"status": "ready"}
+    assert r.status_code == 200 and r.json()["status"] == "ready"
+    sweeper = r.json()["sweeper"]  # this worker's sweeper has ticked, and lately
+    assert 0 <= sweeper["last_tick_age_s"] <= sweeper["stale_after_s"]
     spec = client.get("/openapi.json").json()
     assert spec["openapi"].startswith("3.")
     assert "/v1/campaigns/{cid}/reservations" in spec["paths"]

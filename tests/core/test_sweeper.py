@@ -4,14 +4,16 @@ many sweepers run."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import Callable
 
+import pytest
 import redis.asyncio as aioredis
 
 from engine import keys
 from engine.core import Engine, ReserveRequest
-from engine.core.sweeper import Sweeper
+from engine.core.sweeper import Sweeper, SweepTick
 from tests.core.conftest import campaign, make_overdue, stream
 
 K = keys.CampaignKeys("c1")
@@ -137,3 +139,51 @@ async def test_only_campaigns_with_a_hold_due_are_swept(engine: Engine, aredis: 
 
     await aredis.set(keys.CampaignKeys("broken").holds, "not a zset")
     assert await engine.campaigns_due(["broken", "idle"]) == ["broken"]  # expire_due will name its trouble
+
+
+async def test_a_broken_campaign_is_logged_once_in_a_while_and_the_others_swept(
+        engine: Engine, aredis: aioredis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    """WRONGTYPE inside expire.lua (a script error, not an outage) for one campaign, tick after
+    tick: the other campaign's holds are still released, the error is logged as one structured line
+    (not one per tick), and the ticks complete but are not good: readiness holds, the alert's
+    last-success time stands still."""
+    await engine.load_campaign(campaign(hold_seconds=1))
+    await engine.load_campaign(campaign("broken"))
+    await aredis.set(keys.CampaignKeys("broken").holds, "not a zset")  # always due, never expirable
+    ticks: list[SweepTick] = []
+    sweeper = Sweeper(engine, interval_s=0.02, on_tick=ticks.append)
+    caplog.set_level(logging.ERROR, logger="flashsale.sweeper")
+    task = asyncio.create_task(sweeper.run())
+    try:
+        await engine.reserve("c1", ReserveRequest("u1", "p1", 1, "k1", "shop"))
+
+        async def released() -> bool:
+            return (await engine.counters("c1")).held == 0 and len(ticks) >= 20
+
+        await wait_for(released, "the hold to be released despite a broken campaign, and 20 ticks")
+    finally:
+        sweeper.stop()
+        await task
+    assert task.exception() is None  # the sweeper never died: it ran until told to stop
+    *ran, last = ticks  # the last may have been cut short by stop(): not completed, not good either
+    assert all(t.completed and t.failed == 1 and not t.good for t in ran) and not last.good
+    assert sweeper.failures_total == sum(t.failed for t in ticks) and sweeper.last_good_s is None
+    assert sweeper.last_completed_s == max(t.at_s for t in ticks if t.completed)
+    completed_age, good_age = sweeper.ages(sweeper.last_completed_s)
+    assert completed_age == 0 and good_age > 0
+    logged = [r for r in caplog.records if r.name == "flashsale.sweeper"]
+    assert len(logged) == 1, [r.getMessage() for r in logged]  # 20+ failures, one line per LOG_EVERY_S
+    assert getattr(logged[0], "campaign", None) == "broken" and "WRONGTYPE" in logged[0].getMessage()
+    assert getattr(logged[0], "error", None) == "ResponseError"
+
+
+async def test_a_good_tick_after_a_bad_one_moves_the_last_success(engine: Engine, aredis: aioredis.Redis) -> None:
+    await engine.load_campaign(campaign("broken"))
+    holds = keys.CampaignKeys("broken").holds
+    await aredis.set(holds, "not a zset")
+    sweeper = Sweeper(engine)
+    bad = await sweeper.tick()
+    assert bad.completed and not bad.good and sweeper.last_good_s is None
+    await aredis.delete(holds)
+    good = await sweeper.tick()
+    assert good.good and sweeper.last_good_s == good.at_s

@@ -19,6 +19,7 @@ import yaml
 
 from engine.core import Engine
 from engine.core.redis_client import connect, require_durable
+from engine.core.sweeper import SweepTick
 from engine.loadgen.services import DURABLE_AOF
 from engine.ops import metrics
 from engine.ops.instrument import instrument
@@ -157,7 +158,8 @@ def _rules() -> list[dict[str, Any]]:
 def test_alert_rules_cover_what_ops_must_hear_about() -> None:
     rules = _rules()
     names = {r["alert"] for r in rules}
-    assert {"FlashsaleSoldOut", "FlashsaleLedgerLagHigh", "FlashsaleDeadLetters", "FlashsaleRedisDown"} <= names
+    assert {"FlashsaleSoldOut", "FlashsaleLedgerLagHigh", "FlashsaleDeadLetters", "FlashsaleRedisDown",
+            "FlashsaleSweeperStalled"} <= names
     for r in rules:
         assert r["labels"]["severity"] in {"info", "warning", "critical"}, r["alert"]
         assert r["annotations"]["summary"] and r["annotations"]["description"], r["alert"]
@@ -197,6 +199,7 @@ async def exported(engine: Engine, sold: str) -> set[str]:
     await run_sale(d)
     metrics.observe_request("/x", "GET", 200, 0.001)
     metrics.count_outcome("reserve", "OK", 0.001)
+    metrics.observe_sweep(SweepTick(at_s=1.0, expired=0, failed=0, completed=True))
     return Samples((await metrics.render(engine)).decode()).names()
 
 
