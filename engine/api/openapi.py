@@ -137,7 +137,8 @@ def _schemas() -> dict[str, Any]:
                 "projected_sellout_at": {**_TIME, "nullable": True},
                 "rejections": {"type": "object", "additionalProperties": {"type": "integer"}},
                 "ledger": {"type": "object"},
-                "products": {"type": "array", "items": {"type": "object"}}}},
+                "products": {"type": "array", "items": {"type": "object"}},
+                "damaged_records": _COUNT}},
         "Status": {"type": "object", "required": ["status"],
                    "properties": {"status": {"type": "string", "enum": ["ok", "ready"]}}},
     }
