@@ -106,6 +106,15 @@ def _set_aside(campaign_id: str, reservation_id: str, during: str) -> None:
         "campaign_id": campaign_id, "reservation_id": reservation_id, "during": during})
 
 
+def _owner(packed: bytes) -> str | None:
+    """The storefront a damaged record still names, if that much of it can be read."""
+    try:
+        r = msgpack.unpackb(packed, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    return r[7] if isinstance(r, list) and len(r) > 7 and isinstance(r[7], str) else None
+
+
 def _outcome(campaign_id: str, reply: Sequence[Any], subject: str, during: str = "") -> Outcome:
     code, detail, packed, replayed = reply
     if code == Status.DAMAGED_RECORD:
@@ -295,6 +304,8 @@ class Engine:
         try:
             r = Reservation.unpack(campaign_id, reservation_id, packed)
         except (ValueError, TypeError, msgpack.UnpackException):
+            if _owner(packed) not in (None, storefront):  # as the scripts do: another's is unknown
+                raise NotFound("reservation", reservation_id) from None
             raise DamagedRecord(campaign_id, reservation_id) from None
         if r.storefront != storefront:
             raise NotFound("reservation", reservation_id)

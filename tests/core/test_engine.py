@@ -4,6 +4,7 @@ the rate limiter, input checks, and batching that changes cost, never outcomes."
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from engine.core.calls import BatchedScript
 from engine.core.engine import _reserve_keys
 from engine.errors import (
     Closed,
+    DamagedRecord,
     IdempotencyKeyReused,
     InsufficientStock,
     InvalidRequest,
@@ -358,3 +360,39 @@ async def test_holds_made_before_the_kill_switch_can_still_be_paid_or_cancelled(
     assert (await engine.cancel("c1", b, storefront="shop-a")).reservation.state == "cancelled"
     c = await engine.counters("c1")
     assert (c.sold, c.held, c.view.state) == (1, 0, "closed")
+
+
+async def test_another_storefront_is_answered_as_for_an_unknown_id(engine: Engine) -> None:
+    await engine.load_campaign(campaign())
+    rid = (await engine.reserve("c1", req(units=2))).reservation.reservation_id
+    for call in (engine.reservation("c1", rid, storefront="shop-b"),
+                 engine.confirm("c1", rid, "pay", storefront="shop-b"), engine.cancel("c1", rid, storefront="shop-b")):
+        with pytest.raises(NotFound) as theirs:
+            await call
+        assert theirs.value.details == {"what": "reservation", "id": rid}
+        assert str(theirs.value) == f"reservation {rid!r} not found"
+    assert (await engine.holdings("c1", "u1", storefront="shop-b")).held_units == 0
+    assert (await engine.confirm("c1", rid, "pay", storefront="shop-a")).reservation.state == "confirmed"
+    assert (await engine.holdings("c1", "u1", storefront="shop-a")).confirmed_units == 2
+    with pytest.raises(InvalidRequest):
+        await engine.cancel("c1", rid, storefront="")
+
+
+async def test_a_damaged_record_is_logged_once_and_spares_its_batch(engine: Engine, aredis: aioredis.Redis,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    await engine.load_campaign(campaign())
+    rids = [(await engine.reserve("c1", req(user=f"u{i}"))).reservation.reservation_id for i in range(4)]
+    await aredis.hset(K.reservations, rids[0], b"\xc1 not msgpack")
+    with caplog.at_level(logging.ERROR, logger="flashsale.engine"):
+        out = await asyncio.gather(*(engine.confirm("c1", rid, "pay", storefront="shop-a") for rid in rids),
+                                   engine.cancel("c1", rids[0], storefront="shop-a"), return_exceptions=True)
+        with pytest.raises(DamagedRecord):
+            await engine.reservation("c1", rids[0], storefront="shop-a")
+        with pytest.raises(DamagedRecord):
+            await engine.confirm("c1", rids[0], "pay", storefront="shop-a")
+    assert isinstance(out[0], DamagedRecord) and isinstance(out[4], DamagedRecord)
+    assert [o.reservation.state for o in out[1:4] if not isinstance(o, BaseException)] == ["confirmed"] * 3
+    lines = [r for r in caplog.records if r.name == "flashsale.engine"]
+    assert len(lines) == 1 and lines[0].reservation_id == rids[0] and lines[0].campaign_id == "c1"
+    c = await engine.counters("c1")
+    assert (c.damaged, c.sold, c.held) == (1, 3, 1)  # its unit stays counted: nobody can tell how many
