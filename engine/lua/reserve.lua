@@ -156,6 +156,7 @@ local csold, cheld = tonumber(c[1]) or 0, tonumber(c[2]) or 0
 local stored_idem = hmget(KEYS[5], ikeys)  -- request i -> the stored reservation id, or false
 local stored_tat = hmget(KEYS[9], uids)     -- request i -> its user's stored arrival time, or false
 local stored_users = nil  -- request i -> its user's three stored counters at 3i-2 .. 3i, or false
+local users_fields = nil  -- ... and the names of those fields
 local users_from = 0      -- ... read at the first request that needs them, for it and the rest
 local products = {}  -- pid -> {total, cap, sold, held, held0} or false (no such product)
 local users = {}     -- users hash field -> units taken (held + confirmed)
@@ -190,7 +191,7 @@ local function user_taken(i, fu, fup)
         local k = 3 * (j - i)
         fields[k + 1] = f; fields[k + 2] = fp; fields[k + 3] = fp .. '|' .. ARGV[b + 2]
       end
-      stored_users, users_from = hmget(KEYS[3], fields), i
+      stored_users, users_fields, users_from = hmget(KEYS[3], fields), fields, i
     end
     local k = 3 * (i - users_from)
     if vu == nil then vu = tonumber(stored_users[k + 1]) or 0; users[fu] = vu end
@@ -270,9 +271,10 @@ local function judge(i, b, rid, sf, key, uid, pid, units)
   cheld = cheld + units
   users[fu] = vu + units; users_changed[fu] = true
   users[fup] = vup + units; users_changed[fup] = true
-  local fups = fup .. '|' .. sf  -- this storefront's units of the user's product
+  local k = 3 * (i - users_from) + 3
+  local fups = users_fields[k]  -- t|UID|PID|SF: this storefront's units of the user's product
   local vups = users[fups]
-  if vups == nil then vups = tonumber(stored_users[3 * (i - users_from) + 3]) or 0 end
+  if vups == nil then vups = tonumber(stored_users[k]) or 0 end
   users[fups] = vups + units; users_changed[fups] = true
   new_res[rid] = packed
   new_idem[ikey] = rid
