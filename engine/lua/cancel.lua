@@ -6,7 +6,7 @@
   KEYS[1] counters hash  KEYS[2] users hash  KEYS[3] reservations hash  KEYS[4] holds zset
   KEYS[5] events stream  KEYS[6] damaged hash (reservation id -> 'unreadable' | 'malformed')
   ARGV[1] n, requests in the batch (int, 1..4096)
-  then 2 values per request: reservation id · the calling storefront's name (non-empty)
+  then 2 values per request: reservation id · the calling storefront's name (non-empty, no '|')
 
   Returns 4 values per request:
     {0, reservation id, packed record, replayed (0 | 1)}: repeating a cancel returns the same
@@ -33,7 +33,10 @@ if not n or n < 1 or n > 4096 or n ~= math.floor(n) or #ARGV ~= 1 + STRIDE * n t
 end
 local rids = {}
 for i = 1, n do
-  if ARGV[STRIDE * i + 1] == '' then return redis.error_reply('ERR cancel: empty storefront') end
+  local sf = ARGV[STRIDE * i + 1]
+  if sf == '' or string.find(sf, '|', 1, true) then
+    return redis.error_reply('ERR cancel: a storefront is a non-empty name without |')
+  end
   rids[i] = ARGV[STRIDE * i]
 end
 

@@ -6,7 +6,7 @@
   KEYS[1] counters hash  KEYS[2] users hash  KEYS[3] reservations hash  KEYS[4] holds zset
   KEYS[5] events stream  KEYS[6] damaged hash (reservation id -> 'unreadable' | 'malformed')
   ARGV[1] n, requests in the batch (int, 1..4096)
-  then 3 values per request: reservation id · the calling storefront's name (non-empty) ·
+  then 3 values per request: reservation id · the calling storefront's name (non-empty, no '|') ·
     payment reference (1..128 characters)
 
   Returns 4 values per request:
@@ -45,7 +45,10 @@ for i = 1, n do
   if #ref < 1 or #ref > 128 then
     return redis.error_reply('ERR confirm: a payment reference has 1..128 characters')
   end
-  if ARGV[b + 2] == '' then return redis.error_reply('ERR confirm: empty storefront') end
+  local sf = ARGV[b + 2]
+  if sf == '' or string.find(sf, '|', 1, true) then
+    return redis.error_reply('ERR confirm: a storefront is a non-empty name without |')
+  end
   rids[i] = ARGV[b + 1]
 end
 

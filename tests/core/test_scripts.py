@@ -394,7 +394,7 @@ async def test_confirm_malformed_writes_nothing(engine: Engine, aredis: aioredis
     await reserve(aredis, ("r1", "sf", "k1", "u1", "p1", 3))
     before = await dump(aredis)
     for args in ([1, "r1", "sf", ""], [1, "r1", "sf", "x" * 129], [2, "r1", "sf", "pay"], [0],
-                 ["x", "r1", "sf", "pay"], [1, "r1", "", "pay"], [1, "r1", "pay"]):
+                 ["x", "r1", "sf", "pay"], [1, "r1", "", "pay"], [1, "r1", "s|f", "pay"], [1, "r1", "pay"]):
         with pytest.raises(ResponseError, match=r"^confirm: "):
             await run_script(aredis, "confirm", transition_keys("c1"), args)
     with pytest.raises(ResponseError, match=r"^confirm: "):  # one bad ref fails the batch up front
@@ -418,8 +418,9 @@ async def test_cancel(engine: Engine, aredis: aioredis.Redis) -> None:
     assert (await confirm(aredis, ("r1", "pay")))[0][:2] == [Status.INVALID_STATE, b"cancelled"]
     with pytest.raises(ResponseError, match=r"^cancel: "):
         await run_script(aredis, "cancel", transition_keys("c1"), [2, "r1", "sf"])
-    with pytest.raises(ResponseError, match=r"^cancel: "):
-        await run_script(aredis, "cancel", transition_keys("c1"), [1, "r1", ""])
+    for bad in ("", "s|f"):
+        with pytest.raises(ResponseError, match=r"^cancel: "):
+            await run_script(aredis, "cancel", transition_keys("c1"), [1, "r1", bad])
 
 
 @pytest.mark.parametrize("script", ["confirm", "cancel"])
