@@ -13,6 +13,7 @@
     │   ├── InvalidState             (``state``)
     │   └── RateLimited              (``retry_after_ms``)
     ├── StorageUnavailable           Redis unreachable, slow, or the campaign is recovering
+    ├── DamagedRecord                a stored reservation record no script can read (a server fault: 500)
     ├── UnsafeRedis                  Redis is configured so that acknowledged writes may be lost
     └── LedgerError                  the durable ledger refused or failed (``engine.ledger``)
         └── SchemaTooNew
@@ -124,6 +125,18 @@ class StorageUnavailable(FlashsaleError):
     """Redis could not be reached in time; the caller may retry with the same Idempotency-Key."""
 
 
+class DamagedRecord(FlashsaleError):
+    """A stored reservation record that cannot be decoded, or has fields of the wrong type or shape.
+    Not the caller's fault, and a retry will not mend it: the API answers 500 ``INTERNAL``."""
+
+    code = "INTERNAL"
+
+    def __init__(self, campaign_id: str, reservation_id: str) -> None:
+        super().__init__(f"campaign {campaign_id!r}: the record of reservation {reservation_id!r} is damaged")
+        self.campaign_id = campaign_id
+        self.reservation_id = reservation_id
+
+
 class UnsafeRedis(FlashsaleError):
     """Redis would lose acknowledged writes (no AOF, or an eviction policy)."""
 
@@ -142,7 +155,7 @@ class SchemaTooNew(LedgerError):
         self.supported = supported
 
 
-def rejection(status: int, detail: Any, subject: str) -> Rejected | StorageUnavailable:
+def rejection(status: int, detail: Any, subject: str) -> Rejected | StorageUnavailable | DamagedRecord:
     """Map a script's status code (and its detail) to the domain exception."""
     st = Status(status)
     if st in (Status.CAMPAIGN_NOT_FOUND, Status.PRODUCT_NOT_FOUND, Status.RESERVATION_NOT_FOUND):
@@ -172,6 +185,8 @@ def rejection(status: int, detail: Any, subject: str) -> Rejected | StorageUnava
         return StorageUnavailable(f"campaign {subject!r} is being recovered; retry shortly")
     if st is Status.RATE_LIMITED:
         return RateLimited(int(detail))
+    if st is Status.DAMAGED_RECORD:
+        return DamagedRecord(subject, str(detail))
     raise ValueError(f"status {st!r} is not a rejection")
 
 

@@ -7,9 +7,10 @@ one Redis Cluster slot. Fields inside the hashes use ``|`` as a separator: ids n
 | key | type | what |
 |---|---|---|
 | ``fs:{c:ID}:meta`` | hash | the definition: window (ms), hold (ms), price, totals and caps, admin flag |
-| ``fs:{c:ID}:counters`` | hash | sold / held units, orders, buyers, per-product sold / held, rejections by code |
-| ``fs:{c:ID}:users`` | hash | per user: units taken (held + confirmed) and confirmed, per campaign and product |
-| ``fs:{c:ID}:res`` | hash | reservation id -> JSON record |
+| ``fs:{c:ID}:counters`` | hash | sold / held units, orders, buyers, per product, rejections by code, ``damaged`` |
+| ``fs:{c:ID}:users`` | hash | per user: units taken (held + confirmed) and confirmed (below) |
+| ``fs:{c:ID}:res`` | hash | reservation id -> msgpack record (layout: ``engine/lua/reserve.lua``) |
+| ``fs:{c:ID}:damaged`` | hash | reservation id -> ``unreadable`` / ``malformed``: records the scripts set aside |
 | ``fs:{c:ID}:idem`` | hash | ``<storefront>|<Idempotency-Key>`` -> reservation id |
 | ``fs:{c:ID}:holds`` | zset | reservation id scored by its deadline (ms); the sweeper's work list |
 | ``fs:{c:ID}:events`` | stream | every transition, drained by the ledger writer |
@@ -20,6 +21,12 @@ one Redis Cluster slot. Fields inside the hashes use ``|`` as a separator: ids n
 | ``fs:dead`` | stream | stream entries the writer gave up on (dead letters) |
 | ``fs:writers`` / ``fs:writer:NAME`` | set / string, TTL | live writers and their figures (``engine.ledger.health``) |
 | ``fs:{c:ID}:restore:*`` | hashes | ``flashsale recover``'s scratch space, renamed or merged into place atomically |
+
+The users hash counts a user's units in the campaign (``t|U``, ``c|U``), of a product (``t|U|P``,
+``c|U|P``) and of a product through one storefront (``t|U|P|SF``, ``c|U|P|SF``): the caps bound the
+first two, across storefronts; ``GET …/users/{uid}`` shows a storefront the last. The damaged hash
+names records no script could read, kept in ``res`` as they were for an operator; it lives as long
+as the campaign's other keys (it is one of ``CampaignKeys.all()``).
 """
 
 from __future__ import annotations
@@ -82,11 +89,15 @@ class CampaignKeys:
     def ledger(self) -> str:
         return f"{self.tag}:ledger"
 
+    @property
+    def damaged(self) -> str:
+        return f"{self.tag}:damaged"
+
     def all(self) -> list[str]:
         """Every key of the campaign (for recovery and tests)."""
         return [
             self.meta, self.counters, self.users, self.reservations, self.idempotency,
-            self.holds, self.events, self.rate, self.ratelimit, self.ledger,
+            self.holds, self.events, self.rate, self.ratelimit, self.ledger, self.damaged,
         ]
 
 

@@ -26,6 +26,7 @@ class Status(IntEnum):
     ALREADY_OPEN = -12  # a campaign that has opened cannot be replaced
     RECOVERING = -13  # the campaign is being rebuilt from the ledger
     RATE_LIMITED = -14  # detail: ms until the next attempt is allowed
+    DAMAGED_RECORD = -15  # detail: the reservation id; a stored record no script can read (a server fault)
 
 
 #: The public error code (docs/API.md) of each rejection, as counted in ``counters`` (``rej|CODE``).
@@ -44,4 +45,5 @@ PUBLIC_CODE: dict[Status, str] = {
     Status.ALREADY_OPEN: "INVALID_STATE",
     Status.RECOVERING: "UNAVAILABLE",
     Status.RATE_LIMITED: "RATE_LIMITED",
+    Status.DAMAGED_RECORD: "INTERNAL",
 }

@@ -149,6 +149,11 @@ def _disconnect(_: Exception) -> Reply:
     return _reply(400, "BAD_REQUEST", "the client went away before the body was read")
 
 
+def _damaged(exc: Exception) -> Reply:
+    log.error("answering 500 INTERNAL: %s", exc, extra={"error": type(exc).__name__})
+    return INTERNAL
+
+
 def _other_flashsale(exc: Exception) -> Reply:
     log.error("unexpected engine error: %s", exc, extra={"error": type(exc).__name__})
     return INTERNAL  # a bug like any other (docs/API.md): a retry will not help
@@ -159,6 +164,7 @@ EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Exception], Reply]] = {
     e.Rejected: _rejected,
     e.StorageUnavailable: _unavailable,
     e.InvalidDefinition: _invalid_definition,
+    e.DamagedRecord: _damaged,
     HTTPException: _http,
     ClientDisconnect: _disconnect,
     e.FlashsaleError: _other_flashsale,

@@ -137,7 +137,8 @@ def _schemas() -> dict[str, Any]:
                 "projected_sellout_at": {**_TIME, "nullable": True},
                 "rejections": {"type": "object", "additionalProperties": {"type": "integer"}},
                 "ledger": {"type": "object"},
-                "products": {"type": "array", "items": {"type": "object"}}}},
+                "products": {"type": "array", "items": {"type": "object"}},
+                "damaged_records": _COUNT}},
         "DashboardData": {
             "type": "object", "required": ["as_of", "campaigns", "dead_letters", "writers_alive"],
             "properties": {"as_of": {**_TIME, "nullable": True},
@@ -233,8 +234,9 @@ def _paths() -> dict[str, Any]:
                         _links())},
             "400 401 403 404 405 409 413 422 429 503", security=STOREFRONT, params=("cid", "Idempotency-Key"),
             body="ReserveRequest")},
-        f"{r}/{{rid}}": {"get": _op("getReservation", "one reservation", {"200": reservation},
-                                    "401 403 404 405 422 503", security=STOREFRONT, params=("cid", "rid"))},
+        f"{r}/{{rid}}": {"get": _op(
+            "getReservation", "one of the caller's reservations (another storefront's is 404, as an unknown id)",
+            {"200": reservation}, "401 403 404 405 422 503", security=STOREFRONT, params=("cid", "rid"))},
         f"{r}/{{rid}}/confirm": {"post": _op(
             "confirmReservation", "payment succeeded: the hold becomes an order (idempotent per payment_ref)",
             {"200": reservation}, "400 401 403 404 405 409 413 422 503", security=STOREFRONT,
@@ -243,7 +245,8 @@ def _paths() -> dict[str, Any]:
             "cancelReservation", "release the hold (idempotent)", {"200": reservation},
             "400 401 403 404 405 409 413 422 503", security=STOREFRONT, params=("cid", "rid"))},
         f"{c}/users/{{uid}}": {"get": _op(
-            "getHoldings", "a user's held and confirmed units, per product",
+            "getHoldings", "a user's units held and confirmed through the calling storefront, per product "
+            "(the caps count every storefront's)",
             {"200": _ok("holdings", "Holdings")}, "401 403 404 405 422 503", security=STOREFRONT,
             params=("cid", "uid"))},
         f"{c}/stats": {"get": _op("getStats", "sell-through", {"200": _ok("stats", "Stats")},

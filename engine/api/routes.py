@@ -170,31 +170,36 @@ class Api:
         outcome = await self._counted("reserve", self.engine.reserve(cid, req))
         return (200 if outcome.replayed else 201), render.reservation(outcome.reservation)
 
+    # A reservation belongs to the storefront that made it: each call below passes the caller's
+    # storefront, and another storefront's reservation is answered as an unknown id (404).
+
     async def reservation(self, request: Request) -> Answer:
-        self.auth.storefront(v.headers(request))
+        storefront = self.auth.storefront(v.headers(request))
         cid, rid = v.path_id(request, "cid"), v.path_id(request, "rid")
-        return 200, render.reservation(await self._within(self.engine.reservation(cid, rid)))
+        found = await self._within(self.engine.reservation(cid, rid, storefront=storefront))
+        return 200, render.reservation(found)
 
     async def confirm(self, request: Request) -> Answer:
         hdrs = v.headers(request)
-        self.auth.storefront(hdrs)
+        storefront = self.auth.storefront(hdrs)
         cid, rid = v.path_id(request, "cid"), v.path_id(request, "rid")
         ref = v.confirm_body(await v.json_object(request, hdrs))
-        outcome = await self._counted("confirm", self.engine.confirm(cid, rid, ref))
+        outcome = await self._counted("confirm", self.engine.confirm(cid, rid, ref, storefront=storefront))
         return 200, render.reservation(outcome.reservation)
 
     async def cancel(self, request: Request) -> Answer:
         hdrs = v.headers(request)
-        self.auth.storefront(hdrs)
+        storefront = self.auth.storefront(hdrs)
         cid, rid = v.path_id(request, "cid"), v.path_id(request, "rid")
         await v.read_body(request, hdrs)  # any body is ignored, but still bounded
-        outcome = await self._counted("cancel", self.engine.cancel(cid, rid))
+        outcome = await self._counted("cancel", self.engine.cancel(cid, rid, storefront=storefront))
         return 200, render.reservation(outcome.reservation)
 
     async def holdings(self, request: Request) -> Answer:
-        self.auth.storefront(v.headers(request))
+        storefront = self.auth.storefront(v.headers(request))
         cid, uid = v.path_id(request, "cid"), v.path_id(request, "uid")
-        return 200, render.json((await self._within(self.engine.holdings(cid, uid))).to_dict())
+        held = await self._within(self.engine.holdings(cid, uid, storefront=storefront))
+        return 200, render.json(held.to_dict())
 
     # -- ops ---------------------------------------------------------------------------------
 

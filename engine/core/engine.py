@@ -3,7 +3,7 @@
     engine = Engine.from_settings(settings)      # or Engine(redis_client, settings)
     await engine.ready()                         # Redis answers, scripts loaded
     outcome = await engine.reserve(cid, ReserveRequest(user_id, product_id, units, key, storefront))
-    await engine.confirm(cid, outcome.reservation.reservation_id, "pay-123")
+    await engine.confirm(cid, outcome.reservation.reservation_id, "pay-123", storefront="shop")
 
 Reserve, confirm and cancel are micro-batched per campaign (``calls.py``): concurrent requests
 share one script call, each still judged on its own, in arrival order. Every method raises a
@@ -13,14 +13,21 @@ timing out, loading, read-only or failing over: ``engine.core.outage``); the cal
 the same Idempotency-Key. Any other error Redis answers (a Lua script's runtime error: a bug or
 damaged data) propagates as redis-py's ``ResponseError``, never as ``StorageUnavailable``: a retry
 would meet it again. The API answers it 500 ``INTERNAL``.
+
+A reservation belongs to the storefront that made it: ``reservation``, ``confirm`` and ``cancel``
+take the caller's storefront and answer ``NotFound`` for another's, exactly as for an unknown id
+(the scripts compare it with the record's); ``holdings`` counts only the caller's units. A stored
+record no script can read raises ``DamagedRecord`` (logged once, when it is set aside).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
+import msgpack
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -31,18 +38,25 @@ from engine.core.calls import BatchedScript
 from engine.core.lru import Lru
 from engine.core.outage import OUTAGE_CLASSES, is_outage
 from engine.core.redis_client import connect
-from engine.core.requests import ReserveRequest, check_payment_ref, check_reserve, new_reservation_id
+from engine.core.requests import (
+    ReserveRequest,
+    check_payment_ref,
+    check_reserve,
+    check_storefront,
+    new_reservation_id,
+)
 from engine.core.results import CampaignView, Counters, Holdings, Outcome, Reservation
 from engine.core.scripts import Scripts, run
 from engine.core.wire import Wire
-from engine.errors import NotFound, StorageUnavailable, rejection
+from engine.errors import DamagedRecord, NotFound, StorageUnavailable, rejection
 from engine.settings import Settings
+from engine.status import Status
 
 __all__ = ["Engine", "ReserveRequest", "new_reservation_id"]
 
 RESERVE_STRIDE_IN = 6  # values per request in reserve.lua's ARGV
-CONFIRM_STRIDE_IN = 2
-CANCEL_STRIDE_IN = 1
+CONFIRM_STRIDE_IN = 3  # reservation id, storefront, payment reference
+CANCEL_STRIDE_IN = 2  # reservation id, storefront
 STRIDE_OUT = 4  # reply values per request, every batched script
 DEFINITIONS_KEPT = 1024  # parsed campaign definitions an Engine caches (least recently used go)
 
@@ -63,8 +77,10 @@ def _reserve_keys(campaign_id: str) -> list[str]:
 
 def _transition_keys(campaign_id: str) -> list[str]:
     k = keys.CampaignKeys(campaign_id)
-    return [k.counters, k.users, k.reservations, k.holds, k.events]
+    return [k.counters, k.users, k.reservations, k.holds, k.events, k.damaged]
 
+
+log = logging.getLogger("flashsale.engine")
 
 STORAGE_ERRORS = OUTAGE_CLASSES  # Redis away: StorageUnavailable (503); a script error is no outage
 
@@ -98,8 +114,27 @@ async def _reply(fut: Awaitable[Sequence[Any]], what: str) -> Sequence[Any]:
         raise
 
 
-def _outcome(campaign_id: str, reply: Sequence[Any], subject: str) -> Outcome:
+def _set_aside(campaign_id: str, reservation_id: str, during: str) -> None:
+    """The one log line of a damaged record, when a script sets it aside."""
+    log.error("damaged reservation record set aside", extra={
+        "campaign_id": campaign_id, "reservation_id": reservation_id, "during": during})
+
+
+def _owner(packed: bytes) -> str | None:
+    """The storefront a damaged record still names, if that much of it can be read."""
+    try:
+        r = msgpack.unpackb(packed, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    return r[7] if isinstance(r, list) and len(r) > 7 and isinstance(r[7], str) else None
+
+
+def _outcome(campaign_id: str, reply: Sequence[Any], subject: str, during: str = "") -> Outcome:
     code, detail, packed, replayed = reply
+    if code == Status.DAMAGED_RECORD:
+        if not replayed:  # replayed: it was set aside, and logged, before
+            _set_aside(campaign_id, _text(detail), during)
+        raise DamagedRecord(campaign_id, _text(detail))
     if code != 0:
         raise rejection(code, _text(detail), subject)
     return Outcome(Reservation.unpack(campaign_id, _text(detail), packed), bool(replayed))
@@ -223,7 +258,7 @@ class Engine:
         check_reserve(req)
         fut = self._reserve.submit(campaign_id, (new_reservation_id(), req.storefront, req.idempotency_key,
                                                  req.user_id, req.product_id, req.units))
-        return _outcome(campaign_id, await _reply(fut, "a reservation"), campaign_id)
+        return _outcome(campaign_id, await _reply(fut, "a reservation"), campaign_id, "reserve")
 
     async def reserve_unbatched(self, campaign_id: str, req: ReserveRequest) -> Outcome:
         """One redis-py script call per request: the naive baseline the benchmarks compare against."""
@@ -232,29 +267,37 @@ class Engine:
                            req.product_id, req.units]
         async with _storage("a reservation"):
             reply = await run(self.scripts.reserve, _reserve_keys(campaign_id), argv)
-        return _outcome(campaign_id, reply, campaign_id)
+        return _outcome(campaign_id, reply, campaign_id, "reserve")
 
-    async def confirm(self, campaign_id: str, reservation_id: str, payment_ref: str) -> Outcome:
+    async def confirm(self, campaign_id: str, reservation_id: str, payment_ref: str, *,
+                      storefront: str) -> Outcome:
         """Payment succeeded: the hold becomes an order. Idempotent for the same payment_ref;
         another payment_ref on a confirmed reservation, or a cancelled or expired one, raises
         ``InvalidState``. A hold inside its deadline may be paid even after the campaign was
         paused or closed: the kill switch stops new reservations, not the ones it promised.
+        Another storefront's reservation raises ``NotFound``, as an unknown id does.
         Batched per campaign."""
         check_payment_ref(payment_ref)
-        fut = self._confirm.submit(campaign_id, (reservation_id, payment_ref))
+        check_storefront(storefront)
+        fut = self._confirm.submit(campaign_id, (reservation_id, storefront, payment_ref))
         reply = await _reply(fut, "a confirm")
-        return _outcome(campaign_id, reply, f"reservation {reservation_id!r}")
+        return _outcome(campaign_id, reply, f"reservation {reservation_id!r}", "confirm")
 
-    async def cancel(self, campaign_id: str, reservation_id: str) -> Outcome:
-        """Release a hold. Idempotent; a confirmed or expired reservation raises ``InvalidState``."""
-        fut = self._cancel.submit(campaign_id, (reservation_id,))
+    async def cancel(self, campaign_id: str, reservation_id: str, *, storefront: str) -> Outcome:
+        """Release a hold. Idempotent; a confirmed or expired reservation raises ``InvalidState``;
+        another storefront's reservation raises ``NotFound``, as an unknown id does."""
+        check_storefront(storefront)
+        fut = self._cancel.submit(campaign_id, (reservation_id, storefront))
         reply = await _reply(fut, "a cancel")
-        return _outcome(campaign_id, reply, f"reservation {reservation_id!r}")
+        return _outcome(campaign_id, reply, f"reservation {reservation_id!r}", "cancel")
 
     async def expire_due(self, campaign_id: str, limit: int = 1000) -> tuple[int, bool]:
-        """Expire holds past their deadline; returns (expired, more are waiting)."""
+        """Expire holds past their deadline; returns (expired, more are waiting). A damaged
+        record among them is set aside by the script (logged here) and never stalls the sweep."""
         async with _storage("expiring holds"):
-            expired, more = await run(self.scripts.expire, _transition_keys(campaign_id), [limit])
+            expired, more, *damaged = await run(self.scripts.expire, _transition_keys(campaign_id), [limit])
+        for rid in damaged:
+            _set_aside(campaign_id, _text(rid), "expire")
         return int(expired), bool(more)
 
     async def campaigns_due(self, campaign_ids: Sequence[str]) -> list[str]:
@@ -275,7 +318,9 @@ class Engine:
         return [cid for cid, first in zip(campaign_ids, firsts, strict=True)
                 if isinstance(first, Exception) or (first and first[0][1] <= now)]
 
-    async def reservation(self, campaign_id: str, reservation_id: str) -> Reservation:
+    async def reservation(self, campaign_id: str, reservation_id: str, *, storefront: str) -> Reservation:
+        """One reservation as it is now; ``NotFound`` for an unknown id or another storefront's."""
+        check_storefront(storefront)
         k = keys.CampaignKeys(campaign_id)
         async with _storage("reading a reservation"), self.redis.pipeline(transaction=False) as p:
             p.hget(k.reservations, reservation_id)
@@ -283,18 +328,29 @@ class Engine:
             packed, t = await p.execute()
         if packed is None:
             raise NotFound("reservation", reservation_id)
-        return Reservation.unpack(campaign_id, reservation_id, packed).seen_at(_now_ms(t))
+        try:
+            r = Reservation.unpack(campaign_id, reservation_id, packed)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            if _owner(packed) not in (None, storefront):  # as the scripts do: another's is unknown
+                raise NotFound("reservation", reservation_id) from None
+            raise DamagedRecord(campaign_id, reservation_id) from None
+        if r.storefront != storefront:
+            raise NotFound("reservation", reservation_id)
+        return r.seen_at(_now_ms(t))
 
-    async def holdings(self, campaign_id: str, user_id: str) -> Holdings:
-        """A user's held and confirmed units, per product and in all. One round trip when this
-        engine has read the campaign before: its definition is checked in the same pipeline."""
+    async def holdings(self, campaign_id: str, user_id: str, *, storefront: str) -> Holdings:
+        """The units the storefront's reservations hold and confirmed for a user, per product and
+        in all (caps count the user's units through every storefront; this shows one's own).
+        One round trip when this engine has read the campaign before: its definition is checked
+        in the same pipeline."""
+        check_storefront(storefront)
         k = keys.CampaignKeys(campaign_id)
         known = self._known.get(campaign_id)
         async with _storage("reading a user's holdings"):
             if known is not None:
                 async with self.redis.pipeline(transaction=False) as p:
                     p.hget(k.meta, "def")
-                    p.hmget(k.users, Holdings.fields(known[1], user_id))
+                    p.hmget(k.users, Holdings.fields(known[1], user_id, storefront))
                     raw_def, vals = await p.execute()
                 if raw_def == known[0]:
                     return Holdings.from_values(known[1], user_id, vals)
@@ -303,7 +359,7 @@ class Engine:
                 raise self._not_found(campaign_id)
             c = self._definition(raw_def, campaign_id)
             vals = await cast("Awaitable[list[bytes | None]]",
-                              self.redis.hmget(k.users, Holdings.fields(c, user_id)))
+                              self.redis.hmget(k.users, Holdings.fields(c, user_id, storefront)))
         return Holdings.from_values(c, user_id, vals)
 
     async def counters(self, campaign_id: str) -> Counters:
@@ -334,4 +390,5 @@ class Engine:
             rejections={f[4:]: v for f, v in c.items() if f.startswith("rej|")},
             taken_last_minute=last_minute,
             persisted_orders=int(persisted or 0),
+            damaged=c.get("damaged", 0),
         )

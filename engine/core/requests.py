@@ -42,7 +42,11 @@ def check_reserve(req: ReserveRequest) -> None:
     k = req.idempotency_key
     if not isinstance(k, str) or len(k) > MAX_IDEMPOTENCY_KEY or not PRINTABLE.fullmatch(k):
         raise InvalidRequest("idempotency_key", "must be 1 to 255 printable ASCII characters")
-    if not isinstance(req.storefront, str) or not req.storefront or "|" in req.storefront:
+    check_storefront(req.storefront)
+
+
+def check_storefront(storefront: str) -> None:
+    if not isinstance(storefront, str) or not storefront or "|" in storefront:
         raise InvalidRequest("storefront", "must be a non-empty name without '|'")
 
 

@@ -79,19 +79,21 @@ class Holdings:
     products: tuple[ProductHolding, ...]
 
     @staticmethod
-    def fields(c: Campaign, user_id: str) -> list[str]:
-        """The users-hash fields that hold them (``engine/keys.py``), in ``from_values`` order."""
-        out = [f"t|{user_id}", f"c|{user_id}"]
+    def fields(c: Campaign, user_id: str, storefront: str) -> list[str]:
+        """The users-hash fields that hold one storefront's units of the user, per product
+        (``engine/keys.py``), in ``from_values`` order."""
+        out: list[str] = []
         for p in c.products:
-            out += [f"t|{user_id}|{p.id}", f"c|{user_id}|{p.id}"]
+            out += [f"t|{user_id}|{p.id}|{storefront}", f"c|{user_id}|{p.id}|{storefront}"]
         return out
 
     @classmethod
     def from_values(cls, c: Campaign, user_id: str, raw: Sequence[bytes | None]) -> Holdings:
         v = [int(x or 0) for x in raw]  # t| counts held + confirmed units, c| confirmed alone
-        products = tuple(ProductHolding(p.id, v[2 + 2 * i] - v[3 + 2 * i], v[3 + 2 * i])
+        products = tuple(ProductHolding(p.id, v[2 * i] - v[2 * i + 1], v[2 * i + 1])
                          for i, p in enumerate(c.products))
-        return cls(c.id, user_id, v[0] - v[1], v[1], products)
+        return cls(c.id, user_id, sum(p.held_units for p in products),
+                   sum(p.confirmed_units for p in products), products)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -143,3 +145,4 @@ class Counters:
     taken_last_minute: int  # units taken out of the tranche over the last 60 s
     persisted_orders: int
     extra: dict[str, int] = field(default_factory=dict)
+    damaged: int = 0  # records the scripts set aside because they could not read them

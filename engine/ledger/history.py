@@ -88,7 +88,7 @@ class Totals:
     buyers: int = 0
     product_sold: dict[str, int] = field(default_factory=dict)
     product_held: dict[str, int] = field(default_factory=dict)
-    users: dict[str, int] = field(default_factory=dict)  # t|u, c|u, t|u|p, c|u|p; zeros left out
+    users: dict[str, int] = field(default_factory=dict)  # t|u, c|u, t|u|p, c|u|p, t|u|p|sf, c|u|p|sf; no zeros
 
 
 def totals(states: Iterable[ResState]) -> Totals:
@@ -101,6 +101,7 @@ def totals(states: Iterable[ResState]) -> Totals:
             continue
         users[f"t|{r.user_id}"] += r.units
         users[f"t|{r.user_id}|{r.product_id}"] += r.units
+        users[f"t|{r.user_id}|{r.product_id}|{r.storefront}"] += r.units
         if r.state == "held":
             held += r.units
             p_held[r.product_id] += r.units
@@ -110,5 +111,6 @@ def totals(states: Iterable[ResState]) -> Totals:
             p_sold[r.product_id] += r.units
             users[f"c|{r.user_id}"] += r.units
             users[f"c|{r.user_id}|{r.product_id}"] += r.units
+            users[f"c|{r.user_id}|{r.product_id}|{r.storefront}"] += r.units
     buyers = sum(1 for f in users if f.startswith("c|") and f.count("|") == 1)
     return Totals(sold, held, orders, buyers, dict(p_sold), dict(p_held), dict(users))

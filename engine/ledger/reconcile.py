@@ -58,9 +58,11 @@ class Reconciliation:
 
 def _user_field(name: str) -> str:
     kind, _, rest = name.partition("|")
-    uid, _, pid = rest.partition("|")
+    uid, _, rest = rest.partition("|")
+    pid, _, storefront = rest.partition("|")
     what = "units taken (held + confirmed)" if kind == "t" else "units confirmed"
-    return f"user {uid}: {what}" + (f", product {pid}" if pid else "")
+    return (f"user {uid}: {what}" + (f", product {pid}" if pid else "")
+            + (f", through storefront {storefront}" if storefront else ""))
 
 
 def compare(campaign: Campaign, view: RedisView, want: Totals) -> list[Difference]:

@@ -11,12 +11,24 @@
 
   Returns {0, 1} created, {0, 0} replaced, or {ALREADY_OPEN, state} ('open' or 'closed') when
   the campaign it would replace has opened (by Redis TIME) or been closed.
-  Malformed ARGV is an error reply, before any write. The events stream is never touched: a
-  campaign that has not opened has no events.
+  Malformed ARGV is an error reply, before any write, and so is a value out of the bounds
+  engine/campaign.py enforces: times 0..253402300799999 (the last ms of 9999), hold 1..7 days,
+  price 1..10^9, totals and caps 0..10^12 (totals >= 1), total × price <= 2^53 (every amount stays
+  exact), a product's total <= the campaign's, rate limit 1..10^6, 1..64 products.
+  The events stream is never touched: a campaign that has not opened has no events.
 ]]
 local rcall = redis.call
 local OK = 0
 local ALREADY_OPEN = -12
+
+local MAX_TIME_MS = 253402300799999
+local MAX_HOLD_MS = 7 * 24 * 3600 * 1000
+local MAX_PRICE = 1e9
+local MAX_UNITS = 1e12
+local MAX_AMOUNT = 9007199254740992  -- 2^53
+local MAX_RATE = 1e6
+local MAX_PRODUCTS = 64
+local CHUNK = 2000  -- arguments per call at most: unpack() of more overflows Lua's C stack
 
 local function bad(what) return redis.error_reply('ERR load: ' .. what) end
 local nums = {}
@@ -31,10 +43,17 @@ if np < 1 or #ARGV ~= 10 + 3 * np then return bad('one or more products, 3 value
 if nums[3] <= nums[2] or nums[4] < 1 or nums[5] < 1 or nums[6] < 1 or nums[8] < 1 or nums[9] < 1 then
   return bad('window, hold, price, total and rate limit must be positive')
 end
+if np > MAX_PRODUCTS then return bad('at most ' .. MAX_PRODUCTS .. ' products') end
+if nums[3] > MAX_TIME_MS or nums[4] > MAX_HOLD_MS or nums[5] > MAX_PRICE or nums[6] > MAX_UNITS
+    or nums[7] > MAX_UNITS or nums[8] > MAX_RATE or nums[9] > MAX_RATE then
+  return bad('a time, the hold, the price, the total, the cap or the rate limit is out of bounds')
+end
+if nums[6] * nums[5] > MAX_AMOUNT then return bad('total units × unit price must not exceed 2^53') end
 for i = 0, np - 1 do
   local total, cap = tonumber(ARGV[12 + 3 * i]), tonumber(ARGV[13 + 3 * i])
-  if ARGV[11 + 3 * i] == '' or not total or total < 1 or not cap or cap < 0 then
-    return bad('product ' .. (i + 1) .. ' needs an id, total units >= 1, cap >= 0')
+  if ARGV[11 + 3 * i] == '' or not total or total < 1 or total > nums[6] or total ~= math.floor(total)
+      or not cap or cap < 0 or cap > MAX_UNITS or cap ~= math.floor(cap) then
+    return bad('product ' .. (i + 1) .. ' needs an id, total units in 1..the campaign total, cap >= 0')
   end
 end
 
@@ -60,6 +79,8 @@ for i = 0, np - 1 do
     fields[#fields + 1] = 'cap|' .. pid; fields[#fields + 1] = ARGV[13 + 3 * i]
   end
 end
-rcall('HSET', KEYS[1], unpack(fields))
+for i = 1, #fields, CHUNK do
+  rcall('HSET', KEYS[1], unpack(fields, i, math.min(i + CHUNK - 1, #fields)))
+end
 rcall('HSET', KEYS[2], 'sold', 0, 'held', 0, 'orders', 0, 'buyers', 0)
 return {OK, created}

@@ -17,8 +17,14 @@
     {code < 0, detail, '', 0}   codes in engine/status.py; detail: remaining units
       (INSUFFICIENT_STOCK), units still allowed (USER_CAP_EXCEEDED), ms to wait (RATE_LIMITED),
       the product id (PRODUCT_NOT_FOUND, SOLD_OUT), the stored reservation id
-      (RESERVATION_NOT_FOUND: the key points at a record that is gone)
-  Malformed ARGV fails the whole batch with an error reply, before any read or write.
+      (RESERVATION_NOT_FOUND: the key points at a record that is gone; DAMAGED_RECORD: at a
+      record cmsgpack cannot read or of the wrong shape: that request alone is refused)
+  Malformed ARGV fails the whole batch with an error reply, before any read or write; so does a
+  campaign whose stored price or total is out of the bounds engine/campaign.py enforces (price
+  1..10^9, total 1..10^12, total × price <= 2^53), before any write. Within them, a request whose
+  units × price would pass 2^53 asks for more than the tranche: INSUFFICIENT_STOCK, like any other.
+  The users hash gets each new hold's units per user (t|UID), per product (t|UID|PID) and per
+  storefront (t|UID|PID|SF): caps count the first two, a storefront sees only the last.
 
   Order of checks: idempotency (a replay returns the first reservation, as it is now; rejections
   are not remembered, so a retry after one is judged afresh), product, rate limit (GCRA; an
@@ -52,6 +58,7 @@ local USER_CAP_EXCEEDED = -9
 local IDEMPOTENCY_KEY_REUSED = -10
 local RECOVERING = -13
 local RATE_LIMITED = -14
+local DAMAGED_RECORD = -15
 local REJECTION_NAME = {
   [NOT_OPEN] = 'NOT_OPEN', [CLOSED] = 'CLOSED', [PAUSED] = 'PAUSED', [SOLD_OUT] = 'SOLD_OUT',
   [INSUFFICIENT_STOCK] = 'INSUFFICIENT_STOCK', [USER_CAP_EXCEEDED] = 'USER_CAP_EXCEEDED',
@@ -59,7 +66,9 @@ local REJECTION_NAME = {
 }
 local STRIDE = 6
 local RING = 120  -- seconds kept in the rate ring
-local MAX_UNITS = 1e12
+local MAX_UNITS = 1e12             -- engine/campaign.py MAX_UNITS
+local MAX_PRICE = 1e9              -- engine/campaign.py MAX_PRICE
+local MAX_AMOUNT = 9007199254740992  -- engine/campaign.py MAX_AMOUNT (2^53): money stays exact
 -- A new record, as cmsgpack.pack({'held', pid, uid, units, amount, exp, now, sf, key, '', 0})
 -- writes it: the header of an 11-element array, then each value's msgpack (a string's is a
 -- header, by its length, then its bytes), put together from pieces made once per batch.
@@ -117,6 +126,10 @@ if not m[1] then
 end
 local opens, closes, hold, price = tonumber(m[1]), tonumber(m[2]), tonumber(m[3]), tonumber(m[4])
 local total, ccap, flag = tonumber(m[5]), tonumber(m[6]), m[7]
+if not price or price < 1 or price > MAX_PRICE or price ~= floor(price) or not total or total < 1
+    or total > MAX_UNITS or total ~= floor(total) or total * price > MAX_AMOUNT then
+  return redis.error_reply('ERR reserve: the campaign\'s stored price or total is out of bounds')
+end
 local emission = 1000 / tonumber(m[8])             -- ms between attempts at the sustained rate
 local tolerance = emission * (tonumber(m[9]) - 1)  -- a burst of rl_burst attempts is allowed
 local window = OK
@@ -142,7 +155,8 @@ local c = rcall('HMGET', KEYS[2], 'sold', 'held')
 local csold, cheld = tonumber(c[1]) or 0, tonumber(c[2]) or 0
 local stored_idem = hmget(KEYS[5], ikeys)  -- request i -> the stored reservation id, or false
 local stored_tat = hmget(KEYS[9], uids)     -- request i -> its user's stored arrival time, or false
-local stored_users = nil  -- request i -> its user's two stored counters at 2i-1, 2i, or false
+local stored_users = nil  -- request i -> its user's three stored counters at 3i-2 .. 3i, or false
+local users_fields = nil  -- ... and the names of those fields
 local users_from = 0      -- ... read at the first request that needs them, for it and the rest
 local products = {}  -- pid -> {total, cap, sold, held, held0} or false (no such product)
 local users = {}     -- users hash field -> units taken (held + confirmed)
@@ -173,11 +187,13 @@ local function user_taken(i, fu, fup)
       for j = i, n do
         local b = 1 + STRIDE * (j - 1)
         local f = 't|' .. ARGV[b + 4]
-        fields[2 * (j - i) + 1] = f; fields[2 * (j - i) + 2] = f .. '|' .. ARGV[b + 5]
+        local fp = f .. '|' .. ARGV[b + 5]
+        local k = 3 * (j - i)
+        fields[k + 1] = f; fields[k + 2] = fp; fields[k + 3] = fp .. '|' .. ARGV[b + 2]
       end
-      stored_users, users_from = hmget(KEYS[3], fields), i
+      stored_users, users_fields, users_from = hmget(KEYS[3], fields), fields, i
     end
-    local k = 2 * (i - users_from)
+    local k = 3 * (i - users_from)
     if vu == nil then vu = tonumber(stored_users[k + 1]) or 0; users[fu] = vu end
     if vup == nil then vup = tonumber(stored_users[k + 2]) or 0; users[fup] = vup end
   end
@@ -199,7 +215,10 @@ end
 local function replay(prior, pid, uid, units)
   local packed = new_res[prior] or rcall('HGET', KEYS[4], prior)
   if not packed then return reject(RESERVATION_NOT_FOUND, prior) end
-  local r = cmsgpack.unpack(packed)
+  local ok, r = pcall(cmsgpack.unpack, packed)
+  if not ok or type(r) ~= 'table' or type(r[6]) ~= 'number' then
+    return reply(DAMAGED_RECORD, prior, '', 0)
+  end
   if r[2] ~= pid or r[3] ~= uid or r[4] ~= units then return reject(IDEMPOTENCY_KEY_REUSED, '') end
   if r[1] == 'held' and now >= r[6] then
     r[1] = 'expired'
@@ -240,7 +259,7 @@ local function judge(i, b, rid, sf, key, uid, pid, units)
   local premaining = p.total - p.sold - p.held
   if premaining < remaining then remaining = premaining end
   if remaining <= 0 then return reject(SOLD_OUT, pid) end
-  if units > remaining then return reject(INSUFFICIENT_STOCK, remaining) end
+  if units > remaining or units * price > MAX_AMOUNT then return reject(INSUFFICIENT_STOCK, remaining) end
   if not vu then vu, vup = user_taken(i, fu, fup) end
   local pu = packed_units[units]
   if not pu then pu = pack(units, units * price, exp, now); packed_units[units] = pu end
@@ -252,6 +271,11 @@ local function judge(i, b, rid, sf, key, uid, pid, units)
   cheld = cheld + units
   users[fu] = vu + units; users_changed[fu] = true
   users[fup] = vup + units; users_changed[fup] = true
+  local k = 3 * (i - users_from) + 3
+  local fups = users_fields[k]  -- t|UID|PID|SF: this storefront's units of the user's product
+  local vups = users[fups]
+  if vups == nil then vups = tonumber(stored_users[k]) or 0 end
+  users[fups] = vups + units; users_changed[fups] = true
   new_res[rid] = packed
   new_idem[ikey] = rid
   new_holds[nholds + 1] = exp_text

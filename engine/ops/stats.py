@@ -13,6 +13,8 @@ from a key scan, so a stats poll costs the same at 10 or 10 million reservations
 - ``rejections``: every reserve rejection code, zero when it never happened, so a chart or an
   alert sees a stable set of keys.
 - ``ledger.lag_orders``: confirmed orders not yet in the durable ledger (orders − persisted).
+- ``damaged_records``: reservation records the scripts could not read and set aside (each one
+  is logged once); anything but 0 needs an operator.
 """
 
 from __future__ import annotations
@@ -75,4 +77,5 @@ def stats_from_counters(c: Counters) -> dict[str, Any]:
                                         - c.product_held.get(p.id, 0), 0), remaining)}
             for p in campaign.products
         ],
+        "damaged_records": c.damaged,
     }

@@ -145,12 +145,13 @@ async def engine_phases(server: RedisServer, requests: int, concurrency: int, se
         await engine.reserve_unbatched(CAMPAIGN, ReserveRequest(users[i], PRODUCT, 1, f"n{tag}-{i}", "bench"))
 
     async def confirm(i: int) -> None:
-        await engine.confirm(CAMPAIGN, rids[i], f"pay-{i}")
+        await engine.confirm(CAMPAIGN, rids[i], f"pay-{i}", storefront="bench")
 
     async def confirm_naive(i: int) -> None:
         k = keys.CampaignKeys(CAMPAIGN)
         code, *_ = await engine.scripts.confirm(
-            keys=[k.counters, k.users, k.reservations, k.holds, k.events], args=[1, rids[i], f"pay-{i}"])
+            keys=[k.counters, k.users, k.reservations, k.holds, k.events, k.damaged],
+            args=[1, rids[i], "bench", f"pay-{i}"])
         assert code == 0
 
     try:

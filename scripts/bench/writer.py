@@ -247,7 +247,7 @@ async def _lag_run(engine: Engine, r: aioredis.Redis, rate: int, seconds: float,
     async def order(i: int) -> None:
         nonlocal done
         res = await engine.reserve(CID, ReserveRequest(f"u{i}", "p1", 1, f"k{i}", "sf-bench"))
-        await engine.confirm(CID, res.reservation.reservation_id, f"pay-{i}")
+        await engine.confirm(CID, res.reservation.reservation_id, f"pay-{i}", storefront="sf-bench")
         done += 1
 
     k = keys.CampaignKeys(CID)

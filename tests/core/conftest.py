@@ -80,7 +80,7 @@ def reserve_keys(cid: str) -> list[str]:
 
 def transition_keys(cid: str) -> list[str]:
     k = keys.CampaignKeys(cid)
-    return [k.counters, k.users, k.reservations, k.holds, k.events]
+    return [k.counters, k.users, k.reservations, k.holds, k.events, k.damaged]
 
 
 async def run_script(r: aioredis.Redis, name: str, keys_: list[str], args: list[Any]) -> Any:

@@ -81,10 +81,11 @@ class Model:
 
     # -- derived state -------------------------------------------------------------------
 
-    def units(self, *, state: str, product: str | None = None, user: str | None = None) -> int:
+    def units(self, *, state: str, product: str | None = None, user: str | None = None,
+              storefront: str | None = None) -> int:
         return sum(r.units for r in self.reservations.values()
                    if r.state == state and (product is None or r.product == product)
-                   and (user is None or r.user == user))
+                   and (user is None or r.user == user) and (storefront is None or r.storefront == storefront))
 
     def taken(self, user: str, product: str | None = None) -> int:
         """Units a user holds or has bought (what the caps bound)."""
@@ -150,8 +151,13 @@ class Model:
         r.overdue = False
         self._event(state, r)
 
-    def confirm(self, rid: str, ref: str) -> Ok | Refused:
+    def mine(self, rid: str, storefront: str) -> Res | None:
+        """The reservation as the storefront may see it: another storefront's is no reservation."""
         r = self.reservations.get(rid)
+        return r if r is not None and r.storefront == storefront else None
+
+    def confirm(self, rid: str, ref: str, storefront: str) -> Ok | Refused:
+        r = self.mine(rid, storefront)
         if r is None:
             return self._refuse("NOT_FOUND", counted=False, what="reservation")
         if r.state == CONFIRMED:
@@ -167,8 +173,8 @@ class Model:
         self._event(CONFIRMED, r)
         return self._ok(r, replayed=False)
 
-    def cancel(self, rid: str) -> Ok | Refused:
-        r = self.reservations.get(rid)
+    def cancel(self, rid: str, storefront: str) -> Ok | Refused:
+        r = self.mine(rid, storefront)
         if r is None:
             return self._refuse("NOT_FOUND", counted=False, what="reservation")
         if r.state == CANCELLED:

@@ -129,7 +129,8 @@ async def test_engine_authenticates_and_selects_the_database(password_redis: int
         assert e.wire is not None
         await e.load_campaign(campaign())
         o = await e.reserve("c1", ReserveRequest("u1", "p1", 1, "k", "shop"))
-        assert (await e.confirm("c1", o.reservation.reservation_id, "pay")).reservation.state == "confirmed"
+        done = await e.confirm("c1", o.reservation.reservation_id, "pay", storefront="shop")
+        assert done.reservation.state == "confirmed"
     finally:
         await e.close()
     check = redis.Redis(port=password_redis, password="s3cret", db=2)

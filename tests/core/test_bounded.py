@@ -42,10 +42,10 @@ async def test_random_campaign_ids_leave_the_caches_bounded(engine: Engine) -> N
     calls: list[Callable[[], Awaitable[Any]]] = []
     for n, cid in enumerate(ids):
         calls += [lambda cid=cid, n=n: engine.reserve(cid, ReserveRequest("u1", "p1", 1, f"k{n}", "shop")),
-                  lambda cid=cid: engine.confirm(cid, "r1", "pay-1"),
-                  lambda cid=cid: engine.cancel(cid, "r1"),
+                  lambda cid=cid: engine.confirm(cid, "r1", "pay-1", storefront="shop"),
+                  lambda cid=cid: engine.cancel(cid, "r1", storefront="shop"),
                   lambda cid=cid: engine.view(cid),
-                  lambda cid=cid: engine.holdings(cid, "u1"),
+                  lambda cid=cid: engine.holdings(cid, "u1", storefront="shop"),
                   lambda cid=cid: engine.counters(cid)]
     out = await _all(calls)
     assert all(isinstance(o, NotFound) for o in out), {type(o).__name__ for o in out}
@@ -55,7 +55,7 @@ async def test_random_campaign_ids_leave_the_caches_bounded(engine: Engine) -> N
         assert sizes[table] <= BOUND, sizes
     # the real campaign still works, and is cached once read
     assert (await engine.reserve("c1", ReserveRequest("u1", "p1", 1, "real", "shop"))).reservation.units == 1
-    assert (await engine.holdings("c1", "u1")).held_units == 1
+    assert (await engine.holdings("c1", "u1", storefront="shop")).held_units == 1
     assert engine.cache_sizes()["known"] == 1
 
 
@@ -65,7 +65,7 @@ async def test_a_campaign_gone_leaves_the_cache(engine: Engine, aredis: aioredis
     assert engine.cache_sizes()["known"] == 1
     await aredis.delete(keys.CampaignKeys("c1").meta)
     with pytest.raises(NotFound):
-        await engine.holdings("c1", "u1")  # the cached definition is checked, found gone, dropped
+        await engine.holdings("c1", "u1", storefront="shop")  # the cached definition is checked, found gone, dropped
     assert engine.cache_sizes()["known"] == 0
 
 

@@ -98,7 +98,8 @@ async def test_flash_crowd_never_oversells(make_engine: Callable[..., Engine], a
     users = {k.decode(): int(v) for k, v in (await aredis.hgetall(K.users)).items()}
     assert {f: v for f, v in users.items() if v} == {
         **{f"t|{u}": n for u, n in per_user.items()},
-        **{f"t|{u}|{p}": n for (u, p), n in per_user_product.items()}}
+        **{f"t|{u}|{p}": n for (u, p), n in per_user_product.items()},
+        **{f"t|{u}|{p}|shop": n for (u, p), n in per_user_product.items()}}
     assert await aredis.zcard(K.holds) == len(won)
     events = await stream(aredis, "c1")
     assert sorted(e["rid"] for e in events) == sorted(recs)
@@ -145,7 +146,7 @@ async def test_script_cache_flushed_mid_run(engine: Engine, aredis: aioredis.Red
             request = ReserveRequest(f"u{n}-{i}", "p1", 1, f"k{n}-{i}", "shop")
             call = engine.reserve_unbatched if i % 5 == 0 else engine.reserve
             o = await call("c1", request)
-            await engine.confirm("c1", o.reservation.reservation_id, f"pay-{n}-{i}")
+            await engine.confirm("c1", o.reservation.reservation_id, f"pay-{n}-{i}", storefront="shop")
             done += 1
         return done
 
@@ -201,7 +202,7 @@ async def test_redis_restart_mid_run() -> None:
         server.start()
         replay = await retrying(lambda: e.reserve("c1", ReserveRequest("u1", "p1", 2, "k1", "shop")))
         assert replay.replayed and replay.reservation == held.reservation  # AOF kept it
-        await retrying(lambda: e.confirm("c1", held.reservation.reservation_id, "pay"))
+        await retrying(lambda: e.confirm("c1", held.reservation.reservation_id, "pay", storefront="shop"))
         fresh = await retrying(lambda: e.reserve("c1", ReserveRequest("u2", "p1", 1, "k2", "shop")))
         assert fresh.reservation.state == "held" and fresh.reservation.user_id == "u2"
     finally:

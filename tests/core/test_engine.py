@@ -4,6 +4,7 @@ the rate limiter, input checks, and batching that changes cost, never outcomes."
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from engine.core.calls import BatchedScript
 from engine.core.engine import _reserve_keys
 from engine.errors import (
     Closed,
+    DamagedRecord,
     IdempotencyKeyReused,
     InsufficientStock,
     InvalidRequest,
@@ -108,42 +110,43 @@ async def test_invalid_requests_never_reach_redis(engine: Engine, aredis: aiored
 async def test_confirm_cancel_and_their_repeats(engine: Engine) -> None:
     await engine.load_campaign(campaign())
     rid = (await engine.reserve("c1", req(units=2))).reservation.reservation_id
-    done = await engine.confirm("c1", rid, "pay-1")
+    done = await engine.confirm("c1", rid, "pay-1", storefront="shop-a")
     assert not done.replayed and done.reservation.state == "confirmed"
     assert done.reservation.payment_ref == "pay-1" and done.reservation.confirmed_at_ms
-    again = await engine.confirm("c1", rid, "pay-1")
+    again = await engine.confirm("c1", rid, "pay-1", storefront="shop-a")
     assert again.replayed and again.reservation == done.reservation
     with pytest.raises(InvalidState) as st:
-        await engine.confirm("c1", rid, "pay-2")
+        await engine.confirm("c1", rid, "pay-2", storefront="shop-a")
     assert st.value.state == "confirmed"
     with pytest.raises(InvalidState):
-        await engine.cancel("c1", rid)
+        await engine.cancel("c1", rid, storefront="shop-a")
     with pytest.raises(InvalidRequest):
-        await engine.confirm("c1", rid, "")
+        await engine.confirm("c1", rid, "", storefront="shop-a")
     with pytest.raises(InvalidRequest):
-        await engine.confirm("c1", rid, "p" * 129)
+        await engine.confirm("c1", rid, "p" * 129, storefront="shop-a")
     with pytest.raises(NotFound):
-        await engine.confirm("c1", "nope", "pay")
+        await engine.confirm("c1", "nope", "pay", storefront="shop-a")
     with pytest.raises(NotFound):
-        await engine.cancel("c1", "nope")
+        await engine.cancel("c1", "nope", storefront="shop-a")
 
     rid2 = (await engine.reserve("c1", req(product="p2"))).reservation.reservation_id
-    gone = await engine.cancel("c1", rid2)
+    gone = await engine.cancel("c1", rid2, storefront="shop-a")
     assert gone.reservation.state == "cancelled" and not gone.replayed
-    assert (await engine.cancel("c1", rid2)).replayed
+    assert (await engine.cancel("c1", rid2, storefront="shop-a")).replayed
     with pytest.raises(InvalidState) as st:
-        await engine.confirm("c1", rid2, "pay")
+        await engine.confirm("c1", rid2, "pay", storefront="shop-a")
     assert st.value.state == "cancelled"
-    assert (await engine.reservation("c1", rid2)).state == "cancelled"
+    assert (await engine.reservation("c1", rid2, storefront="shop-a")).state == "cancelled"
 
 
 async def test_concurrent_confirms_share_calls_and_each_gets_its_own_answer(engine: Engine) -> None:
     await engine.load_campaign(campaign(user_cap_units=None, products=[
         {"id": "p1", "title": "t", "total_units": 1000}], total_units=None))
     rids = [(await engine.reserve("c1", req(user=f"u{i}"))).reservation.reservation_id for i in range(200)]
-    calls: list[Any] = [engine.confirm("c1", rid, f"pay-{i}") for i, rid in enumerate(rids)]
-    calls += [engine.confirm("c1", rids[0], "pay-0"), engine.confirm("c1", rids[1], "other"),
-              engine.cancel("c1", rids[2]), engine.confirm("c1", "nope", "x")]
+    calls: list[Any] = [engine.confirm("c1", rid, f"pay-{i}", storefront="shop-a") for i, rid in enumerate(rids)]
+    calls += [engine.confirm("c1", rids[0], "pay-0", storefront="shop-a"),
+              engine.confirm("c1", rids[1], "other", storefront="shop-a"),
+              engine.cancel("c1", rids[2], storefront="shop-a"), engine.confirm("c1", "nope", "x", storefront="shop-a")]
     out = await asyncio.gather(*calls, return_exceptions=True)
     assert all(not isinstance(o, BaseException) and o.reservation.payment_ref == f"pay-{i}"
                for i, o in enumerate(out[:200]))
@@ -158,12 +161,12 @@ async def test_expired_hold_is_refused_and_read_as_expired(engine: Engine, aredi
     await engine.load_campaign(campaign())
     r = (await engine.reserve("c1", req(units=2, key="k"))).reservation
     await make_overdue(aredis, "c1", r.reservation_id)
-    assert (await engine.reservation("c1", r.reservation_id)).state == "expired"
+    assert (await engine.reservation("c1", r.reservation_id, storefront="shop-a")).state == "expired"
     replay = await engine.reserve("c1", req(units=2, key="k"))
     assert replay.replayed and replay.reservation.state == "expired"
     assert (await engine.counters("c1")).held == 2  # not yet released: nothing but a read happened
     with pytest.raises(InvalidState) as st:
-        await engine.confirm("c1", r.reservation_id, "pay")
+        await engine.confirm("c1", r.reservation_id, "pay", storefront="shop-a")
     assert st.value.state == "expired"
     assert (await engine.counters("c1")).held == 0
     assert await engine.expire_due("c1") == (0, False)
@@ -176,8 +179,9 @@ async def test_expire_due(engine: Engine, aredis: aioredis.Redis) -> None:
         await make_overdue(aredis, "c1", rid)
     assert await engine.expire_due("c1", limit=2) == (2, True)
     assert await engine.expire_due("c1", limit=2) == (1, False)
-    assert [(await engine.reservation("c1", rid)).state for rid in rids] == ["expired"] * 3 + ["held"] * 2
-    h = await engine.holdings("c1", "u0")
+    states = [(await engine.reservation("c1", rid, storefront="shop-a")).state for rid in rids]
+    assert states == ["expired"] * 3 + ["held"] * 2
+    h = await engine.holdings("c1", "u0", storefront="shop-a")
     assert (h.held_units, h.confirmed_units) == (0, 0)
 
 
@@ -217,9 +221,9 @@ async def test_views_and_the_kill_switch(engine: Engine, aredis: aioredis.Redis)
         with pytest.raises(NotFound):
             await call("nope")
     with pytest.raises(NotFound):
-        await engine.holdings("nope", "u1")
+        await engine.holdings("nope", "u1", storefront="shop-a")
     with pytest.raises(NotFound):
-        await engine.reservation("c1", "nope")
+        await engine.reservation("c1", "nope", storefront="shop-a")
 
 
 async def test_holdings_and_counters(engine: Engine) -> None:
@@ -227,9 +231,9 @@ async def test_holdings_and_counters(engine: Engine) -> None:
     a = (await engine.reserve("c1", req(units=3))).reservation.reservation_id
     await engine.reserve("c1", req(product="p2", units=2))
     b = (await engine.reserve("c1", req(user="u2", product="p2", units=4))).reservation.reservation_id
-    await engine.confirm("c1", a, "pay-a")
-    await engine.cancel("c1", b)
-    h = await engine.holdings("c1", "u1")
+    await engine.confirm("c1", a, "pay-a", storefront="shop-a")
+    await engine.cancel("c1", b, storefront="shop-a")
+    h = await engine.holdings("c1", "u1", storefront="shop-a")
     assert (h.held_units, h.confirmed_units) == (2, 3)
     assert [(p.product_id, p.held_units, p.confirmed_units) for p in h.products] == [("p1", 0, 3), ("p2", 2, 0)]
     assert h.to_dict()["products"][1] == {"product_id": "p2", "held_units": 2, "confirmed_units": 0}
@@ -311,7 +315,7 @@ def test_reserve_under_uvloop(redis_url: str) -> None:
         try:
             await e.load_campaign(campaign())
             out = await asyncio.gather(*(e.reserve("c1", req(user=f"u{i}")) for i in range(50)))
-            await e.confirm("c1", out[0].reservation.reservation_id, "pay")
+            await e.confirm("c1", out[0].reservation.reservation_id, "pay", storefront="shop-a")
             return [o.reservation.state for o in out]
         finally:
             await e.close()
@@ -322,8 +326,9 @@ def test_reserve_under_uvloop(redis_url: str) -> None:
 async def test_unreachable_redis_is_storage_unavailable() -> None:
     e = Engine.from_settings(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_s=0.5))
     try:
-        for call in (e.reserve("c1", req()), e.reserve_unbatched("c1", req()), e.confirm("c1", "r", "p"),
-                     e.cancel("c1", "r"), e.view("c1"), e.expire_due("c1")):
+        for call in (e.reserve("c1", req()), e.reserve_unbatched("c1", req()),
+                     e.confirm("c1", "r", "p", storefront="shop-a"), e.cancel("c1", "r", storefront="shop-a"),
+                     e.view("c1"), e.expire_due("c1")):
             with pytest.raises(StorageUnavailable, match="retry"):
                 await call
     finally:
@@ -333,16 +338,16 @@ async def test_unreachable_redis_is_storage_unavailable() -> None:
 async def test_holdings_follow_a_replaced_definition(engine: Engine, aredis: aioredis.Redis) -> None:
     now = await redis_ms(aredis)
     await engine.load_campaign(campaign(opens_ms=now + 3_600_000))
-    assert [p.product_id for p in (await engine.holdings("c1", "u1")).products] == ["p1", "p2"]
+    assert [p.product_id for p in (await engine.holdings("c1", "u1", storefront="shop-a")).products] == ["p1", "p2"]
     await engine.load_campaign(campaign(opens_ms=now + 3_600_000, products=[
         {"id": "p3", "title": "t", "total_units": 5}, {"id": "p1", "title": "t", "total_units": 5}]))
-    await aredis.hset(K.users, mapping={"t|u1": 4, "c|u1": 1, "t|u1|p3": 3, "c|u1|p3": 1, "t|u1|p1": 1})
-    h = await engine.holdings("c1", "u1")  # the cached definition is stale: read afresh
+    await aredis.hset(K.users, mapping={"t|u1|p3|shop-a": 3, "c|u1|p3|shop-a": 1, "t|u1|p1|shop-a": 1})
+    h = await engine.holdings("c1", "u1", storefront="shop-a")  # the cached definition is stale: read afresh
     assert [(p.product_id, p.held_units, p.confirmed_units) for p in h.products] == [("p3", 2, 1), ("p1", 1, 0)]
     assert (h.held_units, h.confirmed_units) == (3, 1)
     await aredis.delete(K.meta)
     with pytest.raises(NotFound):
-        await engine.holdings("c1", "u1")
+        await engine.holdings("c1", "u1", storefront="shop-a")
 
 
 async def test_holds_made_before_the_kill_switch_can_still_be_paid_or_cancelled(engine: Engine) -> None:
@@ -350,8 +355,44 @@ async def test_holds_made_before_the_kill_switch_can_still_be_paid_or_cancelled(
     a = (await engine.reserve("c1", req(units=1))).reservation.reservation_id
     b = (await engine.reserve("c1", req(product="p2", units=1))).reservation.reservation_id
     await engine.pause("c1")
-    assert (await engine.confirm("c1", a, "pay")).reservation.state == "confirmed"
+    assert (await engine.confirm("c1", a, "pay", storefront="shop-a")).reservation.state == "confirmed"
     await engine.close_campaign("c1")
-    assert (await engine.cancel("c1", b)).reservation.state == "cancelled"
+    assert (await engine.cancel("c1", b, storefront="shop-a")).reservation.state == "cancelled"
     c = await engine.counters("c1")
     assert (c.sold, c.held, c.view.state) == (1, 0, "closed")
+
+
+async def test_another_storefront_is_answered_as_for_an_unknown_id(engine: Engine) -> None:
+    await engine.load_campaign(campaign())
+    rid = (await engine.reserve("c1", req(units=2))).reservation.reservation_id
+    for call in (engine.reservation("c1", rid, storefront="shop-b"),
+                 engine.confirm("c1", rid, "pay", storefront="shop-b"), engine.cancel("c1", rid, storefront="shop-b")):
+        with pytest.raises(NotFound) as theirs:
+            await call
+        assert theirs.value.details == {"what": "reservation", "id": rid}
+        assert str(theirs.value) == f"reservation {rid!r} not found"
+    assert (await engine.holdings("c1", "u1", storefront="shop-b")).held_units == 0
+    assert (await engine.confirm("c1", rid, "pay", storefront="shop-a")).reservation.state == "confirmed"
+    assert (await engine.holdings("c1", "u1", storefront="shop-a")).confirmed_units == 2
+    with pytest.raises(InvalidRequest):
+        await engine.cancel("c1", rid, storefront="")
+
+
+async def test_a_damaged_record_is_logged_once_and_spares_its_batch(engine: Engine, aredis: aioredis.Redis,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    await engine.load_campaign(campaign())
+    rids = [(await engine.reserve("c1", req(user=f"u{i}"))).reservation.reservation_id for i in range(4)]
+    await aredis.hset(K.reservations, rids[0], b"\xc1 not msgpack")
+    with caplog.at_level(logging.ERROR, logger="flashsale.engine"):
+        out = await asyncio.gather(*(engine.confirm("c1", rid, "pay", storefront="shop-a") for rid in rids),
+                                   engine.cancel("c1", rids[0], storefront="shop-a"), return_exceptions=True)
+        with pytest.raises(DamagedRecord):
+            await engine.reservation("c1", rids[0], storefront="shop-a")
+        with pytest.raises(DamagedRecord):
+            await engine.confirm("c1", rids[0], "pay", storefront="shop-a")
+    assert isinstance(out[0], DamagedRecord) and isinstance(out[4], DamagedRecord)
+    assert [o.reservation.state for o in out[1:4] if not isinstance(o, BaseException)] == ["confirmed"] * 3
+    lines = [r for r in caplog.records if r.name == "flashsale.engine"]
+    assert len(lines) == 1 and lines[0].reservation_id == rids[0] and lines[0].campaign_id == "c1"
+    c = await engine.counters("c1")
+    assert (c.damaged, c.sold, c.held) == (1, 3, 1)  # its unit stays counted: nobody can tell how many

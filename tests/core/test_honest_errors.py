@@ -34,7 +34,7 @@ async def test_a_script_error_is_no_outage(engine: Engine, aredis: aioredis.Redi
     with pytest.raises(ResponseError, match="WRONGTYPE"):
         await engine.reserve_unbatched("c1", ReserveRequest("u1", "p1", 1, "k2", "shop"))  # redis-py
     with pytest.raises(ResponseError, match="WRONGTYPE"):
-        await engine.cancel("c1", held.reservation_id)
+        await engine.cancel("c1", held.reservation_id, storefront="shop")
     with pytest.raises(ResponseError, match="WRONGTYPE"):
         await engine.counters("c1")  # a pipelined read
     await aredis.delete(k.holds)

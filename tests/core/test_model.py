@@ -16,6 +16,7 @@ from collections import Counter
 from typing import Any
 
 import msgpack
+import pytest
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -33,7 +34,7 @@ from hypothesis.stateful import (
 from engine import keys
 from engine.campaign import parse
 from engine.core import Engine, Outcome, ReserveRequest
-from engine.errors import Rejected
+from engine.errors import NotFound, Rejected
 from engine.events import decode
 from engine.settings import Settings
 from tests.core import model as m
@@ -148,15 +149,26 @@ class CoreMachine(RuleBasedStateMachine):
         # in creation order: the ids are random, so sorting them would make the draws flaky
         return data.draw(st.sampled_from([*self.model.reservations, "no-such-reservation"]))
 
-    @rule(data=st.data(), ref=st.sampled_from(REFS))
-    def confirm(self, data: st.DataObject, ref: str) -> None:
+    @rule(data=st.data(), ref=st.sampled_from(REFS), sf=st.sampled_from(STOREFRONTS))
+    def confirm(self, data: st.DataObject, ref: str, sf: str) -> None:
         rid = self._some_rid(data)
-        self.check(self.call(self.engine.confirm(CID, rid, ref)), self.model.confirm(rid, ref))
+        self.check(self.call(self.engine.confirm(CID, rid, ref, storefront=sf)), self.model.confirm(rid, ref, sf))
 
-    @rule(data=st.data())
-    def cancel(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), sf=st.sampled_from(STOREFRONTS))
+    def cancel(self, data: st.DataObject, sf: str) -> None:
         rid = self._some_rid(data)
-        self.check(self.call(self.engine.cancel(CID, rid)), self.model.cancel(rid))
+        self.check(self.call(self.engine.cancel(CID, rid, storefront=sf)), self.model.cancel(rid, sf))
+
+    @rule(data=st.data(), sf=st.sampled_from(STOREFRONTS))
+    def read(self, data: st.DataObject, sf: str) -> None:
+        rid = self._some_rid(data)
+        r = self.model.mine(rid, sf)
+        if r is None:  # unknown, or another storefront's: the same answer
+            with pytest.raises(NotFound):
+                self.run(self.engine.reservation(CID, rid, storefront=sf))
+        else:
+            got = self.run(self.engine.reservation(CID, rid, storefront=sf))
+            assert (got.state, got.units, got.storefront) == (r.visible_state, r.units, sf)
 
     @precondition(lambda self: any(r.state == m.HELD and not r.overdue for r in self.model.reservations.values()))
     @rule(data=st.data())
@@ -165,7 +177,8 @@ class CoreMachine(RuleBasedStateMachine):
         rid = data.draw(st.sampled_from(held))
         self.run(make_overdue(self.redis, CID, rid))
         self.model.make_overdue(rid)
-        assert self.run(self.engine.reservation(CID, rid)).state == m.EXPIRED
+        owner = self.model.reservations[rid].storefront
+        assert self.run(self.engine.reservation(CID, rid, storefront=owner)).state == m.EXPIRED
 
     @rule(limit=st.sampled_from([1, 2, 1000]))
     def expire(self, limit: int) -> None:
@@ -229,9 +242,14 @@ class CoreMachine(RuleBasedStateMachine):
                 assert users.get(f"t|{u}|{pid}", 0) == model.taken(u, pid)
                 assert users.get(f"c|{u}|{pid}", 0) == model.units(state=m.CONFIRMED, user=u, product=pid)
         u = USERS[len(model.events) % len(USERS)]  # the read API, one user a step
-        h = await self.engine.holdings(CID, u)
-        assert (h.held_units, h.confirmed_units) == (model.units(state=m.HELD, user=u),
-                                                     model.units(state=m.CONFIRMED, user=u))
+        for sf in STOREFRONTS:  # each storefront sees its own units; the caps above count them all
+            h = await self.engine.holdings(CID, u, storefront=sf)
+            assert (h.held_units, h.confirmed_units) == (model.units(state=m.HELD, user=u, storefront=sf),
+                                                         model.units(state=m.CONFIRMED, user=u, storefront=sf))
+            for p in h.products:
+                assert (p.held_units, p.confirmed_units) == (
+                    model.units(state=m.HELD, user=u, storefront=sf, product=p.product_id),
+                    model.units(state=m.CONFIRMED, user=u, storefront=sf, product=p.product_id))
 
         # every record is the model's; the work list holds exactly the holds not yet released
         records = {text(k): msgpack.unpackb(v, raw=False) for k, v in raw_res.items()}

@@ -72,9 +72,10 @@ def test_includes_are_spliced_in() -> None:
     for name in ("confirm", "cancel", "expire"):
         text_ = source(name)
         assert "-- @include" not in text_
-        assert "local function release_hold(rid, r, state, now)" in text_
-        assert "local function redis_now()" in text_
-        assert text_.index("local function release_hold") < text_.rindex("release_hold(rid, r, ")
+        assert "local function release_hold(rid, e, state, now)" in text_
+        assert "local function redis_now()" in text_ and "local function flush()" in text_
+        assert text_.index("local function read_entries") < text_.index("local function flush")
+        assert text_.index("local function flush") < text_.rindex("flush()")
     for name in SCRIPT_NAMES:
         assert "-- @include" not in source(name)
     assert "release_hold" not in source("reserve")
@@ -167,7 +168,7 @@ async def test_reserve_writes_every_key(engine: Engine, aredis: aioredis.Redis) 
     assert await aredis.hget(K.idempotency, "sf|key1") == b"rid1"
     assert await aredis.zrange(K.holds, 0, -1, withscores=True) == [(b"rid1", float(rec[5]))]
     assert await aredis.hmget(K.counters, ["held", "held|p1", "sold"]) == [b"3", b"3", b"0"]
-    assert await aredis.hgetall(K.users) == {b"t|u1": b"3", b"t|u1|p1": b"3"}
+    assert await aredis.hgetall(K.users) == {b"t|u1": b"3", b"t|u1|p1": b"3", b"t|u1|p1|sf": b"3"}
     assert float(await aredis.hget(K.ratelimit, "u1") or 0) >= rec[6]
     ring = {text(k): int(v) for k, v in (await aredis.hgetall(K.rate)).items()}
     slot = (rec[6] // 1000) % 120
@@ -204,7 +205,8 @@ async def test_reserve_caps(engine: Engine, aredis: aioredis.Redis) -> None:
                         ("r5", "sf", "k5", "u1", "p1", 1))
     assert [(o[0], o[1]) for o in out] == [(0, b"r1"), (Status.USER_CAP_EXCEEDED, 1), (0, b"r3"),
                                            (Status.USER_CAP_EXCEEDED, 0), (Status.USER_CAP_EXCEEDED, 0)]
-    assert await aredis.hgetall(K.users) == {b"t|u1": b"10", b"t|u1|p1": b"3", b"t|u1|p2": b"7"}
+    assert await aredis.hgetall(K.users) == {b"t|u1": b"10", b"t|u1|p1": b"3", b"t|u1|p2": b"7",
+                                             b"t|u1|p1|sf": b"3", b"t|u1|p2|sf": b"7"}
 
 
 async def test_reserve_rejections_write_only_limiter_and_counts(engine: Engine, aredis: aioredis.Redis) -> None:
@@ -289,7 +291,7 @@ async def test_reserve_largest_batch(engine: Engine, aredis: aioredis.Redis) -> 
     made = [i for i, o in enumerate(out) if o[3] == 0 and o[0] == Status.OK]
     assert len(made) == 4092 and all(out[i][1] == f"r{i}".encode() for i in made)
     assert await aredis.hget(K.counters, "held") == b"4095"
-    assert await aredis.hlen(K.users) == 2 + 2 * 4092
+    assert await aredis.hlen(K.users) == 3 + 3 * 4092
     assert await aredis.hmget(K.users, ["t|late", "t|late|p1", "t|u4094", "t|u4094|p1"]) == [b"3", b"3", b"1", b"1"]
     assert await aredis.xlen(K.events) == 4093
 
@@ -339,16 +341,25 @@ async def test_reserve_rate_limit_gcra(engine: Engine, aredis: aioredis.Redis) -
 # -- confirm / cancel / expire ----------------------------------------------------------------
 
 
-async def confirm(r: aioredis.Redis, *pairs: tuple[str, str]) -> list[list[Any]]:
-    args: list[Any] = [len(pairs)]
-    for rid, ref in pairs:
-        args += [rid, ref]
+async def confirm(r: aioredis.Redis, *pairs: tuple[str, str], sf: str = "sf") -> list[list[Any]]:
+    """confirm.lua with (rid, ref) per request, every one from storefront ``sf``."""
+    return await confirm_as(r, *((rid, sf, ref) for rid, ref in pairs))
+
+
+async def confirm_as(r: aioredis.Redis, *requests: tuple[str, str, str]) -> list[list[Any]]:
+    """confirm.lua with (rid, storefront, ref) per request."""
+    args: list[Any] = [len(requests)]
+    for req in requests:
+        args += list(req)
     out = await run_script(r, "confirm", transition_keys("c1"), args)
     return [out[i : i + 4] for i in range(0, len(out), 4)]
 
 
-async def cancel(r: aioredis.Redis, *rids: str) -> list[list[Any]]:
-    out = await run_script(r, "cancel", transition_keys("c1"), [len(rids), *rids])
+async def cancel(r: aioredis.Redis, *rids: str, sf: str = "sf") -> list[list[Any]]:
+    args: list[Any] = [len(rids)]
+    for rid in rids:
+        args += [rid, sf]
+    out = await run_script(r, "cancel", transition_keys("c1"), args)
     return [out[i : i + 4] for i in range(0, len(out), 4)]
 
 
@@ -366,7 +377,8 @@ async def test_confirm(engine: Engine, aredis: aioredis.Redis) -> None:
     assert counters == {"sold": 5, "held": 0, "orders": 2, "buyers": 1, "held|p1": 0, "held|p2": 0,
                         "sold|p1": 3, "sold|p2": 2}
     users = {text(k): int(v) for k, v in (await aredis.hgetall(K.users)).items()}
-    assert users == {"t|u1": 5, "t|u1|p1": 3, "t|u1|p2": 2, "c|u1": 5, "c|u1|p1": 3, "c|u1|p2": 2}
+    assert users == {"t|u1": 5, "t|u1|p1": 3, "t|u1|p2": 2, "c|u1": 5, "c|u1|p1": 3, "c|u1|p2": 2,
+                     "t|u1|p1|sf": 3, "t|u1|p2|sf": 2, "c|u1|p1|sf": 3, "c|u1|p2|sf": 2}
     assert await aredis.zcard(K.holds) == 0
     events = [e for e in await stream(aredis, "c1") if e["e"] == "confirmed"]
     assert events == [
@@ -381,7 +393,8 @@ async def test_confirm_malformed_writes_nothing(engine: Engine, aredis: aioredis
     await engine.load_campaign(campaign())
     await reserve(aredis, ("r1", "sf", "k1", "u1", "p1", 3))
     before = await dump(aredis)
-    for args in ([1, "r1", ""], [1, "r1", "x" * 129], [2, "r1", "pay"], [0], ["x", "r1", "pay"]):
+    for args in ([1, "r1", "sf", ""], [1, "r1", "sf", "x" * 129], [2, "r1", "sf", "pay"], [0],
+                 ["x", "r1", "sf", "pay"], [1, "r1", "", "pay"], [1, "r1", "s|f", "pay"], [1, "r1", "pay"]):
         with pytest.raises(ResponseError, match=r"^confirm: "):
             await run_script(aredis, "confirm", transition_keys("c1"), args)
     with pytest.raises(ResponseError, match=r"^confirm: "):  # one bad ref fails the batch up front
@@ -404,7 +417,10 @@ async def test_cancel(engine: Engine, aredis: aioredis.Redis) -> None:
     assert len(cancelled) == 1 and cancelled[0]["rid"] == "r1" and cancelled[0]["units"] == "3"
     assert (await confirm(aredis, ("r1", "pay")))[0][:2] == [Status.INVALID_STATE, b"cancelled"]
     with pytest.raises(ResponseError, match=r"^cancel: "):
-        await run_script(aredis, "cancel", transition_keys("c1"), [2, "r1"])
+        await run_script(aredis, "cancel", transition_keys("c1"), [2, "r1", "sf"])
+    for bad in ("", "s|f"):
+        with pytest.raises(ResponseError, match=r"^cancel: "):
+            await run_script(aredis, "cancel", transition_keys("c1"), [1, "r1", bad])
 
 
 @pytest.mark.parametrize("script", ["confirm", "cancel"])
@@ -480,3 +496,188 @@ async def test_admin(engine: Engine, aredis: aioredis.Redis) -> None:
     with pytest.raises(ResponseError, match="unknown action"):
         await admin(aredis, "explode")
     await assert_no_ttl(aredis)
+
+
+# -- storefronts -------------------------------------------------------------------------------
+
+
+async def test_another_storefronts_reservation_is_not_found_and_untouched(engine: Engine,
+                                                                          aredis: aioredis.Redis) -> None:
+    await engine.load_campaign(campaign())
+    await reserve(aredis, ("r1", "sf", "k1", "u1", "p1", 3), ("r2", "sf", "k2", "u1", "p2", 2))
+    await make_overdue(aredis, "c1", "r2")  # even an overdue hold is not expired by a stranger's touch
+    before = await dump(aredis)
+    assert await confirm(aredis, ("r1", "pay"), ("r2", "pay"), ("nope", "pay"), sf="other") == [
+        [Status.RESERVATION_NOT_FOUND, b"r1", b"", 0], [Status.RESERVATION_NOT_FOUND, b"r2", b"", 0],
+        [Status.RESERVATION_NOT_FOUND, b"nope", b"", 0]]
+    assert await cancel(aredis, "r1", "r2", "nope", sf="other") == [
+        [Status.RESERVATION_NOT_FOUND, b"r1", b"", 0], [Status.RESERVATION_NOT_FOUND, b"r2", b"", 0],
+        [Status.RESERVATION_NOT_FOUND, b"nope", b"", 0]]
+    assert await dump(aredis) == before
+    # in one batch beside the owner's own requests: each is judged for its own storefront
+    out = await confirm_as(aredis, ("r1", "other", "pay"), ("r1", "sf", "pay"), ("r1", "other", "pay"),
+                           ("r1", "sf", "pay"))
+    assert [(o[0], o[3]) for o in out] == [(Status.RESERVATION_NOT_FOUND, 0), (0, 0),
+                                           (Status.RESERVATION_NOT_FOUND, 0), (0, 1)]
+
+
+async def test_users_hash_keeps_each_storefronts_units(engine: Engine, aredis: aioredis.Redis) -> None:
+    await engine.load_campaign(campaign())  # p1 cap 4 per user, campaign cap 10
+    out = await reserve(aredis, ("r1", "a", "k1", "u1", "p1", 2), ("r2", "b", "k1", "u1", "p1", 2),
+                        ("r3", "b", "k3", "u1", "p1", 1), ("r4", "a", "k4", "u1", "p2", 3))
+    assert [o[0] for o in out] == [0, 0, Status.USER_CAP_EXCEEDED, 0]  # the cap counts both storefronts
+    await confirm_as(aredis, ("r1", "a", "pay"))
+    await cancel(aredis, "r4", sf="a")
+    users = {text(k): int(v) for k, v in (await aredis.hgetall(K.users)).items()}
+    assert users == {"t|u1": 4, "t|u1|p1": 4, "t|u1|p2": 0, "c|u1": 2, "c|u1|p1": 2,
+                     "t|u1|p1|a": 2, "t|u1|p1|b": 2, "t|u1|p2|a": 0, "c|u1|p1|a": 2}
+    await make_overdue(aredis, "c1", "r2")
+    assert await run_script(aredis, "expire", transition_keys("c1"), [10]) == [1, 0]
+    assert await aredis.hmget(K.users, ["t|u1|p1|b", "t|u1|p1", "t|u1"]) == [b"0", b"2", b"2"]
+
+
+# -- judged before written --------------------------------------------------------------------
+
+
+async def test_repeated_ids_in_one_batch_are_judged_in_order(engine: Engine, aredis: aioredis.Redis) -> None:
+    await engine.load_campaign(campaign())
+    await reserve(aredis, ("r1", "sf", "k1", "u1", "p1", 1), ("r2", "sf", "k2", "u2", "p1", 1),
+                  ("r3", "sf", "k3", "u3", "p1", 1))
+    await make_overdue(aredis, "c1", "r2")
+    out = await confirm(aredis, ("r1", "pay"), ("r2", "pay"), ("r1", "pay"), ("r2", "pay"), ("r1", "other"))
+    assert [(o[0], o[1], o[3]) for o in out] == [
+        (0, b"r1", 0), (Status.INVALID_STATE, b"expired", 0), (0, b"r1", 1),
+        (Status.INVALID_STATE, b"expired", 0), (Status.INVALID_STATE, b"confirmed", 0)]
+    assert out[0][2] == out[2][2] == await aredis.hget(K.reservations, "r1")
+    out = await cancel(aredis, "r3", "r3", "r1")
+    assert [(o[0], o[1], o[3]) for o in out] == [(0, b"r3", 0), (0, b"r3", 1), (Status.INVALID_STATE, b"confirmed", 0)]
+    assert (await confirm(aredis, ("r3", "pay")))[0][:2] == [Status.INVALID_STATE, b"cancelled"]
+    assert [(e["e"], e["rid"]) for e in await stream(aredis, "c1")][3:] == [
+        ("confirmed", "r1"), ("expired", "r2"), ("cancelled", "r3")]  # each transition once, in order
+    counters = {text(k): int(v) for k, v in (await aredis.hgetall(K.counters)).items()}
+    assert (counters["held"], counters["sold"], counters["orders"], counters["buyers"]) == (0, 1, 1, 1)
+    assert await aredis.zcard(K.holds) == 0
+
+
+GARBAGE = b"\xc1\xc1 no msgpack"  # 0xc1 is never used by msgpack: cmsgpack.unpack raises
+
+
+async def _damaged_setup(engine: Engine, aredis: aioredis.Redis) -> int:
+    """r1..r3 good holds; 'bad' a record cmsgpack cannot read, 'odd' one of the wrong shape,
+    both in the holds zset. Returns the deadline they share."""
+    await engine.load_campaign(campaign())
+    await reserve(aredis, ("r1", "sf", "k1", "u1", "p2", 1), ("r2", "sf", "k2", "u2", "p2", 1),
+                  ("r3", "sf", "k3", "u3", "p2", 1))
+    odd = await aredis.eval("return cmsgpack.pack({'held', 'p2', 'u4', 'three', 1, 2, 3, 'sf', 'k', '', 0})", 0)
+    await aredis.hset(K.reservations, mapping={"bad": GARBAGE, "odd": odd})
+    deadline = int(await aredis.zscore(K.holds, "r1") or 0)
+    await aredis.zadd(K.holds, {"bad": deadline, "odd": deadline})
+    return deadline
+
+
+async def test_confirm_and_cancel_set_a_damaged_record_aside_and_serve_the_rest(
+        engine: Engine, aredis: aioredis.Redis) -> None:
+    await _damaged_setup(engine, aredis)
+    out = await confirm(aredis, ("r1", "pay"), ("bad", "pay"), ("r2", "pay"), ("bad", "pay"), ("odd", "pay"))
+    assert out[1:] == [[Status.DAMAGED_RECORD, b"bad", b"", 0], [0, b"r2", out[2][2], 0],
+                       [Status.DAMAGED_RECORD, b"bad", b"", 1], [Status.DAMAGED_RECORD, b"odd", b"", 0]]
+    assert out[0][:2] == [0, b"r1"]  # the good ones are confirmed, beside the damaged
+    assert await cancel(aredis, "bad", "r3") == [[Status.DAMAGED_RECORD, b"bad", b"", 1],
+                                                 [0, b"r3", await aredis.hget(K.reservations, "r3"), 0]]
+    assert await aredis.hgetall(K.damaged) == {b"bad": b"unreadable", b"odd": b"malformed"}
+    assert await aredis.zrange(K.holds, 0, -1) == []
+    assert await aredis.hget(K.reservations, "bad") == GARBAGE  # kept as it was, for an operator
+    counters = {text(k): int(v) for k, v in (await aredis.hgetall(K.counters)).items()}
+    assert (counters["damaged"], counters["sold"], counters["orders"], counters["held"]) == (2, 2, 2, 0)
+    assert [e["e"] for e in await stream(aredis, "c1")][3:] == ["confirmed", "confirmed", "cancelled"]
+
+
+async def test_expire_sets_a_damaged_record_aside_and_the_sweep_goes_on(engine: Engine,
+                                                                        aredis: aioredis.Redis) -> None:
+    await _damaged_setup(engine, aredis)
+    for rid in ("r1", "r2"):
+        deadline = await make_overdue(aredis, "c1", rid)
+    await aredis.zadd(K.holds, {"bad": deadline, "odd": deadline})
+    got = await run_script(aredis, "expire", transition_keys("c1"), [10])
+    assert got[:2] == [2, 0] and sorted(got[2:]) == [b"bad", b"odd"]
+    assert await run_script(aredis, "expire", transition_keys("c1"), [10]) == [0, 0]
+    assert await aredis.zrange(K.holds, 0, -1) == [b"r3"]
+    assert await aredis.hgetall(K.damaged) == {b"bad": b"unreadable", b"odd": b"malformed"}
+    counters = await aredis.hmget(K.counters, ["damaged", "held", "held|p2"])
+    assert counters == [b"2", b"1", b"1"]
+    assert sorted(e["rid"] for e in await stream(aredis, "c1") if e["e"] == "expired") == ["r1", "r2"]
+    # through the engine: the same, logged, and the sweep is never stalled
+    await aredis.hset(K.reservations, "bad2", GARBAGE)
+    await aredis.zadd(K.holds, {"bad2": 1})
+    assert await engine.expire_due("c1") == (0, False)
+    assert (await engine.counters("c1")).damaged == 3
+
+
+async def test_reserve_replay_of_a_damaged_record_is_refused_alone(engine: Engine, aredis: aioredis.Redis) -> None:
+    await engine.load_campaign(campaign())
+    await reserve(aredis, ("r1", "sf", "k1", "u1", "p1", 1))
+    await aredis.hset(K.reservations, "r1", GARBAGE)
+    out = await reserve(aredis, ("r9", "sf", "k1", "u1", "p1", 1), ("r2", "sf", "k2", "u2", "p1", 1))
+    assert out[0] == [Status.DAMAGED_RECORD, b"r1", b"", 0] and out[1][:2] == [0, b"r2"]
+
+
+# -- money bounds inside Lua ------------------------------------------------------------------
+
+
+async def test_reserve_refuses_a_stored_price_out_of_bounds_before_any_write(engine: Engine,
+                                                                             aredis: aioredis.Redis) -> None:
+    await engine.load_campaign(campaign(total_units=10**12, user_cap_units=None, unit_price=1, products=[
+        {"id": "p1", "title": "t", "total_units": 10**12}]))
+    for price in (10**10, 10**5):  # past MAX_PRICE; within it, but total × price past 2^53
+        await aredis.hset(K.meta, "price", price)
+        before = await dump(aredis)
+        with pytest.raises(ResponseError, match=r"^reserve: the campaign's stored price or total is out of bounds"):
+            await reserve(aredis, ("r1", "sf", "k1", "u1", "p1", 10**11))
+        assert await dump(aredis) == before
+
+
+async def test_reserve_refuses_an_amount_past_2_53(engine: Engine, aredis: aioredis.Redis) -> None:
+    await engine.load_campaign(campaign(total_units=9_000_000, user_cap_units=None, unit_price=10**9, products=[
+        {"id": "p1", "title": "t", "total_units": 9_000_000}]))
+    out = await reserve(aredis, ("r1", "sf", "k1", "u1", "p1", 10**7), ("r2", "sf", "k2", "u2", "p1", 9_000_000))
+    assert out[0] == [Status.INSUFFICIENT_STOCK, 9_000_000, b"", 0]
+    assert out[1][0] == 0 and record(out[1][2])[4] == 9 * 10**15  # exact
+
+
+@pytest.mark.parametrize("change", [
+    lambda a: a.__setitem__(4, 10**9 + 1),             # price past MAX_PRICE
+    lambda a: (a.__setitem__(4, 10**9), a.__setitem__(5, 10**7), a.__setitem__(11, 10**7)),  # 10^16 > 2^53
+    lambda a: (a.__setitem__(5, 10**12 + 1)),           # total past MAX_UNITS
+    lambda a: a.__setitem__(3, 8 * 24 * 3_600_000),     # hold past 7 days
+    lambda a: a.__setitem__(2, 253402300800000),        # closes after 9999
+    lambda a: a.__setitem__(11, 101),                   # a product larger than the tranche of 100
+    lambda a: a.__setitem__(7, 10**6 + 1),              # rate limit past 10^6
+])
+async def test_load_refuses_values_out_of_bounds(engine: Engine, aredis: aioredis.Redis, change: Any) -> None:
+    now = await redis_ms(aredis)
+    await engine.load_campaign(campaign(opens_ms=now + 3_600_000))  # replaceable
+    before = await dump(aredis)
+    keys_, argv = await _load_args(engine, "c1")
+    argv[1] = now + 3_600_000
+    change(argv)
+    with pytest.raises(ResponseError, match=r"^load: "):
+        await run_script(aredis, "load", keys_, argv)
+    assert await dump(aredis) == before
+
+
+async def test_load_of_thousands_of_products_is_refused_and_changes_nothing(engine: Engine,
+                                                                          aredis: aioredis.Redis) -> None:
+    """3000 products with caps are 12,000 meta fields: unpacked at once they overflow Lua's C stack
+    (past about 8000 values), and the old script failed there, after it had deleted the campaign
+    it was replacing. Python allows 64 products; so does the script now, and it writes in chunks."""
+    now = await redis_ms(aredis)
+    await engine.load_campaign(campaign(opens_ms=now + 3_600_000))
+    before = await dump(aredis)
+    keys_, argv = await _load_args(engine, "c1")
+    argv[1] = now + 3_600_000
+    argv[9:] = [3000]
+    for i in range(3000):
+        argv += [f"p{i}", 1, 1]
+    with pytest.raises(ResponseError, match=r"^load: at most 64 products"):
+        await run_script(aredis, "load", keys_, argv)
+    assert await dump(aredis) == before

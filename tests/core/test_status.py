@@ -41,7 +41,8 @@ def test_every_rejection_code_is_used_by_some_script() -> None:
 
 def test_the_parser_sees_what_it_should() -> None:
     assert constants("reserve.lua")["SOLD_OUT"] == -7
-    assert constants("confirm.lua") == {"OK": 0, "RESERVATION_NOT_FOUND": -3, "INVALID_STATE": -11}
+    assert constants("confirm.lua") == {"OK": 0, "RESERVATION_NOT_FOUND": -3, "INVALID_STATE": -11,
+                                        "DAMAGED_RECORD": -15}
 
 
 @pytest.mark.parametrize("status", [s for s in Status if s is not Status.OK])

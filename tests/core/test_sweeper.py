@@ -45,8 +45,8 @@ async def test_sweeper_releases_an_expired_hold_soon_after_its_deadline(engine: 
     finally:
         sweeper.stop()
         await task
-    assert (await engine.reservation("c1", r.reservation_id)).state == "expired"
-    h = await engine.holdings("c1", "u1")
+    assert (await engine.reservation("c1", r.reservation_id, storefront="shop")).state == "expired"
+    h = await engine.holdings("c1", "u1", storefront="shop")
     assert (h.held_units, h.confirmed_units) == (0, 0)
     [expired] = [e for e in await stream(aredis, "c1") if e["e"] == "expired"]
     # Judged in Redis TIME, as the sweeper sees it. The promise is "within 1 s"; the bound here
@@ -134,7 +134,7 @@ async def test_only_campaigns_with_a_hold_due_are_swept(engine: Engine, aredis: 
     assert calls == ["due"]
     assert await sweeper.sweep_once(ids) == 0  # nothing due any more: no script call at all
     assert calls == ["due"]
-    assert (await engine.reservation("due", due.reservation_id)).state == "expired"
+    assert (await engine.reservation("due", due.reservation_id, storefront="shop")).state == "expired"
     assert (await engine.counters("running")).held == 1
 
     await aredis.set(keys.CampaignKeys("broken").holds, "not a zset")

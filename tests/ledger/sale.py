@@ -79,10 +79,10 @@ async def sell(engine: Engine, cid: str, n: int, *, start: int = 0, confirm_ever
         rid = r.reservation_id
         try:
             if i % confirm_every == 0:
-                await engine.confirm(cid, rid, f"pay-{i}")
+                await engine.confirm(cid, rid, f"pay-{i}", storefront="shop-a")
                 sale.confirmed[rid] = (uid, pid, units)
             elif cancel_every and i % cancel_every == 0:
-                await engine.cancel(cid, rid)
+                await engine.cancel(cid, rid, storefront="shop-a")
                 sale.cancelled.add(rid)
             else:
                 sale.held.add(rid)

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from engine import keys
-from engine.core import Engine
+from engine.core import Engine, ReserveRequest
 from engine.ledger.factory import sink_for
 from engine.ledger.streams import GROUP
 from tests.ledger.sale import PRICE, campaign, flashsale, ledger, sell, until
@@ -176,3 +176,24 @@ async def test_sigterm_while_the_database_is_locked_leaves_the_batch_pending(
     snap = await ledger(db, CID)
     assert {o.reservation_id for o in snap.orders} == set(sale.confirmed) | set(first.confirmed)  # lost nothing
 
+
+
+async def test_reconcile_counts_each_storefronts_units(engine: Engine, aredis: aioredis.Redis, redis_url: str,
+                                                       db_url: str) -> None:
+    """The users hash keeps each storefront's units of a user's product (t|U|P|SF, c|U|P|SF): the
+    history rebuilds them too, so two storefronts' sale reconciles, and a difference is named."""
+    await engine.load_campaign(campaign(CID))
+    await sell(engine, CID, 40, confirm_every=2)  # through shop-a
+    for i, pid in enumerate(("p0", "p1", "p0")):
+        made = await engine.reserve(CID, ReserveRequest("u-b", pid, 1, f"kb{i}", "shop-b"))
+        if i < 2:
+            await engine.confirm(CID, made.reservation.reservation_id, f"pay-b{i}", storefront="shop-b")
+    env = base_env(redis_url, FLASHSALE_DATABASE_URL=db_url)
+    assert (await flashsale("writer", "--burst", env=env)).returncode == 0
+    clean = await flashsale("reconcile", CID, env=env)
+    assert clean.returncode == 0 and "no differences" in clean.stdout, clean.stdout
+    await aredis.hincrby(keys.CampaignKeys(CID).users, "t|u-b|p0|shop-b", 1)
+    dirty = await flashsale("reconcile", CID, env=env)
+    assert dirty.returncode == 1
+    assert any(line.startswith("user u-b: units taken (held + confirmed), product p0, through storefront shop-b:")
+               for line in dirty.stdout.splitlines()), dirty.stdout

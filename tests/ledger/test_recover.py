@@ -34,7 +34,7 @@ async def sell_out(engine: Engine, start: int, attempts: int) -> int:
         try:
             req = ReserveRequest(f"late{i}", f"p{i % 2}", 3, f"late{i}", "shop-a")
             r = (await engine.reserve(CID, req)).reservation
-            await engine.confirm(CID, r.reservation_id, f"late-pay-{i}")
+            await engine.confirm(CID, r.reservation_id, f"late-pay-{i}", storefront="shop-a")
             confirmed += r.units
         except FlashsaleError:
             pass
@@ -49,7 +49,7 @@ async def requests_of(engine: Engine, sale: Sale) -> dict[str, ReserveRequest]:
     each reservation of the sale, read from Redis before it loses them."""
     made: dict[str, ReserveRequest] = {}
     for rid in [*sale.confirmed, *sale.held, *sale.cancelled]:
-        r = await engine.reservation(CID, rid)
+        r = await engine.reservation(CID, rid, storefront="shop-a")
         made[rid] = ReserveRequest(r.user_id, r.product_id, r.units, f"k{r.user_id[1:]}", "shop-a")
     return made
 
@@ -84,12 +84,12 @@ async def test_redis_flushed_mid_sale_then_recovered(engine: Engine, aredis: aio
     c = await engine.counters(CID)
     assert (c.sold, c.held, c.orders) == (sale.units, 0, len(sale.confirmed))
     assert c.persisted_orders == len(sale.confirmed)
-    assert (await engine.holdings(CID, kept_user)).confirmed_units == sale.confirmed[kept_rid][2]
-    replay = await engine.confirm(CID, kept_rid, f"pay-{kept_user[1:]}")  # the storefront retries
+    assert (await engine.holdings(CID, kept_user, storefront="shop-a")).confirmed_units == sale.confirmed[kept_rid][2]
+    replay = await engine.confirm(CID, kept_rid, f"pay-{kept_user[1:]}", storefront="shop-a")  # the storefront retries
     assert replay.replayed and replay.reservation.state == "confirmed"
     dropped = next(iter(sale.held))
     with pytest.raises(InvalidState):
-        await engine.confirm(CID, dropped, "too-late")
+        await engine.confirm(CID, dropped, "too-late", storefront="shop-a")
     info = await aredis.xinfo_stream(keys.CampaignKeys(CID).events)
     assert entry_key(info["last-generated-id"].decode()) >= entry_key(before.events[-1].entry_id)
 

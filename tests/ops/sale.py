@@ -82,14 +82,14 @@ class EngineDriver:
 
     async def confirm(self, rid: str) -> str:
         try:
-            await self.engine.confirm(self.cid, rid, f"pay-{rid}")
+            await self.engine.confirm(self.cid, rid, f"pay-{rid}", storefront="shop-a")
         except Rejected as exc:
             return exc.code
         return "OK"
 
     async def cancel(self, rid: str) -> str:
         try:
-            await self.engine.cancel(self.cid, rid)
+            await self.engine.cancel(self.cid, rid, storefront="shop-a")
         except Rejected as exc:
             return exc.code
         return "OK"

@@ -15,7 +15,7 @@ from tests.ops.sale import ALPHA, BETA, EXPECTED, EngineDriver, definition
 
 API_FIELDS = ["campaign_id", "state", "as_of", "total_units", "sold_units", "held_units", "remaining_units",
               "sell_through", "buyers", "units_per_second_1m", "projected_sellout_at", "rejections", "ledger",
-              "products"]
+              "products", "damaged_records"]
 
 
 async def test_stats_after_a_sale(engine: Engine, sold: str) -> None:
@@ -35,6 +35,7 @@ async def test_stats_after_a_sale(engine: Engine, sold: str) -> None:
     assert s["products"] == [
         {"product_id": pid, "total_units": total, "sold_units": sold_, "held_units": held, "remaining_units": rem}
         for pid, (sold_, held, rem, total) in EXPECTED.products.items()]
+    assert s["damaged_records"] == 0
 
 
 async def test_projected_sellout_is_now_plus_remaining_at_the_last_minutes_rate(engine: Engine, sold: str) -> None:
