@@ -1,4 +1,4 @@
-"""A reservation belongs to the storefront that made it (API.md), over a real `flashsale serve`:
+"""A reservation belongs to the storefront that made it (docs/API.md), over a real `flashsale serve`:
 another storefront's GET, confirm and cancel of it are answered byte for byte as for an unknown
 id and change nothing; ``GET …/users/{uid}`` shows each storefront its own units while the caps
 count the user's units through every storefront. And a damaged record is a server fault: 500."""
