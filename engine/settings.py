@@ -5,15 +5,18 @@ Flags of the ``flashsale`` command override the ``FLASHSALE_*`` environment vari
 
 from __future__ import annotations
 
-import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from engine import tokens
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "sqlite:///flashsale-ledger.db"  # the embedded default ledger
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+DEFAULT_OPS_HOST = "127.0.0.1"  # the ops listener (metrics, dashboard) stays on the host unless told
 DEFAULT_REDIS_TIMEOUT_S = 0.5  # a request fails with 503 well under 1 s when Redis is away
 DEFAULT_BATCH_MAX = 256  # reservations carried by one script call
 DEFAULT_BATCH_INFLIGHT = 4  # script calls in flight per campaign and process
@@ -21,24 +24,23 @@ DEFAULT_SWEEP_INTERVAL_S = 0.25  # expired holds are released within ~this of th
 DEFAULT_SWEEP_LIMIT = 1000  # holds released by one expire call
 
 
-def storefront_name(token: str) -> str:
-    """A stable, non-secret name for a storefront token (idempotency keys are scoped to it)."""
-    return "sf-" + hashlib.sha256(token.encode()).hexdigest()[:12]
+def parse_storefront_tokens(raw: str, source: str = "FLASHSALE_STOREFRONT_TOKENS") -> tuple[tuple[str, str], ...]:
+    """``tok1,tok2`` or ``shop-a=tok1,shop-b=tok2`` -> ((name, token), ...), by the entry rule of
+    ``engine.tokens`` (a bare base64 token keeps its ``=`` padding)."""
+    return tokens.parse_list(raw, source)
 
 
-def parse_storefront_tokens(raw: str) -> tuple[tuple[str, str], ...]:
-    """``tok1,tok2`` or ``shop-a=tok1,shop-b=tok2`` -> ((name, token), ...)."""
-    out: list[tuple[str, str]] = []
-    for item in (part.strip() for part in raw.split(",")):
-        if not item:
-            continue
-        name, sep, token = item.partition("=")
-        if not sep:
-            name, token = storefront_name(item), item
-        if "|" in name or not token:
-            raise ValueError(f"bad storefront token entry {item!r}: use name=token, no '|' in the name")
-        out.append((name, token))
-    return tuple(out)
+def storefront_tokens_from(e: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The storefront tokens of ``FLASHSALE_STOREFRONT_TOKENS`` and ``FLASHSALE_STOREFRONT_TOKENS_FILE``."""
+    listed = parse_storefront_tokens(e.get("FLASHSALE_STOREFRONT_TOKENS", ""))
+    path = e.get("FLASHSALE_STOREFRONT_TOKENS_FILE", "")
+    filed = tokens.read_file(path, "FLASHSALE_STOREFRONT_TOKENS_FILE") if path else ()
+    return tokens.merge(listed, filed)
+
+
+def admin_token_from(e: Mapping[str, str]) -> str:
+    raw = e.get("FLASHSALE_ADMIN_TOKEN", "")
+    return tokens.check_token(raw, "FLASHSALE_ADMIN_TOKEN") if raw else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,8 @@ class Settings:
     admin_token: str = ""
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
+    ops_host: str = DEFAULT_OPS_HOST
+    ops_port: int | None = None  # a second listener serving only the ops routes, without a token
     workers: int = 1
     server: str = "uvicorn"  # or "granian"; uvicorn measured faster for this app (BENCHMARKS.md)
     allow_volatile_redis: bool = False
@@ -62,13 +66,17 @@ class Settings:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
         e = os.environ if env is None else env
+        given = {k: v for k, v in overrides.items() if v is not None}
         s = cls(
             redis_url=e.get("FLASHSALE_REDIS_URL", DEFAULT_REDIS_URL),
             database_url=e.get("FLASHSALE_DATABASE_URL", DEFAULT_DATABASE_URL),
-            storefront_tokens=parse_storefront_tokens(e.get("FLASHSALE_STOREFRONT_TOKENS", "")),
-            admin_token=e.get("FLASHSALE_ADMIN_TOKEN", ""),
+            # tokens given as overrides (flags) replace the environment's, which is then not read
+            storefront_tokens=given.get("storefront_tokens") or storefront_tokens_from(e),
+            admin_token=given.get("admin_token") or admin_token_from(e),
             host=e.get("FLASHSALE_HOST", DEFAULT_HOST),
             port=int(e.get("FLASHSALE_PORT", DEFAULT_PORT)),
+            ops_host=e.get("FLASHSALE_OPS_HOST", DEFAULT_OPS_HOST),
+            ops_port=int(e["FLASHSALE_OPS_PORT"]) if e.get("FLASHSALE_OPS_PORT") else None,
             workers=int(e.get("FLASHSALE_WORKERS", "1")),
             server=e.get("FLASHSALE_SERVER", "uvicorn"),
             allow_volatile_redis=e.get("FLASHSALE_ALLOW_VOLATILE_REDIS", "") in ("1", "true", "yes"),
@@ -77,7 +85,6 @@ class Settings:
             batch_inflight=int(e.get("FLASHSALE_BATCH_INFLIGHT", DEFAULT_BATCH_INFLIGHT)),
             log_level=e.get("FLASHSALE_LOG_LEVEL", "INFO"),
         )
-        given = {k: v for k, v in overrides.items() if v is not None}
         return replace(s, **given) if given else s
 
     def to_env(self) -> dict[str, str]:
@@ -85,10 +92,13 @@ class Settings:
         return {
             "FLASHSALE_REDIS_URL": self.redis_url,
             "FLASHSALE_DATABASE_URL": self.database_url,
-            "FLASHSALE_STOREFRONT_TOKENS": ",".join(f"{n}={t}" for n, t in self.storefront_tokens),
+            "FLASHSALE_STOREFRONT_TOKENS": ",".join(tokens.format_entry(n, t) for n, t in self.storefront_tokens),
+            "FLASHSALE_STOREFRONT_TOKENS_FILE": "",  # already read into the line above
             "FLASHSALE_ADMIN_TOKEN": self.admin_token,
             "FLASHSALE_HOST": self.host,
             "FLASHSALE_PORT": str(self.port),
+            "FLASHSALE_OPS_HOST": self.ops_host,
+            "FLASHSALE_OPS_PORT": "" if self.ops_port is None else str(self.ops_port),
             "FLASHSALE_WORKERS": str(self.workers),
             "FLASHSALE_SERVER": self.server,
             "FLASHSALE_ALLOW_VOLATILE_REDIS": "1" if self.allow_volatile_redis else "",
