@@ -41,12 +41,19 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger("flashsale")
     if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
         root.setLevel(level.upper())
+        _audit_always()
         return
+    _audit_always()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root.addHandler(handler)
     root.setLevel(level.upper())
     root.propagate = False
+
+
+def _audit_always() -> None:
+    """The audit trail (``engine.api.audit``) is written whatever the level of the rest."""
+    logging.getLogger("flashsale.audit").setLevel(logging.INFO)
 
 
 def dict_config(level: str = "INFO") -> dict[str, Any]:
@@ -59,6 +66,7 @@ def dict_config(level: str = "INFO") -> dict[str, Any]:
                                 "stream": "ext://sys.stderr"}},
         "loggers": {
             "flashsale": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+            "flashsale.audit": {"level": "INFO"},  # the audit trail, whatever the level of the rest
             "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
             "_granian": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},

@@ -172,7 +172,8 @@ def test_an_unreadable_or_bad_tokens_file_is_refused_at_start(redis_server: Redi
         (("--storefront-tokens-file", str(tmp_path / "missing")), {}, "No such file"),
         (("--storefront-tokens-file", str(tmp_path)), {}, "Is a directory"),
         ((), {"FLASHSALE_STOREFRONT_TOKENS_FILE": str(tmp_path / "latin1")}, "not ASCII"),
-        ((), {"FLASHSALE_STOREFRONT_TOKENS_FILE": str(tmp_path / "short")}, "line 3 (storefront shop-b): the token is 10 characters"),
+        ((), {"FLASHSALE_STOREFRONT_TOKENS_FILE": str(tmp_path / "short")},
+         "line 3 (storefront shop-b): the token is 10 characters"),
     ]
     for args, env, says in cases:
         out = serve(redis_server, *args, **env)
