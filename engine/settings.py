@@ -43,6 +43,19 @@ def admin_token_from(e: Mapping[str, str]) -> str:
     return tokens.check_token(raw, "FLASHSALE_ADMIN_TOKEN") if raw else ""
 
 
+def _tokens_of(e: Mapping[str, str], given: Mapping[str, Any], check: bool) -> tuple[tuple[tuple[str, str], ...], str]:
+    """(storefront tokens, admin token): the overrides' (flags), else the environment's. Unusable
+    ones raise when ``check``; else they are left out (none is accepted): a command that serves no
+    API (the writer, reconcile) has no use for them and must not fail for them."""
+    try:
+        return (given.get("storefront_tokens") or storefront_tokens_from(e),
+                given.get("admin_token") or admin_token_from(e))
+    except tokens.TokenError:
+        if check:
+            raise
+        return (), ""
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     redis_url: str = DEFAULT_REDIS_URL
@@ -64,15 +77,16 @@ class Settings:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    def from_env(cls, env: dict[str, str] | None = None, *, check_tokens: bool = False, **overrides: Any) -> Settings:
+        """``check_tokens``: whoever serves the API raises ``TokenError`` for an unusable token."""
         e = os.environ if env is None else env
         given = {k: v for k, v in overrides.items() if v is not None}
+        storefront_tokens, admin_token = _tokens_of(e, given, check_tokens)
         s = cls(
             redis_url=e.get("FLASHSALE_REDIS_URL", DEFAULT_REDIS_URL),
             database_url=e.get("FLASHSALE_DATABASE_URL", DEFAULT_DATABASE_URL),
-            # tokens given as overrides (flags) replace the environment's, which is then not read
-            storefront_tokens=given.get("storefront_tokens") or storefront_tokens_from(e),
-            admin_token=given.get("admin_token") or admin_token_from(e),
+            storefront_tokens=storefront_tokens,
+            admin_token=admin_token,
             host=e.get("FLASHSALE_HOST", DEFAULT_HOST),
             port=int(e.get("FLASHSALE_PORT", DEFAULT_PORT)),
             ops_host=e.get("FLASHSALE_OPS_HOST", DEFAULT_OPS_HOST),

@@ -124,4 +124,4 @@ def create_app(settings: Settings) -> FlashsaleApp:
 
 def factory() -> FlashsaleApp:
     """For ``granian``/``uvicorn --factory``: the settings come from the FLASHSALE_* environment."""
-    return create_app(Settings.from_env())
+    return create_app(Settings.from_env(check_tokens=True))

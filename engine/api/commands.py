@@ -100,7 +100,7 @@ def serve(host: str | None, port: int | None, workers: int | None, server: str |
     try:
         settings = Settings.from_env(host=host, port=port, workers=workers, server=server, redis_url=redis_url,
                                      allow_volatile_redis=True if allow_volatile_redis else None,
-                                     log_level=log_level, ops_port=ops_port, ops_host=ops_host,
+                                     log_level=log_level, ops_port=ops_port, ops_host=ops_host, check_tokens=True,
                                      **_tokens(storefront_tokens, storefront_tokens_file, admin_token))
     except TokenError as exc:  # one line naming the setting and the fix; never the token itself
         click.echo(f"flashsale serve: {exc}", err=True)

@@ -87,7 +87,7 @@ def create_app(settings: Settings) -> Any:
 
 def factory() -> Any:
     """For the HTTP servers (``--factory``): settings from the FLASHSALE_* environment."""
-    return create_app(Settings.from_env())
+    return create_app(Settings.from_env(check_tokens=True))
 
 
 def main() -> None:

@@ -181,3 +181,12 @@ def test_an_unreadable_or_bad_tokens_file_is_refused_at_start(redis_server: Redi
         assert len(out.stderr.strip().splitlines()) == 1 and says in out.stderr, out.stderr
         assert ("--storefront-tokens-file" if args else "FLASHSALE_STOREFRONT_TOKENS_FILE") in out.stderr
         assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_commands_that_serve_no_api_do_not_fail_for_the_tokens(redis_server: RedisServer) -> None:
+    """The writer, reconcile or `campaign show` share the API's environment but use no token."""
+    env = base_env(redis_server.url, FLASHSALE_STOREFRONT_TOKENS="shop-a=tok-shop-a", FLASHSALE_ADMIN_TOKEN="short")
+    out = subprocess.run([FLASHSALE, "campaign", "show", "no-such-campaign"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert "Traceback" not in out.stderr and "token" not in out.stderr, out.stderr
+    assert "no-such-campaign" in out.stderr
