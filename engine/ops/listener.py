@@ -43,6 +43,7 @@ log = logging.getLogger("flashsale.ops")
 RESTART_MIN_S = 1.0  # a listener that died is started again after this, doubling up to RESTART_MAX_S
 RESTART_MAX_S = 30.0
 STOP_S = 10.0  # how long stopping waits for the listener to finish its requests
+STOPPED = (0, -signal.SIGTERM, -signal.SIGINT)  # exit codes of a listener that was told to stop
 READY_TIMEOUT_S = 1.0  # /readyz answers 503 when Redis does not answer within this
 
 
@@ -103,7 +104,8 @@ def main() -> None:
 
 class OpsProcess:
     """The ops listener as a child of ``flashsale serve``: started before the API, started again if
-    it dies (after RESTART_MIN_S, doubling to RESTART_MAX_S), stopped with SIGTERM after the API."""
+    it dies (after RESTART_MIN_S, doubling to RESTART_MAX_S) but not if it was told to stop (a
+    signal to the process group), stopped with SIGTERM after the API."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
@@ -129,6 +131,9 @@ class OpsProcess:
             assert proc is not None
             started = time.monotonic()
             code = proc.wait()
+            if code in STOPPED:  # told to stop (a Ctrl-C reaches the whole process group): stay stopped
+                log.info("the ops listener stopped", extra={"exit_code": code})
+                return
             if time.monotonic() - started > RESTART_MAX_S:  # it had been serving: no backoff
                 delay = RESTART_MIN_S
             if self._stopping.wait(delay):

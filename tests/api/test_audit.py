@@ -88,7 +88,9 @@ def test_refused_admin_actions_are_in_the_trail_too(server: ApiServer) -> None:
 def test_reads_and_storefront_calls_write_no_audit_line_and_no_token_is_logged(server: ApiServer) -> None:
     cid = new_id()
     with httpx.Client(base_url=server.url, timeout=10) as c:
-        assert c.put(f"/v1/campaigns/{cid}", json=definition(cid), headers=admin_headers()).status_code == 201
+        put = c.put(f"/v1/campaigns/{cid}", json=definition(cid), headers=admin_headers())
+        assert put.status_code == 201
+        line_of(server, put)  # written once the answer is: wait for it before counting
         before = len(audit_lines(server))
         reads = [c.get(f"/v1/campaigns/{cid}", headers=admin_headers()),
                  c.get(f"/v1/campaigns/{cid}/stats", headers=admin_headers()),

@@ -88,16 +88,20 @@ def test_one_ops_scrape_counts_every_workers_requests(served: ApiServer) -> None
                                                                               "units": 1},
                        headers=storefront_headers("shop-a", uuid.uuid4().hex))
             assert r.status_code == 201, r.text
-    m = Samples(get(served.ops_url + "/metrics").text)
+    route = {"route": "/v1/campaigns/{cid}/reservations", "method": "POST", "status": "201"}
+    for _ in range(100):  # a worker counts a request as it finishes it, a moment after the client has the answer
+        m = Samples(get(served.ops_url + "/metrics").text)
+        # every test of the module reserved on its own campaign: compare with the storefront
+        # listener's scrape, which sums the same workers' files
+        mine = m.get("flashsale_http_requests_total", **route)
+        theirs = Samples(get(served.url + "/metrics", headers=admin_headers()).text).get(
+            "flashsale_http_requests_total", **route)
+        if mine is not None and mine == theirs and mine >= n:
+            break
+        time.sleep(0.05)
+    assert mine == theirs and mine is not None and mine >= n, (mine, theirs)
     assert m.get("flashsale_campaign_sold_units_total", campaign=cid) == 0
     assert m.get("flashsale_campaign_held_units", campaign=cid) == n
-    # the workers' own counters, summed by the ops process (every test of the module reserved on
-    # its own campaign, so compare with the storefront listener's scrape, which sums the same files)
-    mine = m.get("flashsale_http_requests_total", route="/v1/campaigns/{cid}/reservations", method="POST",
-                 status="201")
-    theirs = Samples(get(served.url + "/metrics", headers=admin_headers()).text).get(
-        "flashsale_http_requests_total", route="/v1/campaigns/{cid}/reservations", method="POST", status="201")
-    assert mine == theirs and mine is not None and mine >= n
     data = get(served.ops_url + "/dashboard/data", params={"campaign": cid}).json()
     assert data["campaigns"][0]["held_units"] == n
 
