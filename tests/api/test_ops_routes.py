@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,7 +17,7 @@ import pytest
 
 from tests.api.conftest import definition, error_code, new_id
 from tests.ops.promtext import Samples
-from tests.support.processes import ApiServer, admin_headers, storefront_headers
+from tests.support.processes import FLASHSALE, ApiServer, admin_headers, base_env, storefront_headers
 from tests.support.servers import RedisServer
 
 OPS_DATA = ["/metrics", "/dashboard/data"]
@@ -144,3 +146,15 @@ def test_a_dead_ops_listener_is_started_again(redis_server: RedisServer) -> None
         assert "the ops listener exited" in server.output()
     finally:
         server.stop()
+
+
+def test_an_ops_port_that_cannot_listen_is_refused_at_start(redis_server: RedisServer) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        for args in (["--port", str(port + 1), "--ops-port", str(port)],  # in use
+                     ["--port", str(port + 1), "--ops-port", str(port + 1)]):  # the API's own
+            out = subprocess.run([FLASHSALE, "serve", *args], env=base_env(redis_server.url), capture_output=True,
+                                 text=True, timeout=60)
+            assert out.returncode == 2, out
+            assert len(out.stderr.strip().splitlines()) == 1 and "--ops-port" in out.stderr, out.stderr
+            assert "Traceback" not in out.stderr
