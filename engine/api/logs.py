@@ -39,21 +39,15 @@ class JsonFormatter(logging.Formatter):
 def configure(level: str = "INFO") -> None:
     """JSON lines on stderr for flashsale's loggers (idempotent: safe in every worker)."""
     root = logging.getLogger("flashsale")
+    logging.getLogger("flashsale.audit").setLevel(logging.INFO)  # the audit trail, whatever the level
     if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
         root.setLevel(level.upper())
-        _audit_always()
         return
-    _audit_always()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root.addHandler(handler)
     root.setLevel(level.upper())
     root.propagate = False
-
-
-def _audit_always() -> None:
-    """The audit trail (``engine.api.audit``) is written whatever the level of the rest."""
-    logging.getLogger("flashsale.audit").setLevel(logging.INFO)
 
 
 def dict_config(level: str = "INFO") -> dict[str, Any]:
