@@ -158,3 +158,21 @@ def test_an_ops_port_that_cannot_listen_is_refused_at_start(redis_server: RedisS
             assert out.returncode == 2, out
             assert len(out.stderr.strip().splitlines()) == 1 and "--ops-port" in out.stderr, out.stderr
             assert "Traceback" not in out.stderr
+
+
+def test_an_ops_listener_told_to_stop_stays_stopped(redis_server: RedisServer) -> None:
+    """A SIGTERM (or the Ctrl-C a terminal sends the whole group) stops it for good; the API serves on."""
+    server = ApiServer(redis_server.url, ops=True, FLASHSALE_LOG_LEVEL="INFO").start()
+    try:
+        for pid in _ops_pids(server):
+            os.kill(pid, signal.SIGTERM)
+        for _ in range(300):
+            if "the ops listener stopped" in server.output():
+                break
+            time.sleep(0.1)
+        assert "the ops listener stopped" in server.output()  # logged as the watcher returns: no restart after
+        assert _ops_pids(server) == []
+        assert "the ops listener exited" not in server.output()
+        assert get(server.url + "/healthz").status_code == 200
+    finally:
+        server.stop()
