@@ -124,7 +124,7 @@ async def launch_day(cfg: DemoConfig, st: Stack, console: Console) -> RunResult:
 
 def serve_forever(st: Stack, campaign_id: str, console: Console) -> None:
     console.print(f"\n[bold]Still serving[/bold] (Ctrl-C to stop):\n"
-                  f"  dashboard   {st.url}/dashboard?campaign={campaign_id}\n"
+                  f"  dashboard   {st.url}/dashboard?campaign={campaign_id}#token={st.admin_token}\n"
                   f"  stats       {st.url}/v1/campaigns/{campaign_id}/stats\n"
                   f"  storefront  Authorization: Bearer {st.token}\n"
                   f"  admin       Authorization: Bearer {st.admin_token}\n"

@@ -8,16 +8,19 @@ it allows; the commands print it and exit 2.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from engine import tokens
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "sqlite:///flashsale-ledger.db"  # the embedded default ledger
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+DEFAULT_OPS_HOST = "127.0.0.1"  # the ops listener (metrics, dashboard) stays on the host unless told
 DEFAULT_REDIS_TIMEOUT_S = 0.5  # a request fails with 503 well under 1 s when Redis is away
 DEFAULT_BATCH_MAX = 256  # reservations carried by one script call
 DEFAULT_BATCH_INFLIGHT = 4  # script calls in flight per campaign and process
@@ -78,33 +81,46 @@ BOUNDS: dict[str, Bound] = {
     "batch_max": Bound("FLASHSALE_BATCH_MAX", int, 1, 4096),  # reserve.lua takes 1..4096 per call
     "batch_inflight": Bound("FLASHSALE_BATCH_INFLIGHT", int, 1, 1024),
     "sweep_interval_s": Bound("FLASHSALE_SWEEP_INTERVAL", float, 0, 60, open_low=True),
+    "ops_port": Bound("FLASHSALE_OPS_PORT", int, 1, 65535),  # None: no ops listener
 }
 
 
-def _number(e: os._Environ[str] | dict[str, str], name: str, default: float) -> Any:
+def _number(e: Mapping[str, str], name: str, default: float | None) -> Any:
     bound = BOUNDS[name]
     raw = e.get(bound.env)
     return default if raw is None or not raw.strip() else bound.parse(raw)
 
 
-def storefront_name(token: str) -> str:
-    """A stable, non-secret name for a storefront token (idempotency keys are scoped to it)."""
-    return "sf-" + hashlib.sha256(token.encode()).hexdigest()[:12]
+def parse_storefront_tokens(raw: str, source: str = "FLASHSALE_STOREFRONT_TOKENS") -> tuple[tuple[str, str], ...]:
+    """``tok1,tok2`` or ``shop-a=tok1,shop-b=tok2`` -> ((name, token), ...), by the entry rule of
+    ``engine.tokens`` (a bare base64 token keeps its ``=`` padding)."""
+    return tokens.parse_list(raw, source)
 
 
-def parse_storefront_tokens(raw: str) -> tuple[tuple[str, str], ...]:
-    """``tok1,tok2`` or ``shop-a=tok1,shop-b=tok2`` -> ((name, token), ...)."""
-    out: list[tuple[str, str]] = []
-    for item in (part.strip() for part in raw.split(",")):
-        if not item:
-            continue
-        name, sep, token = item.partition("=")
-        if not sep:
-            name, token = storefront_name(item), item
-        if "|" in name or not token:
-            raise ValueError(f"bad storefront token entry {item!r}: use name=token, no '|' in the name")
-        out.append((name, token))
-    return tuple(out)
+def storefront_tokens_from(e: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The storefront tokens of ``FLASHSALE_STOREFRONT_TOKENS`` and ``FLASHSALE_STOREFRONT_TOKENS_FILE``."""
+    listed = parse_storefront_tokens(e.get("FLASHSALE_STOREFRONT_TOKENS", ""))
+    path = e.get("FLASHSALE_STOREFRONT_TOKENS_FILE", "")
+    filed = tokens.read_file(path, "FLASHSALE_STOREFRONT_TOKENS_FILE") if path else ()
+    return tokens.merge(listed, filed)
+
+
+def admin_token_from(e: Mapping[str, str]) -> str:
+    raw = e.get("FLASHSALE_ADMIN_TOKEN", "")
+    return tokens.check_token(raw, "FLASHSALE_ADMIN_TOKEN") if raw else ""
+
+
+def _tokens_of(e: Mapping[str, str], given: Mapping[str, Any], check: bool) -> tuple[tuple[tuple[str, str], ...], str]:
+    """(storefront tokens, admin token): the overrides' (flags), else the environment's. Unusable
+    ones raise when ``check``; else they are left out (none is accepted): a command that serves no
+    API (the writer, reconcile) has no use for them and must not fail for them."""
+    try:
+        return (given.get("storefront_tokens") or storefront_tokens_from(e),
+                given.get("admin_token") or admin_token_from(e))
+    except tokens.TokenError:
+        if check:
+            raise
+        return (), ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +131,8 @@ class Settings:
     admin_token: str = ""
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
+    ops_host: str = DEFAULT_OPS_HOST
+    ops_port: int | None = None  # a second listener serving only the ops routes, without a token
     workers: int = 1
     server: str = "uvicorn"  # or "granian"; uvicorn measured faster for this app (BENCHMARKS.md)
     allow_volatile_redis: bool = False
@@ -126,15 +144,20 @@ class Settings:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    def from_env(cls, env: dict[str, str] | None = None, *, check_tokens: bool = False, **overrides: Any) -> Settings:
+        """``check_tokens``: whoever serves the API raises ``TokenError`` for an unusable token."""
         e = os.environ if env is None else env
+        given = {k: v for k, v in overrides.items() if v is not None}
+        storefront_tokens, admin_token = _tokens_of(e, given, check_tokens)
         s = cls(
             redis_url=e.get("FLASHSALE_REDIS_URL", DEFAULT_REDIS_URL),
             database_url=e.get("FLASHSALE_DATABASE_URL", DEFAULT_DATABASE_URL),
-            storefront_tokens=parse_storefront_tokens(e.get("FLASHSALE_STOREFRONT_TOKENS", "")),
-            admin_token=e.get("FLASHSALE_ADMIN_TOKEN", ""),
+            storefront_tokens=storefront_tokens,
+            admin_token=admin_token,
             host=e.get("FLASHSALE_HOST", DEFAULT_HOST),
             port=_number(e, "port", DEFAULT_PORT),
+            ops_host=e.get("FLASHSALE_OPS_HOST", DEFAULT_OPS_HOST),
+            ops_port=_number(e, "ops_port", None),
             workers=_number(e, "workers", 1),
             server=e.get("FLASHSALE_SERVER", "uvicorn"),
             allow_volatile_redis=e.get("FLASHSALE_ALLOW_VOLATILE_REDIS", "") in ("1", "true", "yes"),
@@ -144,13 +167,14 @@ class Settings:
             sweep_interval_s=_number(e, "sweep_interval_s", DEFAULT_SWEEP_INTERVAL_S),
             log_level=e.get("FLASHSALE_LOG_LEVEL", "INFO"),
         )
-        given = {k: v for k, v in overrides.items() if v is not None}
         return (replace(s, **given) if given else s).validate()
 
     def validate(self) -> Settings:
         """This, if every value is usable; else ``SettingsError`` naming the first that is not."""
         for name, bound in BOUNDS.items():
-            bound.check(name, getattr(self, name))
+            value = getattr(self, name)
+            if value is not None or name != "ops_port":
+                bound.check(name, value)
         if self.server not in SERVERS:
             raise SettingsError(f"setting server (FLASHSALE_SERVER) = {self.server!r} is not allowed: "
                                 f"it must be one of {', '.join(SERVERS)}")
@@ -164,10 +188,13 @@ class Settings:
         return {
             "FLASHSALE_REDIS_URL": self.redis_url,
             "FLASHSALE_DATABASE_URL": self.database_url,
-            "FLASHSALE_STOREFRONT_TOKENS": ",".join(f"{n}={t}" for n, t in self.storefront_tokens),
+            "FLASHSALE_STOREFRONT_TOKENS": ",".join(tokens.format_entry(n, t) for n, t in self.storefront_tokens),
+            "FLASHSALE_STOREFRONT_TOKENS_FILE": "",  # already read into the line above
             "FLASHSALE_ADMIN_TOKEN": self.admin_token,
             "FLASHSALE_HOST": self.host,
             "FLASHSALE_PORT": str(self.port),
+            "FLASHSALE_OPS_HOST": self.ops_host,
+            "FLASHSALE_OPS_PORT": "" if self.ops_port is None else str(self.ops_port),
             "FLASHSALE_WORKERS": str(self.workers),
             "FLASHSALE_SERVER": self.server,
             "FLASHSALE_ALLOW_VOLATILE_REDIS": "1" if self.allow_volatile_redis else "",

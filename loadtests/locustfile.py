@@ -36,6 +36,7 @@ from locust.contrib.fasthttp import FastHttpUser
 
 from engine.loadgen.behaviour import Mix
 from engine.loadgen.profile import SpikeProfile
+from engine.settings import parse_storefront_tokens
 
 CAMPAIGN = os.environ.get("FLASHSALE_CAMPAIGN", "yulebao-2014-p1")
 RETRIES = 5
@@ -47,8 +48,8 @@ def _token() -> str:
     tok = os.environ.get("FLASHSALE_LOADGEN_TOKEN")
     if tok:
         return tok
-    first = os.environ.get("FLASHSALE_STOREFRONT_TOKENS", "").split(",")[0]
-    return first.partition("=")[2] or first
+    tokens = parse_storefront_tokens(os.environ.get("FLASHSALE_STOREFRONT_TOKENS", ""))  # the server's rule
+    return tokens[0][1] if tokens else ""
 
 
 def _get(host: str, path: str) -> Any:

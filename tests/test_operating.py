@@ -65,8 +65,8 @@ def test_operating_it_as_written(durable_redis: RedisServer, pg_url: str) -> Non
         "FLASHSALE_DATABASE_URL": pg_url,
         "FLASHSALE_PORT": str(port),
         "FLASHSALE_URL": f"http://127.0.0.1:{port}",
-        "FLASHSALE_STOREFRONT_TOKENS": "shop-a=tok-readme-shop",
-        "FLASHSALE_ADMIN_TOKEN": "tok-readme-admin",
+        "FLASHSALE_STOREFRONT_TOKENS": "shop-a=tok-readme-shop-0123456789",
+        "FLASHSALE_ADMIN_TOKEN": "tok-readme-admin-0123456789",
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSALE_")}
     env["PATH"] = f"{Path(FLASHSALE).parent}{os.pathsep}{env.get('PATH', '')}"  # `flashsale` as typed

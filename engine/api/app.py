@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
-from engine.api import logs, openapi
+from engine.api import audit, logs, openapi
 from engine.api.dispatch import Dispatch
 from engine.api.lane import ReserveLane
 from engine.api.middleware import RequestContext, RequestIds
@@ -111,13 +111,13 @@ class FlashsaleApp(Starlette):
 
     def build_middleware_stack(self) -> ASGIApp:
         templates = {r.endpoint: r.path for r in self.router.routes if isinstance(r, Route)}
-        return RequestContext(Dispatch(self.router), templates)
+        return RequestContext(Dispatch(self.router), templates, audit.ACTIONS)
 
 
 def create_app(settings: Settings) -> FlashsaleApp:
     logs.configure(settings.log_level)
     api = Api(settings, openapi.spec_bytes())
-    routes: list[BaseRoute] = [*api.routes(), *web.routes()]
+    routes: list[BaseRoute] = [*api.routes(), *web.routes(guard=api.admin_only)]
     app = FlashsaleApp(routes=routes, lifespan=_lifespan(api, settings))
     app.state.api = api
     app.reserve_lane = ReserveLane(api, RequestIds())  # served by engine.api.transport under uvicorn
@@ -126,4 +126,4 @@ def create_app(settings: Settings) -> FlashsaleApp:
 
 def factory() -> FlashsaleApp:
     """For ``granian``/``uvicorn --factory``: the settings come from the FLASHSALE_* environment."""
-    return create_app(Settings.from_env())
+    return create_app(Settings.from_env(check_tokens=True))

@@ -9,8 +9,11 @@ matched.
 from __future__ import annotations
 
 import hmac
+from collections.abc import MutableMapping
 from dataclasses import dataclass
+from typing import Any
 
+from engine.api import audit
 from engine.api.errors import ApiError
 from engine.api.validation import Headers
 
@@ -22,14 +25,15 @@ _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="flashsale"'}
 class Caller:
     name: str  # the storefront's name, or "admin"
     admin: bool
+    credential: str = ""  # which credential, never the token: the storefront's name, the admin's fingerprint
 
 
 class Authenticator:
     def __init__(self, storefront_tokens: tuple[tuple[str, str], ...], admin_token: str) -> None:
         self._callers: list[tuple[bytes, Caller]] = [
-            (token.encode(), Caller(name, False)) for name, token in storefront_tokens if token]
+            (token.encode(), Caller(name, False, name)) for name, token in storefront_tokens if token]
         if admin_token:
-            self._callers.append((admin_token.encode(), Caller(ADMIN, True)))
+            self._callers.append((admin_token.encode(), Caller(ADMIN, True, audit.fingerprint(admin_token))))
 
     def caller(self, hdrs: Headers) -> Caller:
         """Who is calling, or 401 UNAUTHENTICATED."""
@@ -56,7 +60,11 @@ class Authenticator:
             raise ApiError(403, "FORBIDDEN", "this call needs a storefront token, not the admin token")
         return who.name
 
-    def admin(self, hdrs: Headers) -> None:
-        """Only the admin token passes; a storefront token gets 403."""
-        if not self.caller(hdrs).admin:
+    def admin_of(self, hdrs: Headers, scope: MutableMapping[str, Any]) -> Caller:
+        """Only the admin token passes; a storefront token gets 403. The caller is noted in the
+        request's scope first, for the audit line of an admin route (``engine.api.audit``)."""
+        who = self.caller(hdrs)
+        audit.note(scope, who.name, who.credential)
+        if not who.admin:
             raise ApiError(403, "FORBIDDEN", "this call needs the admin token")
+        return who

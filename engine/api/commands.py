@@ -7,11 +7,14 @@ import logging
 import os
 import signal
 import socket
+import sys
 from typing import Any
 
 import click
 
+from engine import tokens
 from engine.settings import Settings
+from engine.tokens import TokenError
 
 
 async def _check_redis(settings: Settings) -> str:
@@ -47,19 +50,46 @@ def _drained(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
 
-def _prepare_metrics(workers: int) -> None:
+def _prepare_metrics(settings: Settings) -> None:
     """Prometheus multiprocess mode must be set up before the workers fork (when ops provides it).
 
-    Only with several workers: in that mode every value lives in a per-process file that a scrape
-    reads back and sums, which one worker (a scrape sees its own registry) does not need.
+    Only with several workers or an ops listener (another process, which must read the worker's
+    values): in that mode every value lives in a per-process file that a scrape reads back and sums,
+    which one worker alone (a scrape sees its own registry) does not need.
     """
     from engine.ops import metrics
 
-    if workers < 2:
+    if settings.workers < 2 and settings.ops_port is None:
         return
     prepare = getattr(metrics, "prepare_multiprocess", None)
     if callable(prepare):
         prepare()
+
+
+def _tokens(entries: tuple[str, ...], path: str | None, admin: str | None) -> dict[str, Any]:
+    """The tokens the flags give, each source replacing its environment variable (TokenError)."""
+    env = os.environ
+    listed = tokens.parse_list(",".join(entries), "--storefront-token") if entries else \
+        tokens.parse_list(env.get("FLASHSALE_STOREFRONT_TOKENS", ""), "FLASHSALE_STOREFRONT_TOKENS")
+    if path is None and env.get("FLASHSALE_STOREFRONT_TOKENS_FILE"):
+        filed = tokens.read_file(env["FLASHSALE_STOREFRONT_TOKENS_FILE"], "FLASHSALE_STOREFRONT_TOKENS_FILE")
+    else:
+        filed = tokens.read_file(path, "--storefront-tokens-file") if path else ()
+    return {"storefront_tokens": tokens.merge(listed, filed),
+            "admin_token": tokens.check_token(admin, "--admin-token") if admin is not None else None}
+
+
+def _ops_port_free(settings: Settings) -> str | None:
+    """Why the ops listener could not listen, or None (checked once, so a clash says so at start)."""
+    if settings.ops_port is None:
+        return None
+    if settings.ops_port == settings.port and settings.ops_host == settings.host:
+        return "the ops port must differ from the API's port"
+    try:
+        with socket.create_server((settings.ops_host, settings.ops_port), reuse_port=False):
+            return None
+    except OSError as exc:
+        return f"cannot listen on {settings.ops_host}:{settings.ops_port}: {exc.strerror or exc}"
 
 
 @click.command("serve")
@@ -73,28 +103,50 @@ def _prepare_metrics(workers: int) -> None:
 @click.option("--allow-volatile-redis", is_flag=True, default=False,
               help="run on a Redis without AOF (demos, tests): a Redis restart then loses holds and orders")
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING (FLASHSALE_LOG_LEVEL)")
+@click.option("--storefront-token", "storefront_tokens", multiple=True, metavar="[NAME=]TOKEN",
+              help="a storefront token, repeatable; replaces FLASHSALE_STOREFRONT_TOKENS (visible in ps: "
+                   "prefer the file)")
+@click.option("--storefront-tokens-file", default=None, metavar="PATH",
+              help="storefront tokens, one [NAME=]TOKEN a line, # comments (FLASHSALE_STOREFRONT_TOKENS_FILE)")
+@click.option("--admin-token", default=None, help="the admin token (FLASHSALE_ADMIN_TOKEN; visible in ps)")
+@click.option("--ops-port", type=click.IntRange(1, 65535), default=None,
+              help="also serve /metrics, /dashboard, /healthz, /readyz here, without a token (FLASHSALE_OPS_PORT)")
+@click.option("--ops-host", default=None, help="address of the ops listener (FLASHSALE_OPS_HOST; default 127.0.0.1)")
 @_log_format
 def serve(host: str | None, port: int | None, workers: int | None, server: str | None, redis_url: str | None,
-          allow_volatile_redis: bool, log_level: str | None) -> None:
+          allow_volatile_redis: bool, log_level: str | None, storefront_tokens: tuple[str, ...],
+          storefront_tokens_file: str | None, admin_token: str | None, ops_port: int | None,
+          ops_host: str | None) -> None:
     """The storefront HTTP API (docs/API.md) until SIGTERM, which drains requests in flight."""
     from engine.api import logs
     from engine.api import server as http
 
     server = server or os.environ.get("FLASHSALE_SERVER") or http.DEFAULT_SERVER
-    # a SettingsError (a ValueError) is one line and exit 2 through the CLI's error boundary
-    settings = Settings.from_env(host=host, port=port, workers=workers, server=server, redis_url=redis_url,
-                                 allow_volatile_redis=True if allow_volatile_redis else None,
-                                 log_level=log_level)
+    try:
+        settings = Settings.from_env(host=host, port=port, workers=workers, server=server, redis_url=redis_url,
+                                     allow_volatile_redis=True if allow_volatile_redis else None,
+                                     log_level=log_level, ops_port=ops_port, ops_host=ops_host, check_tokens=True,
+                                     **_tokens(storefront_tokens, storefront_tokens_file, admin_token))
+    except TokenError as exc:  # one line naming the setting and the fix; never the token itself
+        click.echo(f"flashsale serve: {exc}", err=True)
+        sys.exit(2)
+    # any other SettingsError (a ValueError) is one line and exit 2 through the CLI's error boundary
     if not settings.storefront_tokens or not settings.admin_token:
         click.echo("flashsale serve: warning: no storefront tokens or no admin token configured "
                    "(FLASHSALE_STOREFRONT_TOKENS, FLASHSALE_ADMIN_TOKEN); those calls will all be 401", err=True)
     _check_port(settings.host, settings.port)
+    clash = _ops_port_free(settings)
+    if clash is not None:
+        click.echo(f"flashsale serve: --ops-port {settings.ops_port}: {clash}", err=True)
+        sys.exit(2)
     profile = asyncio.run(_check_redis(settings))
     logs.configure(settings.log_level)  # the same format as the server's and the workers' lines
-    logging.getLogger("flashsale.serve").info(
-        "serving with %s, %d worker(s) on http://%s:%d; Redis: %s",
-        settings.server, settings.workers, settings.host, settings.port, profile)
-    _prepare_metrics(settings.workers)
+    log = logging.getLogger("flashsale.serve")
+    log.info("serving with %s, %d worker(s) on http://%s:%d; Redis: %s",
+             settings.server, settings.workers, settings.host, settings.port, profile)
+    if settings.ops_port is not None:
+        log.info("ops listener (metrics, dashboard, no token) on http://%s:%d", settings.ops_host, settings.ops_port)
+    _prepare_metrics(settings)
     signal.signal(signal.SIGTERM, _drained)  # restored by the server after its drain, then raised
     http.run(settings)
 

@@ -81,6 +81,7 @@ def configure(level: str = "INFO") -> None:
     """Log lines (JSON, or plain: ``FLASHSALE_LOG_FORMAT``) on stderr for flashsale's loggers
     (idempotent: safe in every worker)."""
     root = logging.getLogger("flashsale")
+    logging.getLogger("flashsale.audit").setLevel(logging.INFO)  # the audit trail, whatever the level
     if any(isinstance(h.formatter, (JsonFormatter, PlainFormatter)) for h in root.handlers):
         root.setLevel(level.upper())
         return
@@ -102,6 +103,7 @@ def dict_config(level: str = "INFO") -> dict[str, Any]:
                                 "stream": "ext://sys.stderr"}},
         "loggers": {
             "flashsale": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+            "flashsale.audit": {"level": "INFO"},  # the audit trail, whatever the level of the rest
             "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
             "_granian": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},

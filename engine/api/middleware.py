@@ -5,7 +5,8 @@ and the only layer between the server and the router: the app drops Starlette's 
 exception middlewares for it (``engine.api.app.FlashsaleApp``), since it answers every exception
 itself, from the one table in ``engine.api.errors``. Per request it reads ``X-Request-Id`` (or
 makes one), returns it on every response, binds it to the log lines, and observes the request for
-/metrics under its route template. An exception not in the table is a bug: 500 ``INTERNAL`` in the
+/metrics under its route template, and writes the audit line of an admin request
+(``engine.api.audit``). An exception not in the table is a bug: 500 ``INTERNAL`` in the
 error shape, logged with the request id and the trace (the trace goes to the log, never the client).
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.api import logs
+from engine.api import audit, logs
 from engine.api.errors import head, reply_to
 from engine.ops import metrics
 
@@ -60,9 +61,11 @@ class RequestIds:
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, templates: dict[Callable[..., Any], str]) -> None:
+    def __init__(self, app: ASGIApp, templates: dict[Callable[..., Any], str],
+                 audited: dict[tuple[str, str], str] | None = None) -> None:
         self.app = app
         self.templates = templates  # endpoint -> route template
+        self.audited = audited or {}  # (method, template) -> action with an audit line (engine.api.audit)
         self.new_id = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -97,4 +100,7 @@ class RequestContext:
         finally:
             template = self.templates.get(scope.get("endpoint"), UNMATCHED)  # type: ignore[arg-type]
             metrics.observe_request(template, scope["method"], status, time.perf_counter() - start)
+            action = self.audited.get((scope["method"], template))
+            if action is not None:
+                audit.record(action, scope, status)
             logs.request_id.reset(token)

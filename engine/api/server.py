@@ -39,10 +39,18 @@ GRACEFUL_S = 10  # how long a stopping worker may take to finish its requests in
 
 
 def run(settings: Settings) -> None:
-    """Serve until SIGTERM/SIGINT (blocking)."""
+    """Serve until SIGTERM/SIGINT (blocking); with ``settings.ops_port``, the ops listener beside
+    (``engine.ops.listener``: one process of its own, stopped once the API has stopped)."""
+    from engine.ops import listener
+
     os.environ.update(settings.to_env())
-    serve_target(TARGET, server=settings.server, host=settings.host, port=settings.port,
-                 workers=settings.workers, log_level=settings.log_level, factory=True)
+    ops = listener.start(settings) if settings.ops_port is not None else None
+    try:
+        serve_target(TARGET, server=settings.server, host=settings.host, port=settings.port,
+                     workers=settings.workers, log_level=settings.log_level, factory=True)
+    finally:
+        if ops is not None:
+            ops.stop()
 
 
 def serve_target(target: str, *, server: str, host: str, port: int, workers: int, log_level: str = "INFO",

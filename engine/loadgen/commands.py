@@ -19,7 +19,10 @@ from engine.settings import parse_storefront_tokens
 
 def default_token() -> str | None:
     """The first storefront token of ``FLASHSALE_STOREFRONT_TOKENS``, if any."""
-    tokens = parse_storefront_tokens(os.environ.get("FLASHSALE_STOREFRONT_TOKENS", ""))
+    try:
+        tokens = parse_storefront_tokens(os.environ.get("FLASHSALE_STOREFRONT_TOKENS", ""))
+    except ValueError as exc:  # engine.tokens.TokenError: one line, no traceback
+        raise click.UsageError(str(exc)) from None
     return tokens[0][1] if tokens else None
 
 

@@ -1,4 +1,4 @@
-"""Ops routes the API app mounts without a token (serve them on the ops network):
+"""Ops routes: the API app mounts them behind the admin token, the ops listener without one:
 
 | route | what |
 |---|---|
@@ -7,12 +7,18 @@
 | ``GET /dashboard/data`` · ``?campaign=ID`` | what the page polls each second: stats and writer state |
 | ``GET /dashboard/static/…`` | the page's script, style and the vendored uPlot (MIT) |
 
+``routes(guard)``: ``guard(request)`` runs before the metrics and the data and raises to refuse
+(the API passes its admin check: 401 without a token, 403 for a storefront's). The page and its
+assets carry no data and need no token: a browser cannot send one when it opens a page, so the
+page's script sends it with each data request (``static/dashboard.js``).
+
 The Engine comes from the app's lifespan state (``request.state.engine``) or ``app.state.engine``.
 Errors use the API's one shape, ``{"error": {"code", "message", "details"}}``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -101,10 +107,26 @@ async def dashboard_data(request: Request) -> Response:
     return Response(orjson.dumps(body), media_type="application/json", headers={"Cache-Control": "no-store"})
 
 
-def routes() -> list[BaseRoute]:
+Endpoint = Callable[[Request], Awaitable[Response]]
+Guard = Callable[[Request], object]
+
+
+def _guarded(endpoint: Endpoint, guard: Guard | None) -> Endpoint:
+    if guard is None:
+        return endpoint
+
+    async def checked(request: Request) -> Response:
+        guard(request)
+        return await endpoint(request)
+
+    checked.__name__ = endpoint.__name__
+    return checked
+
+
+def routes(guard: Guard | None = None) -> list[BaseRoute]:
     return [
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/metrics", _guarded(metrics_endpoint, guard), methods=["GET"]),
         Route("/dashboard", dashboard, methods=["GET"]),
-        Route("/dashboard/data", dashboard_data, methods=["GET"]),
+        Route("/dashboard/data", _guarded(dashboard_data, guard), methods=["GET"]),
         Mount("/dashboard/static", StaticFiles(packages=[("engine.ops", "static")]), name="ops-static"),
     ]

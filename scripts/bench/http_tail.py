@@ -23,6 +23,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.bench.http import Target, fixed_rate, flashsale
+from tests.support.processes import admin_headers
 from tests.support.servers import RedisServer
 
 RESERVE = {"route": "/v1/campaigns/{cid}/reservations", "method": "POST"}
@@ -40,7 +41,7 @@ def _figures(url: str) -> dict[str, float]:
         "scripts_5ms": ("flashsale_script_duration_seconds_bucket", {"script": "reserve", "le": "0.005"}),
     }
     found = dict.fromkeys(wanted, 0.0)
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", headers=admin_headers(), timeout=10).text):
         for sample in family.samples:
             for short, (name, labels) in wanted.items():
                 if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from tests.api.conftest import definition, new_id
-from tests.support.processes import ApiServer, admin_headers
+from tests.support.processes import STOREFRONT_TOKENS, ApiServer, admin_headers
 from tests.support.servers import RedisServer
 
 
@@ -23,7 +23,8 @@ def test_sigterm_drains_a_request_in_flight(redis_server: RedisServer, server: s
         assert httpx.put(f"{api.url}/v1/campaigns/{cid}", json=definition(cid), headers=admin_headers(),
                          timeout=10).status_code == 201
         body = orjson.dumps({"user_id": "u1", "product_id": "p1", "units": 2})
-        head = (f"POST /v1/campaigns/{cid}/reservations HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer tok-shop-a\r\n"
+        head = (f"POST /v1/campaigns/{cid}/reservations HTTP/1.1\r\nHost: t\r\n"
+                f"Authorization: Bearer {STOREFRONT_TOKENS['shop-a']}\r\n"
                 f"Idempotency-Key: drain\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
         with socket.create_connection(("127.0.0.1", api.port), timeout=20) as s:
             s.sendall(head.encode() + body[:5])  # the request is in flight: its body is still coming

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.api.conftest import error_code
-from tests.support.processes import ApiServer, admin_headers, storefront_headers
+from tests.support.processes import STOREFRONT_TOKENS, ApiServer, admin_headers, storefront_headers
 
 GOOD = {"user_id": "u1", "product_id": "p1", "units": 1}
 SF = storefront_headers()
@@ -98,7 +98,8 @@ def test_idempotency_key_missing_is_400(client: httpx.Client, cid: str) -> None:
 def test_idempotency_key_malformed_is_422(api_server: ApiServer, client: httpx.Client, cid: str, key: bytes) -> None:
     body = b'{"user_id":"u1","product_id":"p1","units":1}'
     request = (f"POST /v1/campaigns/{cid}/reservations HTTP/1.1\r\nHost: t\r\n"
-               f"Authorization: Bearer tok-shop-a\r\nContent-Type: application/json\r\nConnection: close\r\n"
+               f"Authorization: Bearer {STOREFRONT_TOKENS['shop-a']}\r\n"
+               "Content-Type: application/json\r\nConnection: close\r\n"
                f"Content-Length: {len(body)}\r\n").encode() + b"Idempotency-Key: " + key + b"\r\n\r\n" + body
     with socket.create_connection(("127.0.0.1", api_server.port), timeout=10) as s:
         s.sendall(request)

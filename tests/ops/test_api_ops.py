@@ -46,7 +46,7 @@ def test_both_workers_count_and_any_scrape_sums_them(served: tuple[ApiServer, Pa
     per_worker = _worker_requests(prom)
     assert sum(1 for n in per_worker.values() if n > 0) == 2, per_worker
 
-    scrapes = [Samples(fresh_get(f"{server.url}/metrics").text) for _ in range(6)]
+    scrapes = [Samples(fresh_get(f"{server.url}/metrics", headers=admin_headers()).text) for _ in range(6)]
     for m in scrapes:
         for (operation, code), n in EXPECTED.outcomes.items():
             assert m.get("flashsale_outcomes_total", operation=operation, code=code) == n, (operation, code)
@@ -65,7 +65,7 @@ def test_both_workers_count_and_any_scrape_sums_them(served: tuple[ApiServer, Pa
 def test_redis_figures_equal_the_stats_endpoint(served: tuple[ApiServer, Path]) -> None:
     server, _ = served
     stats = fresh_get(f"{server.url}/v1/campaigns/{CID}/stats", headers=admin_headers()).json()
-    m = Samples(fresh_get(f"{server.url}/metrics").text)
+    m = Samples(fresh_get(f"{server.url}/metrics", headers=admin_headers()).text)
     c = {"campaign": CID}
     assert (stats["sold_units"], stats["held_units"], stats["remaining_units"]) == (
         EXPECTED.sold, EXPECTED.held, EXPECTED.remaining)
@@ -85,9 +85,9 @@ def test_redis_figures_equal_the_stats_endpoint(served: tuple[ApiServer, Path]) 
 def test_dashboard_data_is_the_stats_of_every_campaign_or_one(served: tuple[ApiServer, Path]) -> None:
     server, _ = served
     stats = fresh_get(f"{server.url}/v1/campaigns/{CID}/stats", headers=admin_headers()).json()
-    every = fresh_get(f"{server.url}/dashboard/data").json()
+    every = fresh_get(f"{server.url}/dashboard/data", headers=admin_headers()).json()
     assert [c["campaign_id"] for c in every["campaigns"]] == [CID, OTHER]
-    one = fresh_get(f"{server.url}/dashboard/data", params={"campaign": CID}).json()
+    one = fresh_get(f"{server.url}/dashboard/data", headers=admin_headers(), params={"campaign": CID}).json()
     assert len(one["campaigns"]) == 1
     page = one["campaigns"][0]
     for field in ("state", "total_units", "sold_units", "held_units", "remaining_units", "sell_through", "buyers",
@@ -102,7 +102,7 @@ def test_dashboard_data_is_the_stats_of_every_campaign_or_one(served: tuple[ApiS
 def test_dashboard_refuses_unknown_campaigns_in_the_error_shape(served: tuple[ApiServer, Path]) -> None:
     server, _ = served
     for cid in ("no-such", "bad id!"):
-        res = fresh_get(f"{server.url}/dashboard/data", params={"campaign": cid})
+        res = fresh_get(f"{server.url}/dashboard/data", headers=admin_headers(), params={"campaign": cid})
         assert res.status_code == 404
         assert res.json()["error"]["code"] == "NOT_FOUND"
 
@@ -149,7 +149,7 @@ def test_a_live_writer_drains_the_lag_and_dead_letters_show(served: tuple[ApiSer
     try:
         m = Samples("")
         for _ in range(300):
-            m = Samples(fresh_get(f"{server.url}/metrics").text)
+            m = Samples(fresh_get(f"{server.url}/metrics", headers=admin_headers()).text)
             if (m.get("flashsale_ledger_lag_orders", campaign=CID) == 0 and m.get("flashsale_writers_alive") == 1
                     and m.get("flashsale_writer_dead_letters") == 1):
                 break
@@ -165,6 +165,7 @@ def test_a_live_writer_drains_the_lag_and_dead_letters_show(served: tuple[ApiSer
         stats = fresh_get(f"{server.url}/v1/campaigns/{CID}/stats", headers=admin_headers()).json()
         assert stats["ledger"] == {"persisted_orders": EXPECTED.orders, "lag_orders": 0}
         assert writer.terminate() == 0
-        assert Samples(fresh_get(f"{server.url}/metrics").text).get("flashsale_writers_alive") == 0
+        final = Samples(fresh_get(f"{server.url}/metrics", headers=admin_headers()).text)
+        assert final.get("flashsale_writers_alive") == 0
     finally:
         writer.stop()

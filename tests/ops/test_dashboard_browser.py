@@ -1,13 +1,15 @@
 """The dashboard in real headless Chromium, against a real 2-worker `flashsale serve` after a sale.
 
 The page's figures must equal the stats endpoint's, its chart must have points, and it must
-follow a new sale without a reload. Screenshots go to ``artifacts/`` (gitignored).
+follow a new sale without a reload. On the storefront listener it takes the admin token from its
+URL fragment or asks for it (``test_dashboard_token.py``). Screenshots go to ``artifacts/`` (gitignored).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -17,7 +19,7 @@ from tests.ops.conftest import API_CID as CID
 from tests.ops.conftest import API_OTHER as OTHER
 from tests.ops.conftest import fresh_get
 from tests.ops.sale import ALPHA
-from tests.support.processes import ApiServer, admin_headers, storefront_headers
+from tests.support.processes import ADMIN_TOKEN, ApiServer, admin_headers, storefront_headers
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -42,6 +44,11 @@ READ_CARD = """
           legend: [...card.querySelectorAll(".u-legend .u-series th")].map((th) => th.textContent.trim())};
 })
 """
+
+
+def with_token(url: str, token: str = ADMIN_TOKEN) -> str:
+    """The page's URL carrying the admin token in its fragment, as the dashboard takes it."""
+    return f"{url}#token={quote(token, safe='')}"
 
 
 def stats(server: ApiServer) -> dict[str, Any]:
@@ -73,7 +80,7 @@ async def test_dashboard_shows_the_stats_and_follows_the_sale(served: tuple[ApiS
     server, _ = served
     before = stats(server)
     async with Chromium.launch(tmp_path) as browser:
-        await browser.goto(f"{server.url}/dashboard?campaign={CID}")
+        await browser.goto(with_token(f"{server.url}/dashboard?campaign={CID}"))
         await browser.wait_for(f"""(() => {{ const c = document.querySelector('[data-campaign="{CID}"] .chart');
             return c && Number(c.dataset.points) >= 2 && Number(document.body.dataset.polls) >= 2; }})()""")
         page = await browser.evaluate(f"{READ_CARD}({CID!r})")
@@ -115,7 +122,7 @@ async def test_dashboard_shows_the_stats_and_follows_the_sale(served: tuple[ApiS
 async def test_dashboard_of_every_campaign(served: tuple[ApiServer, Path], tmp_path: Path) -> None:
     server, _ = served
     async with Chromium.launch(tmp_path) as browser:
-        await browser.goto(f"{server.url}/dashboard")
+        await browser.goto(with_token(f"{server.url}/dashboard"))
         await browser.wait_for("document.querySelectorAll('[data-campaign] canvas').length === 2")
         ids = await browser.evaluate("[...document.querySelectorAll('[data-campaign]')].map((e) => e.dataset.campaign)")
         assert ids == [CID, OTHER]
@@ -131,7 +138,7 @@ async def test_dashboard_of_every_campaign(served: tuple[ApiServer, Path], tmp_p
 async def test_dashboard_of_an_unknown_campaign_says_so(served: tuple[ApiServer, Path], tmp_path: Path) -> None:
     server, _ = served
     async with Chromium.launch(tmp_path) as browser:
-        await browser.goto(f"{server.url}/dashboard?campaign=no-such-campaign")
+        await browser.goto(with_token(f"{server.url}/dashboard?campaign=no-such-campaign"))
         status = await browser.wait_for(
             "(() => { const s = document.getElementById('status').textContent;"
             " return s.includes('NOT_FOUND') && s; })()")

@@ -23,6 +23,7 @@ from engine.core.sweeper import SweepTick
 from engine.loadgen.services import DURABLE_AOF
 from engine.ops import metrics
 from engine.ops.instrument import instrument
+from engine.tokens import TokenError, check_token, parse_list
 from tests.ops.promtext import Samples
 from tests.support.servers import free_port, redis_server_binary
 
@@ -125,6 +126,16 @@ def test_api_runs_two_workers_and_the_writer_persists_to_postgres() -> None:
     assert {"redis", "postgres"} <= set(SERVICES["writer"]["depends_on"])
 
 
+def test_the_env_example_tokens_are_placeholders_the_api_refuses() -> None:
+    """A copied env.example cannot start an API with guessable tokens: each is under 16 characters."""
+    example = dict(line.split("=", 1) for line in (DEPLOY / "env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    with pytest.raises(TokenError, match="at least 16"):
+        parse_list(example["FLASHSALE_STOREFRONT_TOKENS"], "FLASHSALE_STOREFRONT_TOKENS")
+    with pytest.raises(TokenError, match="at least 16"):
+        check_token(example["FLASHSALE_ADMIN_TOKEN"], "FLASHSALE_ADMIN_TOKEN")
+
+
 def test_required_settings_are_documented_in_env_example() -> None:
     text = (DEPLOY / "docker-compose.yml").read_text()
     required = set(re.findall(r"\$\{(\w+):\?", text))
@@ -143,8 +154,12 @@ def test_prometheus_mounts_its_config_and_scrapes_the_api() -> None:
     for rule_file in config["rule_files"]:
         assert str(container_dir / rule_file) in mounts.values(), rule_file
     targets = {t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
-    assert "api:8000" in targets
-    assert SERVICES["api"]["ports"] == ["8000:8000"]
+    api, port = command("api"), flag(command("api"), "--ops-port")
+    assert f"api:{port}" in targets and "api:8000" not in targets  # the ops listener, which needs no token
+    assert flag(api, "--ops-host") == "0.0.0.0"  # reachable from Prometheus on the compose network
+    assert sorted(SERVICES["api"]["ports"]) == sorted(["8000:8000", f"127.0.0.1:{port}:{port}"])  # ops: host only
+    assert all("authorization" not in job for job in config["scrape_configs"])
+    assert "FLASHSALE_ADMIN_TOKEN" not in str(SERVICES["prometheus"])  # Prometheus holds no credential
     for src in (v.split(":")[0] for v in SERVICES["grafana"]["volumes"] if v.startswith("./")):
         assert (DEPLOY / src).exists(), src
 

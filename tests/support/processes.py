@@ -19,8 +19,9 @@ import httpx
 
 from tests.support.servers import free_port
 
-STOREFRONT_TOKENS = {"shop-a": "tok-shop-a", "shop-b": "tok-shop-b"}
-ADMIN_TOKEN = "tok-admin"
+#: At least 16 characters each (shorter ones are refused at start); base64 with its padding.
+STOREFRONT_TOKENS = {"shop-a": "dG9rLXNob3AtYS0wMQ==", "shop-b": "dG9rLXNob3AtYi0wMg=="}
+ADMIN_TOKEN = "dG9rLWFkbWluLTAwMDE="
 FLASHSALE = str(Path(sys.executable).with_name("flashsale"))
 
 
@@ -90,16 +91,24 @@ class ApiServer(Process):
     """``flashsale serve`` on a free loopback port."""
 
     def __init__(self, redis_url: str, *, workers: int = 1, server: str | None = None,
-                 port: int | None = None, **env: str) -> None:
+                 port: int | None = None, ops: bool = False, args: tuple[str, ...] = (), **env: str) -> None:
         self.port = port or free_port()
-        args = [FLASHSALE, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)]
+        self.ops_port = free_port() if ops else None  # the ops listener (--ops-port), when asked for
+        argv = [FLASHSALE, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)]
         if server:
-            args += ["--server", server]
-        super().__init__(args, base_env(redis_url, **env))
+            argv += ["--server", server]
+        if self.ops_port is not None:
+            argv += ["--ops-port", str(self.ops_port)]
+        super().__init__([*argv, *args], base_env(redis_url, **env))
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ops_url(self) -> str:
+        assert self.ops_port is not None, "started without ops=True"
+        return f"http://127.0.0.1:{self.ops_port}"
 
     def start(self, timeout: float = 30) -> ApiServer:
         super().start()
@@ -108,7 +117,8 @@ class ApiServer(Process):
             if not self.alive():
                 raise RuntimeError(f"flashsale serve exited:\n{self.output()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=0.5).status_code == 200:
+                urls = [self.url] if self.ops_port is None else [self.url, self.ops_url]
+                if all(httpx.get(f"{u}/healthz", timeout=0.5).status_code == 200 for u in urls):
                     return self
             except httpx.HTTPError:
                 pass

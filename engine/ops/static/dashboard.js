@@ -1,9 +1,16 @@
 // flashsale live dashboard: polls /dashboard/data every second and updates the page in place.
 // Every figure sits in an element with data-field (and its raw value in data-value), so a test
 // or a script can read exactly what ops see. The chart keeps the last MAX_POINTS polls.
+//
+// The admin token: on the storefront listener the data needs it. The page takes it from its URL
+// fragment (/dashboard?campaign=ID#token=…, percent-encoded where a URL needs it; a fragment is
+// never sent in a request), keeps it in sessionStorage (this tab only) and strips it from the
+// address bar and the history, or asks for it with a form when it is absent or refused; it sends
+// it as "Authorization: Bearer …" with every data request. On the ops listener none is needed.
 "use strict";
 (function () {
   const POLL_MS = 1000;
+  const TOKEN_KEY = "flashsale.admin-token";
   const MAX_POINTS = 900; // 15 minutes at one point a second
   const COLORS = ["#3b6fd8", "#d64545", "#1f9d55", "#d98b00", "#8e44ad", "#16a2b8", "#7f8c8d", "#c0392b"];
   const campaign = new URLSearchParams(location.search).get("campaign");
@@ -11,6 +18,48 @@
   const cards = new Map(); // campaign id -> {el, chart, data, products}
   const $ = (sel, root) => (root || document).querySelector(sel);
   const fmt = new Intl.NumberFormat("en-US");
+  let memoryToken = null; // when sessionStorage is unavailable
+
+  function storedToken() {
+    try { return sessionStorage.getItem(TOKEN_KEY); } catch (e) { return memoryToken; }
+  }
+
+  function storeToken(token) {
+    memoryToken = token;
+    try {
+      if (token === null) sessionStorage.removeItem(TOKEN_KEY); else sessionStorage.setItem(TOKEN_KEY, token);
+    } catch (e) { /* memoryToken keeps it for this page */ }
+  }
+
+  function takeFragmentToken() {
+    if (!location.hash.startsWith("#token=")) return;
+    let token = location.hash.slice("#token=".length);
+    try { token = decodeURIComponent(token); } catch (e) { /* not percent-encoded: take it as it is */ }
+    if (token) storeToken(token);
+    history.replaceState(history.state, "", location.pathname + location.search);
+  }
+
+  // Show the form: the data needs the admin token (none given, or the one given was refused).
+  function askForToken(reason) {
+    document.body.dataset.auth = reason;
+    $("#token-why").textContent = reason === "refused" ? "That token was refused: enter the admin token."
+      : "This dashboard needs the admin token.";
+    $("#token-form").hidden = false;
+    $("#token-input").focus();
+    status("admin token needed", false);
+  }
+
+  function tokenSubmitted(event) {
+    event.preventDefault();
+    const input = $("#token-input");
+    const token = input.value.trim();
+    if (!token) return;
+    storeToken(token);
+    input.value = "";
+    $("#token-form").hidden = true;
+    document.body.dataset.auth = "sent";
+    poll();
+  }
 
   function setField(root, field, value, text) {
     for (const el of root.querySelectorAll('[data-field="' + field + '"]')) {
@@ -121,8 +170,17 @@
   }
 
   async function poll() {
+    let again = true;
     try {
-      const res = await fetch(dataUrl, { cache: "no-store" });
+      const token = storedToken();
+      const headers = token ? { Authorization: "Bearer " + token } : {};
+      const res = await fetch(dataUrl, { cache: "no-store", headers: headers });
+      if (res.status === 401 || res.status === 403) {
+        storeToken(null);
+        again = false; // until the form gives a token
+        askForToken(token ? "refused" : "needed");
+        return;
+      }
       const body = await res.json();
       if (!res.ok) throw new Error(body.error ? body.error.code + ": " + body.error.message : "HTTP " + res.status);
       $("#as-of").textContent = body.as_of || "—";
@@ -144,9 +202,11 @@
     } catch (err) {
       status("data unavailable: " + err.message, false);
     } finally {
-      setTimeout(poll, POLL_MS);
+      if (again) setTimeout(poll, POLL_MS);
     }
   }
 
+  takeFragmentToken();
+  $("#token-form").addEventListener("submit", tokenSubmitted);
   poll();
 })();
