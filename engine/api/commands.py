@@ -64,6 +64,12 @@ def serve(host: str | None, port: int | None, workers: int | None, server: str |
     if not settings.storefront_tokens or not settings.admin_token:
         click.echo("flashsale serve: warning: no storefront tokens or no admin token configured "
                    "(FLASHSALE_STOREFRONT_TOKENS, FLASHSALE_ADMIN_TOKEN); those calls will all be 401", err=True)
+    from engine.admission.commands import serve_problem
+
+    problem = asyncio.run(serve_problem(settings))
+    if problem is not None:
+        click.echo(f"flashsale serve: {problem}", err=True)
+        sys.exit(2)
     try:
         profile = asyncio.run(_check_redis(settings))
     except FlashsaleError as exc:
