@@ -21,7 +21,7 @@ one Redis Cluster slot. Fields inside the hashes use ``|`` as a separator: ids n
 | ``fs:writers`` / ``fs:writer:NAME`` | set / string, TTL | live writers and their figures (``engine.ledger.health``) |
 | ``fs:{c:ID}:restore:*`` | hashes | ``flashsale recover``'s scratch space, renamed or merged into place atomically |
 | ``fs:{c:ID}:reg`` | hash | registrations: ``u|UID`` -> ``<ms>|<identity>``; ``i|IDENTITY`` -> UID (identity cap) |
-| ``fs:{c:ID}:adm`` | hash | admission: ``seed``, ``seed_sha`` (SHA-256), ``seq`` (late arrivals), ``rates``, ``nrates`` |
+| ``fs:{c:ID}:adm`` | hash | ``seed``, ``seed_sha`` (SHA-256), ``seq`` (late arrivals), ``rates``, ``nrates`` |
 | ``fs:{c:ID}:tix`` | hash | ticket id -> ``UID|STOREFRONT|joined_ms|score`` (immutable once written) |
 | ``fs:{c:ID}:queue`` | zset | ticket id scored by its place: the pre-queue draw (< 2^52), or 2^52 + arrival sequence |
 | ``fs:{c:ID}:qusers`` | hash | ``u|UID`` -> ticket; ``i|IDENTITY`` -> ticket under an identity cap |
