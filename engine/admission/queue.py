@@ -110,7 +110,10 @@ class Queue:
         d = await self.definitions.read(campaign_id)
         queue_campaign(d.campaign)
         k = keys.CampaignKeys(campaign_id)
-        reply = await run(self.scripts.queue_rate, [k.meta, k.admission], [rate, MAX_RATE_CHANGES])
+        c = d.campaign
+        assert c.admission is not None
+        reply = await run(self.scripts.queue_rate, [k.meta, k.admission, k.queue],
+                          [rate, MAX_RATE_CHANGES, c.opens_at_ms, c.admission.admit_per_second])
         if reply[0] != 0:
             raise rejection(reply[0], reply[1].decode(), campaign_id)
 

@@ -1,71 +1,84 @@
 """The admission schedule: how many positions are admitted at an instant (pure arithmetic).
 
-From ``opens_at`` the frontier grows at the campaign's ``admit_per_second``; each live change
-(``PATCH …/admission``, kept by ``queue_rate.lua`` with its Redis ``TIME``) takes over from its
-instant, and a change made before the opening sets the rate the room opens with. The frontier
-at ``t`` is the integral of the rate, in whole positions: position ``p`` (1-based) is admitted
-once it reaches ``p``. Every worker computes the same figures from the same history, so a
-ticket's admission instant, and the expiry of its token, are the same whoever answers.
+From ``opens_at`` the frontier grows at the campaign's ``admit_per_second``. Each live change
+(``PATCH …/admission``, recorded by ``queue_rate.lua`` with its Redis ``TIME``) starts a segment
+at its instant with the new rate and a base: the frontier then, but never more than the tickets
+there were then, so that a pause really stops admission and a rate change hands out no credit
+saved up while the queue was empty. A change made before the opening sets the opening rate.
+Within a segment the frontier, in "position-milliseconds", is ``base + rate x elapsed ms``;
+position ``p`` (1-based) is admitted once it reaches ``p x 1000``, and never before its ticket
+was taken. Every worker computes the same figures from the same history, so a ticket's admission
+instant, and its token's expiry, are the same whoever answers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-MS = 1000  # positions x ms per second: the integral is kept in "position-milliseconds"
+MS = 1000  # the frontier is kept in position-milliseconds: exact integers throughout
 
 
 @dataclass(frozen=True, slots=True)
 class Schedule:
-    segments: tuple[tuple[int, int], ...]  # (start ms, rate per s), starts ascending; the first at opens_at
+    segments: tuple[tuple[int, int, int], ...]  # (start ms, rate per s, base in position-ms), starts ascending
 
     @classmethod
     def build(cls, opens_ms: int, rate: int, changes: str | bytes | None) -> Schedule:
-        """From the definition's opening and rate, and the ``rates`` history ``at:rate,...``."""
-        segments = [(opens_ms, rate)]
+        """From the definition's opening and rate, and the ``rates`` history ``at:rate:base,...``."""
+        segments = [(opens_ms, rate, 0)]
         text = changes.decode() if isinstance(changes, bytes) else (changes or "")
         for entry in filter(None, text.split(",")):
-            at, _, r = entry.partition(":")
-            start = max(int(at), opens_ms)
+            at, r, base = (int(x) for x in entry.split(":"))
+            start = max(at, opens_ms)
             if start == segments[-1][0]:
-                segments[-1] = (start, int(r))  # a later change at the same instant replaces it
+                segments[-1] = (start, r, 0 if at <= opens_ms else base)  # the later change at one instant wins
             else:
-                segments.append((start, int(r)))
+                segments.append((start, r, base))
         return cls(tuple(segments))
 
     @property
     def opens_ms(self) -> int:
         return self.segments[0][0]
 
-    def rate_at(self, now_ms: int) -> int:
-        """The rate in force at ``now_ms`` (the opening rate before the opening)."""
-        current = self.segments[0][1]
-        for start, rate in self.segments:
+    def _segment(self, now_ms: int) -> int:
+        index = 0
+        for i, (start, _, _) in enumerate(self.segments):
             if start > now_ms:
                 break
-            current = rate
-        return current
+            index = i
+        return index
+
+    def rate_at(self, now_ms: int) -> int:
+        """The rate in force at ``now_ms`` (the opening rate before the opening)."""
+        return self.segments[self._segment(now_ms)][1]
+
+    def frontier(self, now_ms: int) -> int:
+        """The frontier at ``now_ms`` in position-milliseconds (0 before the opening)."""
+        if now_ms <= self.opens_ms:
+            return 0
+        start, rate, base = self.segments[self._segment(now_ms)]
+        return base + rate * (now_ms - start)
 
     def admitted(self, now_ms: int) -> int:
-        """Positions admitted at ``now_ms``: 0 before the opening."""
-        total = 0
-        for i, (start, rate) in enumerate(self.segments):
-            if start >= now_ms:
-                break
-            end = self.segments[i + 1][0] if i + 1 < len(self.segments) else now_ms
-            total += rate * (min(end, now_ms) - start)
-        return total // MS
+        """Positions admitted at ``now_ms`` (ignoring when their tickets were taken)."""
+        return self.frontier(now_ms) // MS
 
-    def admitted_at(self, position: int) -> int | None:
-        """The first instant (ms) at which ``position`` (1-based) is admitted, or None if the
-        schedule as it stands never reaches it (admission paused)."""
+    def admitted_at(self, position: int, not_before_ms: int = 0) -> int | None:
+        """The first instant (ms), not before ``not_before_ms`` (when the ticket was taken), at
+        which ``position`` (1-based) is admitted; None if the schedule as it stands never
+        reaches it (admission paused)."""
         need = position * MS
-        done = 0
-        for i, (start, rate) in enumerate(self.segments):
-            last = i + 1 == len(self.segments)
-            span = None if last else self.segments[i + 1][0] - start
-            if rate > 0 and (span is None or done + rate * span >= need):
-                return start + -(-(need - done) // rate)  # ceil: the frontier reaches it then
-            if span is not None:
-                done += rate * span
+        t = max(not_before_ms, self.opens_ms)
+        for i in range(self._segment(t), len(self.segments)):
+            start, rate, base = self.segments[i]
+            end = self.segments[i + 1][0] if i + 1 < len(self.segments) else None
+            begin = max(start, t)
+            if begin > self.opens_ms and base + rate * (begin - start) >= need:
+                return begin
+            if rate > 0:
+                at = start + -(-(need - base) // rate)  # ceil: when this segment's frontier reaches it
+                if end is None or at < end:
+                    return at
+            elif end is None:
+                return None
         return None

@@ -92,9 +92,9 @@ def answer(ticket_id: str, snap: Snapshot, ticket: Ticket, keyring: Keyring | No
     frontier = sched.admitted(now_ms)
     out["position"] = position
     out["ahead"] = max(position - 1 - frontier, 0)
-    if position <= frontier:
-        admitted_at = sched.admitted_at(position)
-        assert admitted_at is not None and c.admission is not None and c.admission.token_seconds is not None
+    admitted_at = sched.admitted_at(position, ticket.record.joined_ms)
+    if admitted_at is not None and admitted_at <= now_ms:
+        assert c.admission is not None and c.admission.token_seconds is not None
         expires = admitted_at + c.admission.token_seconds * 1000
         out["estimated_wait_s"] = 0
         if now_ms >= expires:
@@ -107,7 +107,7 @@ def answer(ticket_id: str, snap: Snapshot, ticket: Ticket, keyring: Keyring | No
     if snap.nothing_left:
         out.update(state="sold_out", poll_after_ms=_jitter(PAUSED_POLL_MS, rng))
         return out
-    due = sched.admitted_at(position)
+    due = admitted_at
     if due is None:  # paused: no estimate
         out["poll_after_ms"] = _jitter(PAUSED_POLL_MS, rng)
         return out
