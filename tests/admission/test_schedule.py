@@ -55,7 +55,7 @@ def test_paused_at_the_end_never_reaches_a_position() -> None:
 def test_admitted_at_is_the_first_instant_the_frontier_reaches(changes: list[tuple[int, int, int]], rate: int,
                                                                 position: int, taken: int) -> None:
     at = OPENS - 2000
-    entries = []
+    entries: list[str] = []
     for gap, r, cap in changes:
         at += gap
         base = 0 if at <= OPENS else min(Schedule.build(OPENS, rate, ",".join(entries)).frontier(at), cap * 1000)
