@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine import keys
 from engine.admission.buyer import Buyer
 from engine.admission.definitions import Definitions
 from engine.admission.queue import Queue, schedule_of
@@ -89,15 +90,22 @@ class AdmissionService:
         return out
 
     async def stats(self, c: Campaign, now_ms: int) -> dict[str, Any]:
-        """The ``queue`` block of the stats body: tickets waiting and admitted, the rate, the hash."""
-        async with _Storage("reading the queue"):
-            fields, tickets = await self.queue.state(c.id)
-        schedule = schedule_of(c, fields["rates"])
-        admitted = min(schedule.admitted(now_ms), tickets)
-        return {"waiting": tickets - admitted, "admitted": admitted,
-                "admit_per_second": schedule.rate_at(now_ms),
-                "seed_sha256": None if fields["seed_sha"] is None else fields["seed_sha"].decode()}
+        return await queue_stats(self.engine, c, now_ms)
 
     async def export(self, campaign_id: str) -> dict[str, Any]:
         async with _Storage("exporting the queue"):
             return await self.queue.export(campaign_id)
+
+
+async def queue_stats(engine: Engine, c: Campaign, now_ms: int) -> dict[str, Any]:
+    """The ``queue`` block of the stats body (queue mode): tickets waiting and admitted, the rate
+    in force and the seed's hash; one round trip on the Engine's client."""
+    k = keys.CampaignKeys(c.id)
+    async with _Storage("reading the queue"), engine.redis.pipeline(transaction=False) as p:
+        p.hmget(k.admission, ["seed_sha", "rates"])
+        p.zcard(k.queue)
+        (seed_sha, rates), tickets = await p.execute()
+    schedule = schedule_of(c, rates)
+    admitted = min(schedule.admitted(now_ms), int(tickets))
+    return {"waiting": int(tickets) - admitted, "admitted": admitted, "admit_per_second": schedule.rate_at(now_ms),
+            "seed_sha256": None if seed_sha is None else seed_sha.decode()}

@@ -17,10 +17,11 @@ from engine.admission.buyer import Buyer
 from engine.admission.tokens import KEYS_ENV
 from engine.api import render
 from engine.api import validation as v
-from engine.api.errors import invalid
+from engine.api.errors import invalid, public_code
 from engine.campaign import MAX_ADMIT_PER_SECOND, Campaign
 from engine.core import Engine
 from engine.errors import InvalidRequest
+from engine.ops import metrics
 
 if TYPE_CHECKING:
     from engine.api.routes import Answer, Api, Handler
@@ -67,7 +68,27 @@ class AdmissionApi:
             view_dict["admission"] = await self.api._within(self.service.public(c, now_ms))
         return view_dict
 
+    async def _counted(self, call: str, handler: Handler, request: Request) -> Answer:
+        """The handler's answer, counted for /metrics by what it answered (a state, OK, or a code)."""
+        try:
+            status, body = await handler(request)
+        except Exception as exc:
+            metrics.count_queue(call, public_code(exc))
+            raise
+        if call != "poll":  # a poll is counted by the state it answered (``_ticket``)
+            metrics.count_queue(call, "OK")
+        return status, body
+
     async def register(self, request: Request) -> Answer:
+        return await self._counted("registration", self._register, request)
+
+    async def join(self, request: Request) -> Answer:
+        return await self._counted("join", self._join, request)
+
+    async def ticket(self, request: Request) -> Answer:
+        return await self._counted("poll", self._ticket, request)
+
+    async def _register(self, request: Request) -> Answer:
         hdrs = v.headers(request)
         self.api.auth.storefront(hdrs)
         cid = v.path_id(request, "cid")
@@ -76,7 +97,7 @@ class AdmissionApi:
         return (201 if created else 200), render.json({"campaign_id": cid, "user_id": user_id,
                                                        "state": "registered"})
 
-    async def join(self, request: Request) -> Answer:
+    async def _join(self, request: Request) -> Answer:
         hdrs = v.headers(request)
         storefront = self.api.auth.storefront(hdrs)
         cid = v.path_id(request, "cid")
@@ -86,10 +107,12 @@ class AdmissionApi:
         body = await self.api._within(service.poll(cid, ticket, storefront))
         return (201 if created else 200), render.json(body)
 
-    async def ticket(self, request: Request) -> Answer:
+    async def _ticket(self, request: Request) -> Answer:
         storefront = self.api.auth.storefront(v.headers(request))
         cid, ticket = v.path_id(request, "cid"), v.path_id(request, "ticket")
-        return 200, render.json(await self.api._within(self.service.poll(cid, ticket, storefront)))
+        body = await self.api._within(self.service.poll(cid, ticket, storefront))
+        metrics.count_queue("poll", body["state"])
+        return 200, render.json(body)
 
     async def rate(self, request: Request) -> Answer:
         hdrs = v.headers(request)

@@ -35,6 +35,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from engine import fastpath
 from engine.core import Engine
 from engine.ops.collector import SnapshotCollector, snapshot
+from engine.ops.queue import QueueCollector, queue_snapshot
 from engine.ops.series import CounterFamily, Families, HistogramFamily
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -53,6 +54,7 @@ class _Metrics:
     engine_seconds: HistogramFamily
     script_seconds: HistogramFamily
     script_batch: HistogramFamily
+    queue: CounterFamily
     # the series each hook writes, by the hook's own key (route templates, codes: a few dozen)
     series: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
@@ -75,6 +77,8 @@ def _build() -> _Metrics:
                         ["script"], SCRIPT_BUCKETS, value),
         HistogramFamily("flashsale_script_batch_requests", "Requests carried by one script call",
                         ["script"], BATCH_BUCKETS, value),
+        CounterFamily("flashsale_queue_requests", "Waiting-room calls: join (OK or the code), poll (the "
+                      "state answered), registration", ["call", "outcome"], value),
     )
     registry = CollectorRegistry(auto_describe=True)
     registry.register(Families(*families))  # type: ignore[arg-type]
@@ -143,6 +147,17 @@ def observe_script(script: str, requests: int, seconds: float) -> None:
     pair[1].observe(requests)
 
 
+def count_queue(call: str, outcome: str) -> None:
+    """One waiting-room call: ``join`` / ``registration`` with ``OK`` or the error code, ``poll``
+    with the state it answered (``waiting``, ``admitted``, ``sold_out``, ``expired``) or the code."""
+    m = _metrics()
+    key = ("queue", call, outcome)
+    counter = m.series.get(key)
+    if counter is None:
+        counter = m.series[key] = m.queue.child(call, outcome)
+    counter.inc(1)
+
+
 def count_expired(holds: int) -> None:
     """Holds the sweeper released at their deadline (outcome ``expire``/``OK``)."""
     if holds > 0:
@@ -200,5 +215,6 @@ async def render(engine: Engine) -> bytes:
     else:
         registry.register(_Forward(_metrics().registry))  # type: ignore[arg-type]
     registry.register(SnapshotCollector(snap))  # type: ignore[arg-type]
+    registry.register(QueueCollector(await queue_snapshot(engine)))  # type: ignore[arg-type]
     # reading the workers' files is blocking I/O: keep it off the event loop
     return await asyncio.to_thread(generate_latest, registry)
