@@ -8,8 +8,10 @@ read again if it comes back). A ticket's position is fixed once Redis ``TIME`` h
 ``opens_at`` (``engine.admission.queue``): from then on it never changes.
 
 The answer is pure arithmetic on those (``answer``): the frontier from the schedule, the state, the
-token, and ``poll_after_ms``, spread by the ticket's distance from the frontier (and at random
-before the opening, when no position is known) so that a crowd does not poll in step.
+token, and ``poll_after_ms``: the time until the ticket's turn (between 2 s and 5 minutes), so a
+ticket polls a handful of times however long it waits; before the opening, when no position is
+known, a random point within the time the crowd takes to admit (at most 2 minutes), so that the
+pre-queue does not poll in step at the opening.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ from engine.errors import NotFound
 REFRESH_S = 0.2  # a campaign's snapshot is read again after this long
 MAX_TICKETS = 200_000  # tickets kept per worker (LRU)
 MIN_POLL_MS = 2000  # nobody is told to come back sooner
-MAX_POLL_MS = 120_000  # nor later, while waiting
-PAUSED_POLL_MS = 30_000  # while admission is paused, or nothing is left
-DONE_POLL_MS = 60_000  # an admitted or expired ticket has nothing new to learn soon
+MAX_POLL_MS = 300_000  # nor later, while waiting: far back, a poll every 5 minutes
+OPENING_SPREAD_MS = 120_000  # at most: the pre-queue's first polls after the opening, spread at random
+PAUSED_POLL_MS = 30_000  # while admission is paused (it may resume any moment)
+SOLD_OUT_POLL_MS = 60_000  # while nothing is left (units come back only as holds lapse)
+EXPIRED_POLL_MS = 600_000  # an expired ticket has nothing more to learn
 JITTER = 0.1  # +-10% on every poll_after_ms
 
 
@@ -82,8 +86,8 @@ def answer(ticket_id: str, snap: Snapshot, ticket: Ticket, keyring: Keyring | No
     if now_ms < c.opens_at_ms or ticket.position is None:
         until = max(c.opens_at_ms - now_ms, 0)
         rate = max(sched.rate_at(now_ms), 1)
-        spread = min(MAX_POLL_MS, max(MIN_POLL_MS, snap.tickets * 1000 // rate))
-        if until > 2 * MAX_POLL_MS:
+        spread = min(OPENING_SPREAD_MS, max(MIN_POLL_MS, snap.tickets * 1000 // rate))
+        if until > MAX_POLL_MS + OPENING_SPREAD_MS:
             out["poll_after_ms"] = _jitter(MAX_POLL_MS, rng)
         else:  # come back after the opening, at a random point of the time the crowd takes
             out["poll_after_ms"] = until + MIN_POLL_MS // 2 + int(rng.uniform(0, spread))
@@ -98,14 +102,14 @@ def answer(ticket_id: str, snap: Snapshot, ticket: Ticket, keyring: Keyring | No
         expires = admitted_at + c.admission.token_seconds * 1000
         out["estimated_wait_s"] = 0
         if now_ms >= expires:
-            out.update(state="expired", poll_after_ms=_jitter(DONE_POLL_MS * 10, rng))
-        elif keyring is not None:
-            out.update(state="admitted", poll_after_ms=_jitter(min(DONE_POLL_MS, expires - now_ms), rng),
+            out.update(state="expired", poll_after_ms=_jitter(EXPIRED_POLL_MS, rng))
+        elif keyring is not None:  # nothing changes for it until the token's expiry
+            out.update(state="admitted", poll_after_ms=max(MIN_POLL_MS, expires - now_ms),
                        admission_token=keyring.sign(c.id, ticket.record.user_id, expires),
                        token_expires_at=ms_to_rfc3339(expires))
         return out
     if snap.nothing_left:
-        out.update(state="sold_out", poll_after_ms=_jitter(PAUSED_POLL_MS, rng))
+        out.update(state="sold_out", poll_after_ms=_jitter(SOLD_OUT_POLL_MS, rng))
         return out
     due = admitted_at
     if due is None:  # paused: no estimate
@@ -113,6 +117,8 @@ def answer(ticket_id: str, snap: Snapshot, ticket: Ticket, keyring: Keyring | No
         return out
     wait = max(due - now_ms, 0)
     out["estimated_wait_s"] = -(-wait // 1000)
+    # come back when the turn is due (or in 5 minutes, whichever is first): as the rate holds, a
+    # ticket polls a handful of times in all, however long its wait
     out["poll_after_ms"] = _jitter(min(MAX_POLL_MS, max(MIN_POLL_MS, wait)), rng)
     return out
 
