@@ -126,9 +126,11 @@ class Queue:
             (seed, seed_sha, rates), count = await p.execute()
         return {"seed": seed, "seed_sha": seed_sha, "rates": rates}, int(count)
 
-    async def export(self, campaign_id: str) -> dict[str, Any]:
+    async def export(self, campaign_id: str, page: int = EXPORT_CHUNK) -> dict[str, Any]:
         """Every ticket in queue order: user, join time, its draw (pre-queue) or arrival number
-        (late), its position; the seed once ``opens_at`` has passed (by Redis TIME)."""
+        (late), its position; the seed once ``opens_at`` has passed (by Redis TIME). Read in pages
+        by score; before the opening the positions are those the tickets would have if it opened
+        then (two draws alike, at odds of about n^2 / 2^53, would share a page boundary badly)."""
         d = await self.definitions.read(campaign_id)
         c = d.campaign
         queue_campaign(c)
@@ -139,22 +141,22 @@ class Queue:
         now = int(t[0]) * 1000 + int(t[1]) // 1000
         revealed = now >= c.opens_at_ms
         tickets: list[dict[str, Any]] = []
-        start = 0
-        while True:
-            ids = [i for i, _ in await self.redis.zrange(k.queue, start, start + EXPORT_CHUNK - 1, withscores=True)]
-            if not ids:
+        after = "-inf"
+        while True:  # by score, not by rank: a pre-queue join meanwhile shifts ranks, never scores
+            chunk = await self.redis.zrangebyscore(k.queue, after, "+inf", start=0, num=page, withscores=True)
+            if not chunk:
                 break
-            records = await cast("Awaitable[list[bytes]]", self.redis.hmget(k.tickets, ids))
-            for offset, raw in enumerate(records):
+            records = await cast("Awaitable[list[bytes]]", self.redis.hmget(k.tickets, [i for i, _ in chunk]))
+            for raw in records:
                 r = TicketRecord.unpack(raw)
-                row: dict[str, Any] = {"position": start + offset + 1, "user_id": r.user_id,
+                row: dict[str, Any] = {"position": len(tickets) + 1, "user_id": r.user_id,
                                        "joined_at": ms_to_rfc3339(r.joined_ms), "pre_queue": r.pre_queue}
                 if r.pre_queue:
                     row["draw"] = r.score
                 else:
                     row["arrival"] = r.score - LATE
                 tickets.append(row)
-            start += len(ids)
+            after = f"({int(chunk[-1][1])}"
         seed = fields["seed"]
         return {
             "campaign_id": c.id, "queue_opens_at": ms_to_rfc3339(c.admission.queue_opens_at_ms or 0),

@@ -17,7 +17,7 @@ from typing import Any
 from engine import keys
 from engine.admission.buyer import Buyer
 from engine.admission.definitions import Definitions
-from engine.admission.queue import Queue, schedule_of
+from engine.admission.queue import EXPORT_CHUNK, Queue, schedule_of
 from engine.admission.registry import Registry
 from engine.admission.scripts import AdmissionScripts
 from engine.admission.tokens import Keyring
@@ -92,9 +92,9 @@ class AdmissionService:
     async def stats(self, c: Campaign, now_ms: int) -> dict[str, Any]:
         return await queue_stats(self.engine, c, now_ms)
 
-    async def export(self, campaign_id: str) -> dict[str, Any]:
+    async def export(self, campaign_id: str, page: int = EXPORT_CHUNK) -> dict[str, Any]:
         async with _Storage("exporting the queue"):
-            return await self.queue.export(campaign_id)
+            return await self.queue.export(campaign_id, page)
 
 
 async def queue_stats(engine: Engine, c: Campaign, now_ms: int) -> dict[str, Any]:

@@ -75,7 +75,7 @@ async def test_queue_not_open_not_registered_closed(engine: Engine, admission: A
 
 async def test_join_time_does_not_predict_position_and_the_export_recomputes(
         engine: Engine, admission: AdmissionService) -> None:
-    opens_in_s = 4.0
+    opens_in_s = 6.0
     started = time.monotonic()
     cid = await load(engine, opens_in_ms=int(opens_in_s * 1000), admit_per_second=0)
     assert await admission.commit_seed(cid, SEED) == await admission.commit_seed(cid)  # committed once

@@ -47,8 +47,9 @@ async def test_a_redis_crash_in_the_pre_queue_loses_no_ticket(durable: RedisServ
         assert {k: v for k, v in after_restart.items() if k != "as_of"} == \
             {k: v for k, v in before.items() if k != "as_of"}
         await asyncio.sleep(max(0.0, opens_in_s - (time.monotonic() - started)) + 0.1)
-        opened = await service.export("c1")
+        opened = await service.export("c1", page=7)  # read in pages: the same as in one
         assert opened["seed_sha256"] == before["seed_sha256"] and opened["seed"] is not None
+        assert opened["tickets"] == (await service.export("c1"))["tickets"]
         assert recompute({**before, "seed": opened["seed"]}) == [t["user_id"] for t in opened["tickets"]]
         for (ticket, _), i in zip(joined, range(300), strict=True):  # every acknowledged ticket answers
             body = await service.poll("c1", ticket, "shop-a")
