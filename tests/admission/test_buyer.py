@@ -23,7 +23,9 @@ def test_signals_and_networks() -> None:
     ({"identity": "x" * 129}, "buyer.identity"), ({"device": "é"}, "buyer.device"), ({"device": 7}, "buyer.device"),
     ({"identity": "a\nb"}, "buyer.identity"), ({"ip": "203.0.113.256"}, "buyer.ip"),
     ({"ip": "fe80::1%eth0"}, "buyer.ip"),
-    ({"ip": "example.com"}, "buyer.ip"), ({"ip": None, "identity": True}, "buyer.identity"),
+    ({"ip": "example.com"}, "buyer.ip"), ({"ip": "010.1.2.3"}, "buyer.ip"), ({"ip": "1.2.3"}, "buyer.ip"),
+    ({"ip": "1:2:3:4:5:6:7:8:9"}, "buyer.ip"), ({"ip": " 1.2.3.4"}, "buyer.ip"),
+    ({"ip": None, "identity": True}, "buyer.identity"),
 ])
 def test_bad_signals_are_refused_naming_the_field(value: Any, field: str) -> None:
     with pytest.raises(InvalidRequest) as info:
