@@ -107,6 +107,8 @@ def answer(ticket_id: str, snap: Snapshot, ticket: Ticket, keyring: Keyring | No
             out.update(state="admitted", poll_after_ms=max(MIN_POLL_MS, expires - now_ms),
                        admission_token=keyring.sign(c.id, ticket.record.user_id, expires),
                        token_expires_at=ms_to_rfc3339(expires))
+        else:  # no key to sign with (``flashsale serve`` refuses to start so): it waits
+            out["poll_after_ms"] = _jitter(PAUSED_POLL_MS, rng)
         return out
     if snap.nothing_left:
         out.update(state="sold_out", poll_after_ms=_jitter(SOLD_OUT_POLL_MS, rng))

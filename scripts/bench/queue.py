@@ -7,8 +7,8 @@ told asks of the API.
    queue-mode campaign opened a minute ago with admission paused, and ``--tickets`` tickets
    taken through ``AdmissionService`` (storefront ``shop-a``). wrk (2 threads, 100 connections)
    then polls ``GET …/queue/{ticket}`` over every ticket in turn: polls/s, p50/p99, the server's
-   CPU per poll, and how many Redis reads the worker made (its cache should make that a handful
-   per 200 ms, not one per poll).
+   CPU per poll; and, in process, the µs of one poll through the ASGI app alone (auth, routing,
+   the worker's cache, the answer), which says what the app costs apart from the HTTP server.
 2. Pure arithmetic, no server: 300,000 pre-queue tickets and an opening admitting 500/s, each
    ticket polling when ``poll_after_ms`` tells it (``engine.admission.waiting.answer``) until
    admitted: the polls/s the crowd sends over the first 600 s, mean and busiest second.
@@ -24,7 +24,9 @@ import random
 import subprocess
 import tempfile
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -33,6 +35,7 @@ from engine.admission import AdmissionService, Buyer, Keyring
 from engine.admission.queue import TicketRecord
 from engine.admission.schedule import Schedule
 from engine.admission.waiting import Snapshot, Ticket, answer
+from engine.api.app import create_app
 from engine.campaign import parse
 from engine.core import Engine
 from engine.settings import Settings
@@ -92,6 +95,46 @@ def polls_per_second(seconds: int, n_tickets: int) -> dict[str, float]:
             redis.stop()
 
 
+async def _app_poll_us(redis_url: str, n: int) -> float:
+    """µs per poll through the ASGI app alone (auth, routing, the cache, the answer; no HTTP server)."""
+    os.environ["FLASHSALE_ADMISSION_KEYS"] = KEYS
+    tickets = await take_tickets(redis_url, "bench-app", 200)
+    settings = Settings(redis_url=redis_url, storefront_tokens=(("shop-a", STOREFRONT_TOKENS["shop-a"]),),
+                        admin_token="admin", allow_volatile_redis=True, log_level="WARNING")
+    app = create_app(settings)
+    headers = [(b"authorization", f"Bearer {STOREFRONT_TOKENS['shop-a']}".encode()), (b"host", b"bench")]
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            assert message["status"] == 200, message
+
+    async def poll(ticket: str) -> None:
+        path = f"/v1/campaigns/bench-app/queue/{ticket}"
+        await app({"type": "http", "http_version": "1.1", "method": "GET", "scheme": "http", "path": path,
+                   "raw_path": path.encode(), "root_path": "", "query_string": b"", "headers": headers,
+                   "server": ("bench", 80), "client": ("bench", 1)}, receive, send)
+
+    async with app.router.lifespan_context(app):
+        for t in tickets:  # fill the cache
+            await poll(t)
+        start = time.perf_counter()
+        for i in range(n):
+            await poll(tickets[i % len(tickets)])
+        return (time.perf_counter() - start) / n * 1e6
+
+
+def app_poll_us(n: int = 20_000) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        redis = RedisServer(directory=tmp).start()
+        try:
+            return asyncio.run(_app_poll_us(redis.url, n))
+        finally:
+            redis.stop()
+
+
 def crowd_load(seconds: int, step: int = 10) -> tuple[float, float]:
     """CROWD pre-queue tickets, each polling at the opening and then whenever ``poll_after_ms``
     says, while CROWD_RATE/s are admitted: (mean, peak) polls/s over the first ``seconds``
@@ -125,13 +168,15 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
     run = polls_per_second(args.seconds, args.tickets)
+    in_app = app_poll_us()
     mean, peak = crowd_load(CROWD_SECONDS)
     body = (f"| what | figure |\n|---|---|\n"
             f"| polls/s, one worker, {args.tickets} tickets in turn (wrk -t2 -c100, {args.seconds} s) | "
             f"{run['rps']:,.0f} |\n"
             f"| p50 / p99 | {run['p50_ms']:.1f} / {run['p99_ms']:.1f} ms |\n"
             f"| server CPU per poll | {run['cpu_us']:.0f} µs |\n"
-            f"| non-2xx / socket errors | {run['non2xx']} / {run['errors']} |\n")
+            f"| non-2xx / socket errors | {run['non2xx']} / {run['errors']} |\n"
+            f"| one poll through the ASGI app alone (no HTTP server), in process | {in_app:.0f} µs |\n")
     body += (f"| {CROWD:,} pre-queue tickets polling as told, {CROWD_RATE}/s admitted: polls/s over the "
              f"first {CROWD_SECONDS} s after the opening, mean / peak second | {mean:,.0f} / {peak:,.0f} |\n")
     print(body)
