@@ -36,7 +36,7 @@ if old then
   if tonumber(at) <= opens then base = 0 end
 end
 local frontier = 0
-if now > start then frontier = base + r * (now - start) end
+if now >= start then frontier = base + r * (now - start) end
 local cap = rcall('ZCARD', KEYS[3]) * 1000
 if frontier > cap then frontier = cap end
 if now <= opens then frontier = 0 end
