@@ -122,8 +122,11 @@ def test_the_queue_before_and_after_the_opening(client: httpx.Client) -> None:
     stats = client.get(f"/v1/campaigns/{cid}/stats", headers=SHOP_A).json()
     assert stats["queue"]["seed_sha256"] == seed_sha and stats["queue"]["admit_per_second"] == 1000
     assert stats["queue"]["waiting"] + stats["queue"]["admitted"] == 2
+    r = client.patch(f"/v1/campaigns/{cid}/admission", json={"admit_per_second": 0}, headers=admin_headers())
+    assert r.status_code == 200 and r.json()["admit_per_second"] == 0  # paused, live
+    assert client.get(f"/v1/campaigns/{cid}/stats", headers=SHOP_A).json()["queue"]["admit_per_second"] == 0
     metrics = client.get("/metrics", headers=admin_headers()).text
-    assert f'flashsale_queue_admit_per_second{{campaign="{cid}"}} 1000.0' in metrics
+    assert f'flashsale_queue_admit_per_second{{campaign="{cid}"}} 0.0' in metrics
     assert 'flashsale_queue_requests_total{call="poll",outcome="admitted"}' in metrics
 
 
