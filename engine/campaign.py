@@ -29,11 +29,19 @@ _MS = timedelta(milliseconds=1)
 MAX_TIME_MS = (datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC) - _EPOCH) // _MS  # the last ms of 9999
 DEFAULT_RATE_PER_SECOND = 5  # reserve attempts per user per second, sustained
 DEFAULT_RATE_BURST = 10  # attempts a user may make at once
+MAX_ADMIT_PER_SECOND = 1_000_000  # queue mode: positions admitted per second (0 pauses admission)
+MAX_TOKEN_SECONDS = 24 * 3600  # queue mode: how long an admission token stays valid
+ELIGIBILITY = ("anyone", "registered")
+ADMISSION_MODES = ("open", "queue")
 
 _CAMPAIGN_FIELDS = {"id", "title", "currency", "unit_price", "opens_at", "closes_at", "hold_seconds",
-                    "total_units", "user_cap_units", "products", "rate_limit"}
+                    "total_units", "user_cap_units", "products", "rate_limit",
+                    # v1.1: admission (engine.admission) and buyer caps
+                    "eligibility", "admission", "identity_cap_units", "device_cap_units", "network_cap_units"}
 _PRODUCT_FIELDS = {"id", "title", "total_units", "user_cap_units"}
 _RATE_FIELDS = {"per_second", "burst"}
+_ADMISSION_FIELDS = {"mode", "queue_opens_at", "admit_per_second", "token_seconds"}
+_BUYER_CAPS = ("identity_cap_units", "device_cap_units", "network_cap_units")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +59,29 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class Admission:
+    """How buyers get in: ``open`` (anyone, once the sale opens) or ``queue`` (a waiting room whose
+    pre-queue opens at ``queue_opens_at_ms``; the three queue fields are None in open mode)."""
+
+    mode: str
+    queue_opens_at_ms: int | None = None
+    admit_per_second: int | None = None
+    token_seconds: int | None = None
+
+    @property
+    def queued(self) -> bool:
+        return self.mode == "queue"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": self.mode}
+        if self.queue_opens_at_ms is not None:
+            out["queue_opens_at"] = ms_to_rfc3339(self.queue_opens_at_ms)
+            out["admit_per_second"] = self.admit_per_second
+            out["token_seconds"] = self.token_seconds
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class Campaign:
     id: str
     title: str
@@ -63,6 +94,16 @@ class Campaign:
     user_cap_units: int | None
     products: tuple[Product, ...]
     rate_limit: RateLimit
+    eligibility: str = "anyone"  # or "registered": only pre-registered users may queue and reserve
+    admission: Admission | None = None  # None: open mode, as in v1
+    identity_cap_units: int | None = None  # buyer caps (enforced by the reserve script)
+    device_cap_units: int | None = None
+    network_cap_units: int | None = None
+
+    @property
+    def queued(self) -> bool:
+        """Queue mode: buyers wait in the waiting room and reserve with an admission token."""
+        return self.admission is not None and self.admission.queued
 
     def product(self, product_id: str) -> Product | None:
         return next((p for p in self.products if p.id == product_id), None)
@@ -79,6 +120,14 @@ class Campaign:
             out["user_cap_units"] = self.user_cap_units
         out["products"] = [_product_dict(p) for p in self.products]
         out["rate_limit"] = {"per_second": self.rate_limit.per_second, "burst": self.rate_limit.burst}
+        # v1.1 fields only when set: a campaign without them reads exactly as in v1
+        if self.eligibility != "anyone":
+            out["eligibility"] = self.eligibility
+        if self.admission is not None:
+            out["admission"] = self.admission.to_dict()
+        for name in _BUYER_CAPS:
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return out
 
 
@@ -169,6 +218,41 @@ def _rate_limit(data: Any) -> RateLimit:
                      _int(d["burst"], "rate_limit.burst", 1, 1_000_000))
 
 
+def _admission(data: Any, opens_ms: int) -> Admission | None:
+    if data is None:
+        return None
+    d = _known(data, _ADMISSION_FIELDS, {"mode"}, "admission")
+    mode = d["mode"]
+    if mode not in ADMISSION_MODES:
+        raise InvalidDefinition("admission.mode", "must be \"open\" or \"queue\"")
+    if mode == "open":
+        for key in sorted(d.keys() - {"mode"}):
+            raise InvalidDefinition(f"admission.{key}", "only with mode \"queue\"")
+        return Admission("open")
+    for key in ("queue_opens_at", "admit_per_second", "token_seconds"):
+        if key not in d:
+            raise InvalidDefinition(f"admission.{key}", "missing (required with mode \"queue\")")
+    queue_opens = parse_time(d["queue_opens_at"], "admission.queue_opens_at")
+    if queue_opens > opens_ms:
+        raise InvalidDefinition("admission.queue_opens_at", "must not be after opens_at")
+    return Admission("queue", queue_opens,
+                     _int(d["admit_per_second"], "admission.admit_per_second", 0, MAX_ADMIT_PER_SECOND),
+                     _int(d["token_seconds"], "admission.token_seconds", 1, MAX_TOKEN_SECONDS))
+
+
+def _eligibility(value: Any) -> str:
+    if value is None:
+        return "anyone"
+    if value not in ELIGIBILITY:
+        raise InvalidDefinition("eligibility", "must be \"anyone\" or \"registered\"")
+    return str(value)
+
+
+def _optional_cap(d: dict[str, Any], name: str) -> int | None:
+    value = d.get(name)
+    return None if value is None else _int(value, name, 1, MAX_UNITS)
+
+
 def parse(data: Any, *, campaign_id: str | None = None) -> Campaign:
     """Validate a definition (a JSON object or parsed TOML); raises ``InvalidDefinition``."""
     required = {"id", "title", "currency", "unit_price", "opens_at", "closes_at", "hold_seconds",
@@ -219,6 +303,11 @@ def parse(data: Any, *, campaign_id: str | None = None) -> Campaign:
         user_cap_units=None if cap is None else _int(cap, "user_cap_units", 1, MAX_UNITS),
         products=products,
         rate_limit=_rate_limit(d.get("rate_limit")),
+        eligibility=_eligibility(d.get("eligibility")),
+        admission=_admission(d.get("admission"), opens),
+        identity_cap_units=_optional_cap(d, "identity_cap_units"),
+        device_cap_units=_optional_cap(d, "device_cap_units"),
+        network_cap_units=_optional_cap(d, "network_cap_units"),
     )
 
 
@@ -231,4 +320,7 @@ def load_file(path: str | Path) -> Campaign:
     for key in ("opens_at", "closes_at"):  # TOML has native datetimes; keep them as instants
         if isinstance(data.get(key), datetime):
             data[key] = data[key].isoformat()
+    admission = data.get("admission")
+    if isinstance(admission, dict) and isinstance(admission.get("queue_opens_at"), datetime):
+        data["admission"] = {**admission, "queue_opens_at": admission["queue_opens_at"].isoformat()}
     return parse(data)

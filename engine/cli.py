@@ -238,13 +238,18 @@ def sweeper(redis_url: str | None, interval: float | None) -> None:
 
 
 def _register() -> None:
+    from engine.admission.commands import COMMANDS as admission
+    from engine.admission.commands import export_queue
     from engine.api.commands import COMMANDS as api
     from engine.ledger.commands import COMMANDS as ledger
     from engine.loadgen.commands import COMMANDS as loadgen
     from engine.ops.commands import COMMANDS as ops
 
-    for command in (*api, *ledger, *ops, *loadgen):
+    for command in (*api, *ledger, *ops, *loadgen, *admission):
         main.add_command(command)
+    export = main.commands.get("export")
+    if isinstance(export, click.Group):
+        export.add_command(export_queue)
     _guarded(main)
 
 

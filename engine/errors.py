@@ -11,7 +11,10 @@
     │   ├── UserCapExceeded          (``allowed``)
     │   ├── IdempotencyKeyReused
     │   ├── InvalidState             (``state``)
-    │   └── RateLimited              (``retry_after_ms``)
+    │   ├── RateLimited              (``retry_after_ms``)
+    │   ├── QueueNotOpen / NotRegistered           admission (``engine.admission``)
+    │   ├── BuyerCapExceeded         (``dimension``, ``allowed``)
+    │   └── AdmissionRefused         a reserve's admission token (``code``: ADMISSION_*)
     ├── StorageUnavailable           Redis unreachable, slow, or the campaign is recovering
     ├── DamagedRecord                a stored reservation record no script can read (a server fault: 500)
     ├── UnsafeRedis                  Redis is configured so that acknowledged writes may be lost
@@ -121,6 +124,32 @@ class RateLimited(Rejected):
         self.retry_after_ms = retry_after_ms
 
 
+class QueueNotOpen(Rejected):
+    code = "QUEUE_NOT_OPEN"
+
+
+class NotRegistered(Rejected):
+    code = "NOT_REGISTERED"
+
+
+class BuyerCapExceeded(Rejected):
+    code = "BUYER_CAP_EXCEEDED"
+
+    def __init__(self, message: str, dimension: str, allowed: int) -> None:
+        super().__init__(message, dimension=dimension, allowed=allowed)
+        self.dimension = dimension
+        self.allowed = allowed
+
+
+class AdmissionRefused(Rejected):
+    """Queue mode: a reserve without a valid admission token. ``code`` is ``ADMISSION_REQUIRED``,
+    ``ADMISSION_INVALID`` or ``ADMISSION_EXPIRED`` (``engine.admission.tokens``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class StorageUnavailable(FlashsaleError):
     """Redis could not be reached in time; the caller may retry with the same Idempotency-Key."""
 
@@ -187,6 +216,17 @@ def rejection(status: int, detail: Any, subject: str) -> Rejected | StorageUnava
         return RateLimited(int(detail))
     if st is Status.DAMAGED_RECORD:
         return DamagedRecord(subject, str(detail))
+    if st is Status.QUEUE_NOT_OPEN:
+        return QueueNotOpen(f"the waiting room of campaign {subject!r} has not opened yet")
+    if st is Status.NOT_REGISTERED:
+        return NotRegistered(f"this user is not registered for campaign {subject!r}")
+    if st is Status.BUYER_CAP_EXCEEDED:
+        return BuyerCapExceeded(f"this {detail or 'identity'} already took part under another user",
+                                dimension=str(detail or "identity"), allowed=0)
+    if st is Status.QUEUED_ELSEWHERE:
+        return InvalidState("this user already holds a ticket of another storefront", state="queued_elsewhere")
+    if st is Status.DEFINITION_CHANGED:
+        return StorageUnavailable(f"campaign {subject!r} was replaced meanwhile; retry")
     raise ValueError(f"status {st!r} is not a rejection")
 
 

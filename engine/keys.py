@@ -27,6 +27,16 @@ The users hash counts a user's units in the campaign (``t|U``, ``c|U``), of a pr
 first two, across storefronts; ``GET …/users/{uid}`` shows a storefront the last. The damaged hash
 names records no script could read, kept in ``res`` as they were for an operator; it lives as long
 as the campaign's other keys (it is one of ``CampaignKeys.all()``).
+| ``fs:{c:ID}:reg`` | hash | registrations: ``u|UID`` -> ``<ms>|<identity>``; ``i|IDENTITY`` -> UID (identity cap) |
+| ``fs:{c:ID}:adm`` | hash | ``seed``, ``seed_sha`` (SHA-256), ``seq`` (late arrivals), ``rates``, ``nrates`` |
+| ``fs:{c:ID}:tix`` | hash | ticket id -> ``UID|STOREFRONT|joined_ms|score`` (immutable once written) |
+| ``fs:{c:ID}:queue`` | zset | ticket id scored by its place: the pre-queue draw (< 2^52), or 2^52 + arrival sequence |
+| ``fs:{c:ID}:qusers`` | hash | ``u|UID`` -> ticket; ``i|IDENTITY`` -> ticket under an identity cap |
+
+Every key lives as long as its campaign: nothing of a campaign expires on its own, and
+``all()`` lists them for the archive after the sale. The admission keys (``engine.admission``)
+survive a replacement of the definition before the opening: registrations and pre-queue tickets
+stay.
 """
 
 from __future__ import annotations
@@ -93,11 +103,38 @@ class CampaignKeys:
     def damaged(self) -> str:
         return f"{self.tag}:damaged"
 
+    # -- admission (engine.admission): registrations, the waiting room ---------------------
+
+    @property
+    def registrations(self) -> str:
+        return f"{self.tag}:reg"
+
+    @property
+    def admission(self) -> str:
+        return f"{self.tag}:adm"
+
+    @property
+    def tickets(self) -> str:
+        return f"{self.tag}:tix"
+
+    @property
+    def queue(self) -> str:
+        return f"{self.tag}:queue"
+
+    @property
+    def queue_users(self) -> str:
+        return f"{self.tag}:qusers"
+
+    def admission_keys(self) -> list[str]:
+        """The admission part's keys (they go with the campaign's, on archive)."""
+        return [self.registrations, self.admission, self.tickets, self.queue, self.queue_users]
+
     def all(self) -> list[str]:
-        """Every key of the campaign (for recovery and tests)."""
+        """Every key of the campaign (for recovery, the archive and tests)."""
         return [
             self.meta, self.counters, self.users, self.reservations, self.idempotency,
             self.holds, self.events, self.rate, self.ratelimit, self.ledger, self.damaged,
+            *self.admission_keys(),
         ]
 
 

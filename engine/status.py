@@ -27,6 +27,12 @@ class Status(IntEnum):
     RECOVERING = -13  # the campaign is being rebuilt from the ledger
     RATE_LIMITED = -14  # detail: ms until the next attempt is allowed
     DAMAGED_RECORD = -15  # detail: the reservation id; a stored record no script can read (a server fault)
+    # admission (engine.admission: register.lua, queue_join.lua, queue_rate.lua)
+    QUEUE_NOT_OPEN = -21  # before queue_opens_at
+    NOT_REGISTERED = -22  # eligibility "registered" and the user is not
+    BUYER_CAP_EXCEEDED = -23  # detail: the dimension ("identity")
+    QUEUED_ELSEWHERE = -24  # the user (or identity) holds a ticket of another storefront
+    DEFINITION_CHANGED = -25  # the definition was replaced since the caller read it: re-read, retry
 
 
 #: The public error code (docs/API.md) of each rejection, as counted in ``counters`` (``rej|CODE``).
@@ -46,4 +52,9 @@ PUBLIC_CODE: dict[Status, str] = {
     Status.RECOVERING: "UNAVAILABLE",
     Status.RATE_LIMITED: "RATE_LIMITED",
     Status.DAMAGED_RECORD: "INTERNAL",
+    Status.QUEUE_NOT_OPEN: "QUEUE_NOT_OPEN",
+    Status.NOT_REGISTERED: "NOT_REGISTERED",
+    Status.BUYER_CAP_EXCEEDED: "BUYER_CAP_EXCEEDED",
+    Status.QUEUED_ELSEWHERE: "INVALID_STATE",
+    Status.DEFINITION_CHANGED: "UNAVAILABLE",
 }

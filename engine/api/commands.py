@@ -139,6 +139,12 @@ def serve(host: str | None, port: int | None, workers: int | None, server: str |
     if clash is not None:
         click.echo(f"flashsale serve: --ops-port {settings.ops_port}: {clash}", err=True)
         sys.exit(2)
+    from engine.admission.commands import serve_problem
+
+    problem = asyncio.run(serve_problem(settings))
+    if problem is not None:
+        click.echo(f"flashsale serve: {problem}", err=True)
+        sys.exit(2)
     profile = asyncio.run(_check_redis(settings))
     logs.configure(settings.log_level)  # the same format as the server's and the workers' lines
     log = logging.getLogger("flashsale.serve")

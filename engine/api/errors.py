@@ -37,6 +37,10 @@ REJECTION_STATUS: dict[type[e.Rejected], int] = {
     e.IdempotencyKeyReused: 409,
     e.InvalidState: 409,
     e.RateLimited: 429,
+    e.QueueNotOpen: 409,
+    e.NotRegistered: 409,
+    e.BuyerCapExceeded: 409,
+    e.AdmissionRefused: 403,
 }
 
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}

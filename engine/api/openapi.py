@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from engine import campaign as cm
+from engine.api import openapi_admission as oa
 from engine.api import validation as v
 from engine.core.results import STATES
 
@@ -20,7 +21,7 @@ REF = "#/components"
 ERROR_CODES = ["BAD_REQUEST", "INVALID", "IDEMPOTENCY_KEY_REQUIRED", "PAYLOAD_TOO_LARGE", "UNAUTHENTICATED",
                "FORBIDDEN", "NOT_FOUND", "METHOD_NOT_ALLOWED", "NOT_OPEN", "CLOSED", "PAUSED", "SOLD_OUT",
                "INSUFFICIENT_STOCK", "USER_CAP_EXCEEDED", "IDEMPOTENCY_KEY_REUSED", "INVALID_STATE",
-               "RATE_LIMITED", "UNAVAILABLE", "INTERNAL"]
+               "RATE_LIMITED", "UNAVAILABLE", "INTERNAL", *oa.ERROR_CODES]
 CAMPAIGN_STATES = ["scheduled", "open", "paused", "closed"]
 STOREFRONT: list[dict[str, list[str]]] = [{"storefrontToken": []}]
 ADMIN: list[dict[str, list[str]]] = [{"adminToken": []}]
@@ -70,6 +71,7 @@ def _schemas() -> dict[str, Any]:
         "user_cap_units": {**units, "description": "units one user may take over all products"},
         "products": {"type": "array", "minItems": 1, "maxItems": cm.MAX_PRODUCTS, "items": _ref("schemas", "Product")},
         "rate_limit": _ref("schemas", "RateLimit"),
+        **oa.definition_properties(),
     }
     view_props = {**definition_props, "id": _id("campaign id"), "opens_at": _TIME,
                   "state": {"type": "string", "enum": CAMPAIGN_STATES}}
@@ -145,6 +147,7 @@ def _schemas() -> dict[str, Any]:
                            "campaigns": {"type": "array", "items": {"type": "object", "description": "a stats body "
                                          "with title, products[].title and writer"}},
                            "dead_letters": _COUNT, "writers_alive": _COUNT}},
+        **oa.schemas(),
         "Status": {"type": "object", "required": ["status"],
                    "properties": {"status": {"type": "string", "enum": ["ok", "ready"]},
                                   "sweeper": {"type": "object", "description": (
@@ -160,7 +163,8 @@ _ERRORS = {
     "404": "NOT_FOUND: campaign, product or reservation",
     "405": "METHOD_NOT_ALLOWED (with Allow)",
     "409": "NOT_OPEN, CLOSED, PAUSED, SOLD_OUT, INSUFFICIENT_STOCK (details.remaining), USER_CAP_EXCEEDED "
-           "(details.allowed), IDEMPOTENCY_KEY_REUSED, INVALID_STATE",
+           "(details.allowed), IDEMPOTENCY_KEY_REUSED, INVALID_STATE, QUEUE_NOT_OPEN, NOT_REGISTERED, "
+           "BUYER_CAP_EXCEEDED (details.dimension, details.allowed)",
     "413": f"PAYLOAD_TOO_LARGE: a body over {v.MAX_BODY_BYTES} bytes "
            f"({v.MAX_DEFINITION_BYTES} for a campaign definition)",
     "422": "INVALID: a field unknown, missing, of the wrong type or out of bounds (details.field, details.reason)",
@@ -261,6 +265,7 @@ def _paths() -> dict[str, Any]:
                                                             "schema": {"type": "object"}}}}}}},
     }
     paths.update(_ops_paths())
+    paths.update(oa.paths(_op, _ok, STOREFRONT, ADMIN))
     for action, text in (("pause", "stop reserves"), ("resume", "take reserves again"),
                          ("close", "close for good")):
         paths[f"{c}/{action}"] = {"post": _op(
@@ -300,6 +305,7 @@ def _parameters() -> dict[str, Any]:
 
     return {
         "cid": path("cid", "campaign id"), "rid": path("rid", "reservation id"), "uid": path("uid", "user id"),
+        "ticket": path("ticket", "ticket id"),
         "Idempotency-Key": {
             "name": "Idempotency-Key", "in": "header", "required": True,
             "description": "1-255 printable ASCII characters, kept at least 24 h, scoped to the storefront: "

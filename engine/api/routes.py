@@ -20,11 +20,13 @@ from starlette.types import Receive, Scope, Send
 
 from engine.api import render
 from engine.api import validation as v
+from engine.api.admission import AdmissionApi
 from engine.api.auth import Authenticator
 from engine.api.deadline import Deadlines
 from engine.api.errors import ApiError, head, invalid, public_code
 from engine.campaign import parse
 from engine.core import Engine, Outcome, ReserveRequest
+from engine.core.results import CampaignView
 from engine.core.sweeper import Sweeper
 from engine.errors import FlashsaleError, StorageUnavailable
 from engine.ops import metrics, stats
@@ -64,6 +66,7 @@ class Api:
         self.spec = spec
         self._engine: Engine | None = None
         self.sweeper: Sweeper | None = None  # this worker's, set by the app's lifespan
+        self.admission = AdmissionApi(self)  # registrations, the waiting room (engine.admission)
 
     @property
     def engine(self) -> Engine:
@@ -110,7 +113,10 @@ class Api:
         self.auth.caller(v.headers(request))
         cid = v.path_id(request, "cid")
         view = await self._within(self.engine.view(cid))
-        return 200, render.json(view.to_dict())
+        return 200, await self._view_body(view)
+
+    async def _view_body(self, view: CampaignView) -> bytes:
+        return render.json(await self.admission.view_body(view.to_dict(), view.campaign, view.now_ms))
 
     def admin_only(self, request: Request) -> None:
         """The admin token, or 401/403 (admin routes, and the ops routes on the storefront listener)."""
@@ -127,9 +133,10 @@ class Api:
             raise invalid("opens_at", f"not a usable time: {exc}") from None
         if campaign.opens_at_ms < 0:
             raise invalid("opens_at", "must be after 1970-01-01T00:00:00Z")
+        self.admission.check_definition(campaign)
         created = await self._within(self.engine.load_campaign(campaign))
         view = await self._within(self.engine.view(cid))
-        return (201 if created else 200), render.json(view.to_dict())
+        return (201 if created else 200), await self._view_body(view)
 
     async def _admin_action(self, request: Request, action: str) -> Answer:
         self.admin_only(request)
@@ -137,7 +144,7 @@ class Api:
         engine = self.engine
         do = {"pause": engine.pause, "resume": engine.resume, "close": engine.close_campaign}[action]
         await self._within(do(cid))
-        return 200, render.json((await self._within(engine.view(cid))).to_dict())
+        return 200, await self._view_body(await self._within(engine.view(cid)))
 
     async def pause(self, request: Request) -> Answer:
         return await self._admin_action(request, "pause")
@@ -245,6 +252,7 @@ class Api:
             (f"{r}/{{rid}}/confirm", self.confirm, ["POST"]),
             (f"{r}/{{rid}}/cancel", self.cancel, ["POST"]),
             (f"{c}/users/{{uid}}", self.holdings, ["GET"]),
+            *self.admission.table(),
             ("/healthz", self.healthz, ["GET"]),
             ("/readyz", self.readyz, ["GET"]),
             ("/openapi.json", self.openapi, ["GET"]),

@@ -37,6 +37,7 @@ from engine import fastpath
 from engine.core import Engine
 from engine.core.sweeper import SweepTick
 from engine.ops.collector import SnapshotCollector, snapshot
+from engine.ops.queue import QueueCollector, queue_snapshot
 from engine.ops.series import CounterFamily, Families, GaugeFamily, HistogramFamily
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -57,6 +58,7 @@ class _Metrics:
     script_batch: HistogramFamily
     sweeper_last_success: GaugeFamily
     sweeper_errors: CounterFamily
+    queue: CounterFamily
     # the series each hook writes, by the hook's own key (route templates, codes: a few dozen)
     series: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
@@ -85,6 +87,8 @@ def _build() -> _Metrics:
                     [], value, mode="max"),
         CounterFamily("flashsale_sweeper_errors", "Sweeper failures: a campaign's sweep, or a whole tick",
                       [], value),
+        CounterFamily("flashsale_queue_requests", "Waiting-room calls: join (OK or the code), poll (the "
+                      "state answered), registration", ["call", "outcome"], value),
     )
     registry = CollectorRegistry(auto_describe=True)
     registry.register(Families(*families))  # type: ignore[arg-type]
@@ -153,6 +157,17 @@ def observe_script(script: str, requests: int, seconds: float) -> None:
     pair[1].observe(requests)
 
 
+def count_queue(call: str, outcome: str) -> None:
+    """One waiting-room call: ``join`` / ``registration`` with ``OK`` or the error code, ``poll``
+    with the state it answered (``waiting``, ``admitted``, ``sold_out``, ``expired``) or the code."""
+    m = _metrics()
+    key = ("queue", call, outcome)
+    counter = m.series.get(key)
+    if counter is None:
+        counter = m.series[key] = m.queue.child(call, outcome)
+    counter.inc(1)
+
+
 def count_expired(holds: int) -> None:
     """Holds the sweeper released at their deadline (outcome ``expire``/``OK``)."""
     if holds > 0:
@@ -219,5 +234,6 @@ async def render(engine: Engine) -> bytes:
     else:
         registry.register(_Forward(_metrics().registry))  # type: ignore[arg-type]
     registry.register(SnapshotCollector(snap))  # type: ignore[arg-type]
+    registry.register(QueueCollector(await queue_snapshot(engine)))  # type: ignore[arg-type]
     # reading the workers' files is blocking I/O: keep it off the event loop
     return await asyncio.to_thread(generate_latest, registry)

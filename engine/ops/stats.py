@@ -15,12 +15,15 @@ from a key scan, so a stats poll costs the same at 10 or 10 million reservations
 - ``ledger.lag_orders``: confirmed orders not yet in the durable ledger (orders − persisted).
 - ``damaged_records``: reservation records the scripts could not read and set aside (each one
   is logged once); anything but 0 needs an operator.
+- ``queue`` (queue-mode campaigns only): tickets ``waiting`` and ``admitted``, the
+  ``admit_per_second`` in force, the seed's ``seed_sha256`` (``engine.admission``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from engine.admission.service import queue_stats
 from engine.campaign import ms_to_rfc3339
 from engine.core import Counters, Engine
 
@@ -32,7 +35,11 @@ REJECTION_CODES = ("SOLD_OUT", "INSUFFICIENT_STOCK", "USER_CAP_EXCEEDED", "RATE_
 
 async def campaign_stats(engine: Engine, campaign_id: str) -> dict[str, Any]:
     """The stats body of one campaign; raises ``NotFound`` or ``StorageUnavailable``."""
-    return stats_from_counters(await engine.counters(campaign_id))
+    counters = await engine.counters(campaign_id)
+    body = stats_from_counters(counters)
+    if counters.view.campaign.queued:
+        body["queue"] = await queue_stats(engine, counters.view.campaign, counters.view.now_ms)
+    return body
 
 
 def remaining_units(c: Counters) -> int:

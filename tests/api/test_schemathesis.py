@@ -4,7 +4,10 @@ Two bounded runs on a real server: one with generated ids (paths, bodies and hea
 nearly every call a 404 or a 4xx), one pinned to an open campaign so that reserve, confirm, cancel,
 the stateful links and the kill switch reach the engine's own logic.
 
-One allowance, stated here and nowhere else: a schema-valid campaign definition may still be
+Two allowances, stated here and nowhere else. The admission calls (registrations, the waiting
+room, the admission rate) answer a schema-valid request with 409 when the campaign's phase or mode
+refuses it (registration after the opening, a queue call on a campaign not in queue mode), which
+no request body can change. And a schema-valid campaign definition may still be
 refused with 422, because some of its rules join two fields (``closes_at`` after ``opens_at``, a
 product's total within the tranche, unique product ids, ``id`` equal to the path), which JSON
 Schema cannot say. Every other operation must accept every schema-valid request.
@@ -34,6 +37,10 @@ bearer = "{ADMIN_TOKEN}"
 [[operations]]
 include-operation-id = "putCampaign"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]
+
+[[operations]]
+include-operation-id = ["register", "joinQueue", "getTicket", "setAdmissionRate"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409"]
 """
 
 
