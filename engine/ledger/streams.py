@@ -4,9 +4,11 @@ An entry read by a writer stays in the group's pending list until that writer ac
 which it does only after the batch holding it has committed. Entries a writer took and never
 acknowledged (it died, or the database refused a row) are claimed by any writer once idle longer
 than ``claim_idle_ms``; a writer working on a batch for longer (the database is down and it keeps
-retrying) refreshes its entries' idle time with ``XCLAIM … JUSTID``, which does not count as a
-delivery. An entry delivered ``max_deliveries`` times that is still unacknowledged goes to the
-dead-letter stream ``fs:dead``.
+retrying) refreshes the idle time of the entries it still holds (``ledger_touch.lua``: ``XCLAIM …
+JUSTID`` of only those still pending to it, which does not count as a delivery). A writer that
+stalled past ``claim_idle_ms`` finds its entries claimed by another writer and leaves them there:
+a refresh never takes back an entry another consumer holds. An entry delivered ``max_deliveries``
+times that is still unacknowledged goes to the dead-letter stream ``fs:dead``.
 
 Trimming removes only what every group on a stream has acknowledged: below the oldest pending
 entry and at most up to the last entry delivered (``XTRIM MINID``; never ``MAXLEN ~``).
@@ -27,6 +29,7 @@ from hiredis import pack_command
 from redis.exceptions import ResponseError
 
 from engine import keys
+from engine.core.scripts import source
 from engine.core.wire import Arg, Wire, command
 from engine.ledger.sink import entry_key
 
@@ -68,6 +71,7 @@ class Streams:
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self.streams: dict[str, str] = {}  # stream key -> campaign id
+        self._touch = redis.register_script(source("ledger_touch"))
         # two connections: an acknowledgement never waits behind a blocking read
         self._reads = Wire.for_client(redis, timeout_s)
         self._acks = Wire.for_client(redis, timeout_s)
@@ -178,10 +182,14 @@ class Streams:
                     p.xack(stream, GROUP, *eids)
                 await p.execute()
 
-    async def touch(self, ids: dict[str, list[bytes]]) -> None:
-        """Reset the idle time of entries this writer is still working on (no delivery counted)."""
+    async def touch(self, ids: dict[str, list[bytes]]) -> int:
+        """Reset the idle time of entries this writer is still working on and still holds (no
+        delivery counted); an entry another writer claimed meanwhile stays with it. Returns the
+        entries refreshed."""
+        refreshed = 0
         for stream, eids in ids.items():
-            await self.redis.xclaim(stream, GROUP, self.consumer, 0, cast("Any", eids), justid=True)
+            refreshed += int(await self._touch(keys=[stream], args=[GROUP, self.consumer, *eids]))
+        return refreshed
 
     async def dead_letter(self, entry: Entry, reason: str, deliveries: int) -> None:
         """Park an entry in ``fs:dead`` and acknowledge it, in one MULTI (the original fields as ``f.*``)."""
