@@ -8,6 +8,7 @@ Each tick first reads every campaign's earliest deadline in one pipelined round 
 (``Engine.campaigns_due``) and calls ``expire.lua`` only for campaigns with a hold due: the many
 campaigns with no holds at all (closed, sold out, not open yet) cost one ZRANGE each, not a script
 call. The read takes nothing: a hold another sweeper expires in between is simply not found again.
+Every tick also gives the rate limiter's pruner (``engine.core.prune``) its bounded turn.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import random
 
 from engine.core.engine import Engine
+from engine.core.prune import RateLimitPruner
 from engine.errors import FlashsaleError
 from engine.settings import DEFAULT_SWEEP_INTERVAL_S, DEFAULT_SWEEP_LIMIT
 
@@ -31,6 +33,7 @@ class Sweeper:
         self.interval_s = interval_s
         self.limit = limit
         self.expired_total = 0
+        self.pruner = RateLimitPruner(engine.redis)  # stale rate limiter fields, pruned as the sale runs
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -48,6 +51,7 @@ class Sweeper:
                     self.expired_total += n
             except FlashsaleError as exc:  # one campaign's trouble must not stop the others' sweep
                 log.warning("sweeper: campaign %s: %s", cid, exc)
+        await self.pruner.step(campaign_ids)
         return expired
 
     async def run(self) -> None:
