@@ -29,6 +29,8 @@ from dataclasses import dataclass
 PREFIX = "fs"
 CAMPAIGNS = f"{PREFIX}:campaigns"  # set of every campaign id ever loaded
 DEAD_LETTERS = f"{PREFIX}:dead"  # dead-letter stream of the ledger writer
+DEAD_LETTERS_MAX = 100_000  # fs:dead keeps the newest this many entries; older ones are trimmed
+DEAD_LETTERS_TRIMMED = f"{PREFIX}:dead:trimmed"  # count of dead letters trimmed off fs:dead
 EVENTS_SUFFIX = ":events"
 
 

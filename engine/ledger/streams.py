@@ -8,7 +8,9 @@ retrying) refreshes the idle time of the entries it still holds (``ledger_touch.
 JUSTID`` of only those still pending to it, which does not count as a delivery). A writer that
 stalled past ``claim_idle_ms`` finds its entries claimed by another writer and leaves them there:
 a refresh never takes back an entry another consumer holds. An entry delivered ``max_deliveries``
-times that is still unacknowledged goes to the dead-letter stream ``fs:dead``.
+times that is still unacknowledged goes to the dead-letter stream ``fs:dead``, which keeps the
+newest ``keys.DEAD_LETTERS_MAX`` entries (what is trimmed off is counted in ``fs:dead:trimmed``
+and logged by the writer).
 
 Trimming removes only what every group on a stream has acknowledged: below the oldest pending
 entry and at most up to the last entry delivered (``XTRIM MINID``; never ``MAXLEN ~``).
@@ -64,8 +66,9 @@ class Streams:
     """Consumer-group operations over the streams of the campaigns a writer knows."""
 
     def __init__(self, redis: aioredis.Redis, consumer: str, *, batch_size: int, claim_idle_ms: int,
-                 max_deliveries: int, timeout_s: float = 30.0) -> None:
+                 max_deliveries: int, timeout_s: float = 30.0, dead_max: int = keys.DEAD_LETTERS_MAX) -> None:
         self.redis = redis
+        self.dead_max = dead_max
         self.consumer = consumer
         self.batch_size = batch_size
         self.claim_idle_ms = claim_idle_ms
@@ -191,8 +194,10 @@ class Streams:
             refreshed += int(await self._touch(keys=[stream], args=[GROUP, self.consumer, *eids]))
         return refreshed
 
-    async def dead_letter(self, entry: Entry, reason: str, deliveries: int) -> None:
-        """Park an entry in ``fs:dead`` and acknowledge it, in one MULTI (the original fields as ``f.*``)."""
+    async def dead_letter(self, entry: Entry, reason: str, deliveries: int) -> int:
+        """Park an entry in ``fs:dead`` and acknowledge it, in one MULTI (the original fields as
+        ``f.*``); ``fs:dead`` is trimmed to its newest ``dead_max`` entries, the count trimmed
+        added to ``fs:dead:trimmed``. Returns the entries trimmed off."""
         fields: dict[str | bytes, str | bytes | int] = {
             "campaign": entry.campaign_id, "stream": entry.stream, "id": entry.entry_id,
             "reason": reason[:1000], "deliveries": deliveries, "consumer": self.consumer,
@@ -204,7 +209,11 @@ class Streams:
             p.xadd(keys.DEAD_LETTERS, cast("Any", fields))
             p.xack(entry.stream, GROUP, entry.entry_id)
             p.hincrby(keys.CampaignKeys(entry.campaign_id).ledger, "dead_letters", 1)
-            await p.execute()
+            p.xtrim(keys.DEAD_LETTERS, maxlen=self.dead_max, approximate=False)
+            trimmed = int((await p.execute())[-1])
+        if trimmed:
+            await self.redis.incrby(keys.DEAD_LETTERS_TRIMMED, trimmed)
+        return trimmed
 
     async def idle(self) -> bool:
         """Nothing pending in any stream (with a read of ``>`` that came back empty: all drained)."""

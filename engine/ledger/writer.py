@@ -351,8 +351,11 @@ class Writer:
         await self.streams.forget_dead_consumers()
 
     async def _dead_letter(self, entry: Entry, reason: str, deliveries: int) -> None:
-        await self._redis(lambda: self.streams.dead_letter(entry, reason, deliveries))
+        trimmed = await self._redis(lambda: self.streams.dead_letter(entry, reason, deliveries))
         self.stats.dead_letters += 1
+        if trimmed:
+            self._warn("dead-trim", f"{keys.DEAD_LETTERS} is full ({self.streams.dead_max} entries): "
+                                    f"its oldest entries are trimmed, counted in {keys.DEAD_LETTERS_TRIMMED}")
         log.error("dead letter: entry %s of %s -> %s (%s)", entry.entry_id, entry.stream, keys.DEAD_LETTERS, reason)
 
     async def _heartbeat(self) -> None:

@@ -13,7 +13,7 @@ from engine.ledger import Writer, WriterSettings, ledger_status, sink_for
 from engine.ledger.decoding import row_of
 from engine.ledger.health import progress_script
 from engine.ledger.reconcile import reconcile
-from engine.ledger.streams import GROUP
+from engine.ledger.streams import GROUP, Entry, Streams
 from tests.ledger.sale import PRICE, campaign, drain, ledger, sell, until
 from tests.support.servers import RedisServer
 
@@ -324,3 +324,17 @@ async def test_a_writer_lingers_after_a_short_read_only(engine: Engine, redis_ur
 async def test_a_writer_without_linger_or_in_burst_never_lingers(engine: Engine, redis_url: str, db_url: str) -> None:
     assert 0.0 not in await _pauses_draining(engine, redis_url, db_url, "ledger-eager", linger_ms=0)
     assert 0.25 not in await _pauses_draining(engine, redis_url, db_url, "ledger-burst", linger_ms=250, burst=True)
+
+
+async def test_the_dead_letter_stream_keeps_its_newest_entries_and_counts_the_rest(aredis: aioredis.Redis) -> None:
+    streams = Streams(aredis, "w-dead", batch_size=10, claim_idle_ms=1000, max_deliveries=3, dead_max=3)
+    try:
+        stream = keys.CampaignKeys(CID).events
+        trimmed = [await streams.dead_letter(Entry(stream, CID, f"1-{i}", [b"e", b"x"]), "test", 1)
+                   for i in range(5)]
+    finally:
+        streams.close()
+    assert trimmed == [0, 0, 0, 1, 1]
+    assert [f[b"id"] for _, f in await aredis.xrange(keys.DEAD_LETTERS)] == [b"1-2", b"1-3", b"1-4"]
+    assert await aredis.get(keys.DEAD_LETTERS_TRIMMED) == b"2"
+    assert keys.DEAD_LETTERS_MAX >= 10_000  # the documented bound of a real deployment
