@@ -24,6 +24,9 @@ end
 -- XCLAIM's arguments in chunks: unpack() of a long table overflows Lua's C stack
 local CHUNK = 1000
 for i = 1, #mine, CHUNK do
-  rcall('XCLAIM', KEYS[1], group, me, 0, unpack(mine, i, math.min(i + CHUNK - 1, #mine)), 'JUSTID')
+  local args = {'XCLAIM', KEYS[1], group, me, 0}
+  for j = i, math.min(i + CHUNK - 1, #mine) do args[#args + 1] = mine[j] end
+  args[#args + 1] = 'JUSTID'
+  rcall(unpack(args))
 end
 return #mine
