@@ -4,22 +4,43 @@ Every key of a campaign carries the campaign's hash tag ``{c:<id>}``, so every s
 one Redis Cluster slot. Fields inside the hashes use ``|`` as a separator: ids never contain it
 (``engine.campaign.ID_PATTERN``), so ``t|<user>|<product>`` is unambiguous.
 
-| key | type | what |
-|---|---|---|
-| ``fs:{c:ID}:meta`` | hash | the definition: window (ms), hold (ms), price, totals and caps, admin flag |
-| ``fs:{c:ID}:counters`` | hash | sold / held units, orders, buyers, per-product sold / held, rejections by code |
-| ``fs:{c:ID}:users`` | hash | per user: units taken (held + confirmed) and confirmed, per campaign and product |
-| ``fs:{c:ID}:res`` | hash | reservation id -> JSON record |
-| ``fs:{c:ID}:idem`` | hash | ``<storefront>|<Idempotency-Key>`` -> reservation id |
-| ``fs:{c:ID}:holds`` | zset | reservation id scored by its deadline (ms); the sweeper's work list |
-| ``fs:{c:ID}:events`` | stream | every transition, drained by the ledger writer |
-| ``fs:{c:ID}:rate`` | hash | ring of units taken per second over the last two minutes |
-| ``fs:{c:ID}:rl`` | hash | per-user rate limiter state (GCRA theoretical arrival time, ms) |
-| ``fs:{c:ID}:ledger`` | hash | what the writer reports: ``persisted_orders`` |
-| ``fs:campaigns`` | set | every campaign id ever loaded (outside any tag: read by the writer and ops) |
-| ``fs:dead`` | stream | stream entries the writer gave up on (dead letters) |
-| ``fs:writers`` / ``fs:writer:NAME`` | set / string, TTL | live writers and their figures (``engine.ledger.health``) |
-| ``fs:{c:ID}:restore:*`` | hashes | ``flashsale recover``'s scratch space, renamed or merged into place atomically |
+Every key has a life, said in its row: what a live sale needs stays while the campaign is in
+Redis, and ``flashsale campaign archive ID`` (``engine.ledger.archive``) removes every key of a
+closed campaign once its ledger holds every order; the ledger keeps the sale for good.
+
+Each key, its type, what it holds, and (after the arrow) when it goes away:
+
+- ``fs:{c:ID}:meta`` hash: the definition: window (ms), hold (ms), price, totals and caps, admin
+  flag -> archive.
+- ``fs:{c:ID}:counters`` hash: sold / held units, orders, buyers, per-product sold / held,
+  rejections by code -> archive.
+- ``fs:{c:ID}:users`` hash: per user, units taken (held + confirmed) and confirmed, per campaign
+  and product -> archive (the caps need every buyer's while the sale runs).
+- ``fs:{c:ID}:res`` hash: reservation id -> msgpack record -> archive (GET, confirm and
+  idempotent replays need them until the sale is over).
+- ``fs:{c:ID}:idem`` hash: ``<storefront>|<Idempotency-Key>`` -> reservation id -> archive (so
+  at least the 24 h the contract promises, and the whole sale).
+- ``fs:{c:ID}:holds`` zset: reservation id scored by its deadline (ms), the sweeper's work list
+  -> a member leaves when its hold ends (confirm, cancel, expiry).
+- ``fs:{c:ID}:events`` stream: every transition, drained by the ledger writer -> entries are
+  trimmed once every group acknowledged them; the key at archive.
+- ``fs:{c:ID}:rate`` hash: ring of units taken per second over the last two minutes (fixed
+  size) -> archive.
+- ``fs:{c:ID}:rl`` hash: per-user rate limiter state (GCRA theoretical arrival time, ms) -> a
+  field is pruned by the sweeper once its time has passed (``engine.core.prune``); the key at
+  archive.
+- ``fs:{c:ID}:ledger`` hash: what the writer reports, ``persisted_orders``, ``dead_letters``
+  -> archive.
+- ``fs:{c:ID}:restore:*`` hashes: ``flashsale recover``'s scratch space, renamed or merged into
+  place -> the end of each recover run (archive removes any leftover).
+- ``fs:campaigns`` set: every campaign id in Redis (outside any tag: read by the writer, ops and
+  the sweeper) -> a member leaves at archive.
+- ``fs:archived`` hash: archived campaign id -> JSON (when, orders, units sold) -> kept: one
+  small field per archived campaign, so ``reconcile`` can tell an archived campaign from a lost one.
+- ``fs:dead`` stream: stream entries the writer gave up on (dead letters) -> the newest
+  ``DEAD_LETTERS_MAX`` entries are kept, the rest trimmed and counted in ``fs:dead:trimmed``.
+- ``fs:writers`` set / ``fs:writer:NAME`` string: live writers and their figures
+  (``engine.ledger.health``) -> the string by its TTL, the member when its writer stops cleanly.
 """
 
 from __future__ import annotations
@@ -27,7 +48,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PREFIX = "fs"
-CAMPAIGNS = f"{PREFIX}:campaigns"  # set of every campaign id ever loaded
+CAMPAIGNS = f"{PREFIX}:campaigns"  # set of every campaign id in Redis (archiving removes one)
+ARCHIVED = f"{PREFIX}:archived"  # hash: archived campaign id -> JSON record of the archive
 DEAD_LETTERS = f"{PREFIX}:dead"  # dead-letter stream of the ledger writer
 DEAD_LETTERS_MAX = 100_000  # fs:dead keeps the newest this many entries; older ones are trimmed
 DEAD_LETTERS_TRIMMED = f"{PREFIX}:dead:trimmed"  # count of dead letters trimmed off fs:dead

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from engine import keys
 from engine.campaign import Campaign, parse
 from engine.ledger.history import ResState, Totals, merge, replay, totals
-from engine.ledger.redisview import RedisView, read_view
+from engine.ledger.redisview import RedisView, archived_record, read_view
 from engine.ledger.sink import LedgerSnapshot, Sink, entry_key
 
 
@@ -45,6 +45,7 @@ class Reconciliation:
     ledger_events: int  # history rows considered
     stream_events: int  # undrained entries considered
     orders: int  # confirmed orders by the history
+    archived: dict[str, Any] | None = None  # the campaign's ``fs:archived`` record, if archived
 
     @property
     def clean(self) -> bool:
@@ -52,6 +53,10 @@ class Reconciliation:
 
     def summary(self) -> str:
         verdict = "no differences" if self.clean else f"{len(self.differences)} difference(s)"
+        if self.archived is not None:
+            return (f"campaign {self.campaign_id}: archived at {self.archived.get('at')} (its keys left Redis, the "
+                    f"ledger keeps the sale): {self.orders} confirmed orders in the ledger, "
+                    f"{self.archived.get('orders')} when archived; ledger checked alone: {verdict}")
         return (f"campaign {self.campaign_id}: {self.orders} confirmed orders; {self.ledger_events} ledger events "
                 f"+ {self.stream_events} stream entries; {verdict}")
 
@@ -139,8 +144,23 @@ async def definition(view: RedisView, sink: Sink) -> Campaign | None:
     return None if raw is None else parse(orjson.loads(raw))
 
 
+async def reconcile_archived(sink: Sink, campaign_id: str, record: dict[str, Any]) -> Reconciliation:
+    """An archived campaign: Redis no longer has it; the ledger is checked alone, and against the
+    orders Redis counted when it was archived."""
+    ledger = await sink.snapshot(campaign_id)
+    diffs = ledger_self_check(ledger)
+    if int(record.get("orders", -1)) != len(ledger.orders):
+        diffs.append(Difference("confirmed orders (Redis: when archived)", record.get("orders"), len(ledger.orders)))
+    return Reconciliation(campaign_id, tuple(diffs), len(ledger.events), 0, len(ledger.orders), record)
+
+
 async def reconcile(redis: aioredis.Redis, sink: Sink, campaign_id: str) -> Reconciliation:
-    """Every difference between Redis and the ledger plus the undrained stream."""
+    """Every difference between Redis and the ledger plus the undrained stream (for an archived
+    campaign: the ledger checked alone, ``Reconciliation.archived`` set)."""
+    if not await redis.exists(keys.CampaignKeys(campaign_id).meta):
+        record = await archived_record(redis, campaign_id)
+        if record is not None:
+            return await reconcile_archived(sink, campaign_id, record)
     ledger_last = await sink.last_entry(campaign_id)  # before Redis: what the ledger surely held
     view = await read_view(redis, campaign_id, idempotency=True)
     ledger = await sink.snapshot(campaign_id)

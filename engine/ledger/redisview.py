@@ -8,8 +8,9 @@ same id saw the same campaign (``recover`` relies on this to apply its plan atom
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+import orjson
 import redis.asyncio as aioredis
 
 from engine import keys
@@ -34,6 +35,12 @@ class RedisView:
     last_id: str  # the stream's last-generated-id
     records: dict[str, bytes] = field(default_factory=dict)  # reservation id -> packed record
     idempotency: dict[str, str] = field(default_factory=dict)  # ``<storefront>|<key>`` -> reservation id
+
+
+async def archived_record(redis: aioredis.Redis, campaign_id: str) -> dict[str, Any] | None:
+    """What ``fs:archived`` says of the campaign (``flashsale campaign archive``), or None."""
+    raw = await redis.hget(keys.ARCHIVED, campaign_id)  # type: ignore[misc]
+    return None if raw is None else cast("dict[str, Any]", orjson.loads(raw))
 
 
 async def read_view(redis: aioredis.Redis, campaign_id: str, *, records: bool = False,

@@ -237,7 +237,11 @@ class Streams:
 
     async def forget_dead_consumers(self) -> None:
         for key in list(self.streams):
-            for c in await self.redis.xinfo_consumers(key, GROUP):
+            try:
+                consumers = await self.redis.xinfo_consumers(key, GROUP)
+            except ResponseError:
+                continue  # the stream went away (an archived campaign): the next refresh forgets it
+            for c in consumers:
                 name = _text(c["name"])
                 if name != self.consumer and int(c["pending"]) == 0 and int(c["idle"]) > CONSUMER_GC_IDLE_MS:
                     await self.redis.xgroup_delconsumer(key, GROUP, name)

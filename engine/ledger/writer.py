@@ -341,10 +341,14 @@ class Writer:
         await asyncio.gather(self.streams.ack(ids), self._publish(totals))
 
     async def _publish_all(self) -> None:
+        """persisted_orders of every campaign in Redis (an archived one's keys stay gone)."""
         try:
-            await self._publish(await self.sink.progress())
+            progress = await self.sink.progress()
         except LedgerUnavailable as exc:
             self._warn("db", f"could not read the ledger's progress: {exc}")
+            return
+        live = {c.decode() for c in await cast("Awaitable[set[bytes]]", self.redis.smembers(keys.CAMPAIGNS))}
+        await self._publish({c: n for c, n in progress.items() if c in live})
 
     async def _trim(self) -> None:
         self.stats.trimmed += await self.streams.trim()
