@@ -1,6 +1,7 @@
 """``flashsale reconcile ID``: Redis's counters against the ledger plus the undrained stream.
 
-Redis is read in one MULTI; the ledger before and after it. Ledger events newer than Redis's
+Redis is read page by page (``engine.ledger.redisview``: no call long, exact on a quiescent
+campaign, as one transaction would have read it); the ledger before and after it. Ledger events newer than Redis's
 stream are left out (they were written after the read), except those the ledger held before
 Redis was read: those are transitions Redis has lost. Every difference is reported:
 
@@ -14,9 +15,8 @@ Redis was read: those are transitions Redis has lost. Every difference is report
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from engine import keys
 from engine.campaign import Campaign, parse
 from engine.ledger.history import ResState, Totals, merge, replay, totals
-from engine.ledger.redisview import RedisView, archived_record, read_view
+from engine.ledger.redisview import PAGE, RedisView, archived_record, read_view, scan_stream
 from engine.ledger.sink import LedgerSnapshot, Sink, entry_key
 
 
@@ -132,8 +132,8 @@ def ledger_self_check(ledger: LedgerSnapshot) -> list[Difference]:
     return out
 
 
-async def dead_letters(redis: aioredis.Redis, campaign_id: str) -> list[Difference]:
-    entries = await cast("Awaitable[list[Any]]", redis.xrange(keys.DEAD_LETTERS))
+async def dead_letters(redis: aioredis.Redis, campaign_id: str, page: int = PAGE) -> list[Difference]:
+    entries = await scan_stream(redis, keys.DEAD_LETTERS, "+", page)
     return [Difference(f"dead letter {eid.decode()} (entry {f.get(b'id', b'?').decode()})",
                        f.get(b"reason", b"?").decode(), "(not in the ledger)")
             for eid, f in entries if f.get(b"campaign") == campaign_id.encode()]
@@ -154,7 +154,7 @@ async def reconcile_archived(sink: Sink, campaign_id: str, record: dict[str, Any
     return Reconciliation(campaign_id, tuple(diffs), len(ledger.events), 0, len(ledger.orders), record)
 
 
-async def reconcile(redis: aioredis.Redis, sink: Sink, campaign_id: str) -> Reconciliation:
+async def reconcile(redis: aioredis.Redis, sink: Sink, campaign_id: str, *, page: int = PAGE) -> Reconciliation:
     """Every difference between Redis and the ledger plus the undrained stream (for an archived
     campaign: the ledger checked alone, ``Reconciliation.archived`` set)."""
     if not await redis.exists(keys.CampaignKeys(campaign_id).meta):
@@ -162,7 +162,7 @@ async def reconcile(redis: aioredis.Redis, sink: Sink, campaign_id: str) -> Reco
         if record is not None:
             return await reconcile_archived(sink, campaign_id, record)
     ledger_last = await sink.last_entry(campaign_id)  # before Redis: what the ledger surely held
-    view = await read_view(redis, campaign_id, idempotency=True)
+    view = await read_view(redis, campaign_id, idempotency=True, page=page)
     ledger = await sink.snapshot(campaign_id)
     upto = max(entry_key(view.last_id), entry_key(ledger_last or "0-0"))
     ledger_events = list(ledger.events)  # in stream order: what lies past ``upto`` is at the end
@@ -181,5 +181,5 @@ async def reconcile(redis: aioredis.Redis, sink: Sink, campaign_id: str) -> Reco
         diffs += compare_idempotency(states, view)
     diffs += ledger_self_check(ledger)
     diffs += [Difference(f"stream entry {eid}", "(not a flashsale event)", "(skipped)") for eid in view.malformed]
-    diffs += await dead_letters(redis, campaign_id)
+    diffs += await dead_letters(redis, campaign_id, page)
     return Reconciliation(campaign_id, tuple(diffs), len(ledger_events), len(view.events), want.orders)
