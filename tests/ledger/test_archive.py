@@ -4,12 +4,15 @@ stays, and ``reconcile`` says the campaign is archived."""
 
 from __future__ import annotations
 
+import asyncio
+
 import redis.asyncio as aioredis
 
 from engine import keys
 from engine.core import Engine
-from tests.ledger.sale import campaign, drain, flashsale, ledger, sell
-from tests.support.processes import base_env
+from engine.ledger.health import liveness_key
+from tests.ledger.sale import campaign, drain, flashsale, ledger, sell, until
+from tests.support.processes import FLASHSALE, Process, base_env
 
 CID = "archive-c1"
 K = keys.CampaignKeys(CID)
@@ -101,3 +104,31 @@ async def test_a_persisted_campaign_leaves_redis_and_its_ledger_stays(engine: En
 async def refused_again(redis_url: str, db_url: str) -> None:
     code, _, err = await archive(redis_url, db_url)
     assert code == 1 and "already archived" in err
+
+
+async def test_a_running_writer_lets_an_archived_campaign_go(engine: Engine, aredis: aioredis.Redis,
+                                                             redis_url: str, db_url: str) -> None:
+    """The writer following the campaign when it is archived drops it and recreates none of its keys."""
+    await engine.load_campaign(campaign(CID))
+    await engine.load_campaign(campaign("other"))
+    proc = Process([FLASHSALE, "writer", "--consumer", "w-live", "--claim-idle-ms", "300"],
+                   base_env(redis_url, FLASHSALE_DATABASE_URL=db_url)).start()
+    try:
+        await until(lambda: aredis.exists(liveness_key("w-live")), 30, "the writer announces itself")
+        sale = await sell(engine, CID, 30)
+        await until(lambda: persisted(aredis, CID, len(sale.confirmed)), 30, "the writer persists the sale")
+        await engine.close_campaign(CID)
+        code, _, err = await archive(redis_url, db_url)
+        assert code == 0, err
+        other = await sell(engine, "other", 20)  # the writer goes on with the others
+        await until(lambda: persisted(aredis, "other", len(other.confirmed)), 30, "the writer persists the other")
+        await asyncio.sleep(1.5)  # a few of its trims, claims and refreshes
+        assert await campaign_keys(aredis) == []
+        assert proc.alive(), proc.output()
+        assert "Traceback" not in proc.output()
+    finally:
+        proc.stop()
+
+
+async def persisted(r: aioredis.Redis, cid: str, n: int) -> bool:
+    return int(await r.hget(keys.CampaignKeys(cid).ledger, "persisted_orders") or 0) == n
