@@ -108,7 +108,7 @@ async def measure(n: int) -> dict[str, Any]:
 def report(m: dict[str, Any]) -> str:
     n = m["n"]
     g1, g2 = m["after1"] - m["base"], m["after2"] - m["after1"]
-    s1, s2 = m["stream1"], m["stream2"] - m["stream1"]
+    s2 = m["stream2"] - m["stream1"]  # round 2's stream entries
     per_res = g2 / n
     per_res_drained = (g2 - s2) / n
     per_buyer = (g1 - g2) / n
