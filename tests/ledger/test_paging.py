@@ -3,6 +3,8 @@ bounded steps rebuild the campaign as one would, and restore.lua judges before i
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -11,9 +13,10 @@ from engine import keys
 from engine.core import Engine
 from engine.core.scripts import source
 from engine.ledger import sink_for
+from engine.ledger.history import replay, totals
 from engine.ledger.reconcile import reconcile
 from engine.ledger.recover import RESTORE_HOLDS, recover
-from engine.ledger.redisview import read_view
+from engine.ledger.redisview import CampaignMoving, RedisView, read_view
 from tests.ledger.sale import campaign, drain, ledger, sell
 
 CID = "paging-c1"
@@ -113,3 +116,36 @@ async def test_restore_with_bad_input_writes_nothing(engine: Engine, aredis: aio
     with pytest.raises(ResponseError, match="restore"):
         await aredis.eval(source("restore"), len(RESTORE_KEYS), *RESTORE_KEYS, *args)
     assert await dump(aredis) == before
+
+
+async def test_a_view_read_while_the_sale_runs_is_consistent_or_refused(engine: Engine,
+                                                                       aredis: aioredis.Redis) -> None:
+    """Pages read while reserves land: the view's counters agree with its events (as one
+    transaction would have read them), or the read gives up saying the campaign moved; once the
+    sale is quiet, the read is exact."""
+    await engine.load_campaign(campaign(CID))
+    await sell(engine, CID, 300)
+
+    async def selling() -> None:
+        for i in range(1000, 1600, 10):  # bounded: 60 rounds of 10
+            await sell(engine, CID, 10, start=i, confirm_every=2)
+            await asyncio.sleep(0.01)
+
+    def check(view: RedisView) -> None:
+        want = totals(replay(view.events).values())
+        assert (view.counters["sold"], view.counters["held"], view.counters["orders"]) == \
+            (want.sold, want.held, want.orders)
+        assert view.users == {f: n for f, n in want.users.items() if n}
+
+    task = asyncio.create_task(selling())
+    moving = 0
+    try:
+        while not task.done():
+            try:
+                check(await read_view(aredis, CID, page=5, attempts=1))
+            except CampaignMoving:
+                moving += 1
+    finally:
+        await task
+    assert moving > 0  # the sale moved under some reads, and they said so
+    check(await read_view(aredis, CID, page=5, attempts=1))
