@@ -33,6 +33,7 @@ from engine.core.redis_client import connect
 from engine.errors import LedgerError
 from engine.ledger.factory import sink_for
 from engine.ledger.reconcile import reconcile
+from engine.ledger.recover import stage_keys
 from engine.ledger.redisview import archived_record
 from engine.ledger.sink import Sink, entry_key
 from engine.ledger.streams import GROUP
@@ -56,12 +57,6 @@ class Archived:
 
 def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def scratch_keys(campaign_id: str) -> list[str]:
-    """``flashsale recover``'s scratch keys of a campaign (normally gone after each run)."""
-    tag = keys.CampaignKeys(campaign_id).tag
-    return [f"{tag}:restore:{name}" for name in ("counters", "users", "res", "idem")]
 
 
 async def _stream_state(redis: aioredis.Redis, stream: str) -> tuple[int, int]:
@@ -125,7 +120,7 @@ async def archive(redis: aioredis.Redis, sink: Sink, campaign_id: str) -> Archiv
     await cast("Awaitable[int]", redis.hset(keys.ARCHIVED, campaign_id, orjson.dumps(record).decode()))
     await cast("Awaitable[int]", redis.srem(keys.CAMPAIGNS, campaign_id))
     removed = 0
-    for key in [*keys.CampaignKeys(campaign_id).all(), *scratch_keys(campaign_id)]:
+    for key in [*keys.CampaignKeys(campaign_id).all(), *stage_keys(campaign_id)]:
         removed += int(await redis.unlink(key))
     return Archived(campaign_id, now, done.orders, done.sold, removed)
 

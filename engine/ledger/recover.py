@@ -61,7 +61,8 @@ class Recovery:
     idempotency_keys: int = 0  # idempotency hash fields rebuilt
 
 
-def _stage_keys(campaign_id: str) -> list[str]:
+def stage_keys(campaign_id: str) -> list[str]:
+    """``flashsale recover``'s scratch keys of a campaign (consumed by each run; archive removes leftovers)."""
     tag = keys.CampaignKeys(campaign_id).tag
     return [f"{tag}:restore:counters", f"{tag}:restore:users", f"{tag}:restore:res", f"{tag}:restore:idem"]
 
@@ -125,7 +126,7 @@ def plan(campaign: Campaign, view: RedisView, ledger: LedgerSnapshot) -> Plan:
 async def _stage(redis: aioredis.Redis, campaign_id: str, view: RedisView, p: Plan, page: int) -> None:
     """The plan as complete staged copies (records and idempotency fields over what Redis has),
     written ``page`` fields per HSET and a few HSETs per round trip, so no call is long."""
-    stage = _stage_keys(campaign_id)
+    stage = stage_keys(campaign_id)
     for key in stage:
         await redis.unlink(key)
     mappings: list[dict[str, Any]] = [p.counters, p.users, {**view.records, **p.records},
@@ -153,10 +154,10 @@ async def _apply(redis: aioredis.Redis, campaign_id: str, view: RedisView, p: Pl
         for r in chunk:
             args += [r.reservation_id, r.product_id, r.user_id, r.units, r.amount]
         code, _n, now = await script(keys=[k.counters, k.users, k.reservations, k.holds, k.events, k.ledger,
-                                           k.idempotency, *_stage_keys(campaign_id)], args=args)
+                                           k.idempotency, *stage_keys(campaign_id)], args=args)
         if int(code) == STALE:
             if step == 0:
-                for key in _stage_keys(campaign_id):
+                for key in stage_keys(campaign_id):
                     await redis.unlink(key)
                 return False
             raise LedgerError(f"campaign {campaign_id!r} moved while recover appended the dropped holds' events "

@@ -9,8 +9,8 @@
   the stream is where the call before left it. The stream's ids are moved past every id the
   ledger holds, so a new entry can never reuse the id of a lost one.
 
-  The swap's writes are UNLINKs (a large old value is freed in the background), RENAMEs and
-  DEL of an emptied key: none is proportional to the sale, so no call blocks on its size.
+  The swap's writes are UNLINKs (a large old value is freed in a background thread) and RENAMEs
+  onto the unlinked names: none costs in proportion to the sale, so no call blocks on its size.
 
   KEYS[1] counters hash      KEYS[2] users hash        KEYS[3] reservations hash
   KEYS[4] holds zset         KEYS[5] events stream     KEYS[6] ledger hash
