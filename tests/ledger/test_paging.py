@@ -17,7 +17,7 @@ from engine.ledger.history import replay, totals
 from engine.ledger.reconcile import reconcile
 from engine.ledger.recover import RESTORE_HOLDS, recover
 from engine.ledger.redisview import CampaignMoving, RedisView, read_view
-from tests.ledger.sale import campaign, drain, ledger, sell
+from tests.ledger.sale import campaign, drain, engine_for, ledger, sell
 
 CID = "paging-c1"
 K = keys.CampaignKeys(CID)
@@ -149,3 +149,35 @@ async def test_a_view_read_while_the_sale_runs_is_consistent_or_refused(engine: 
         await task
     assert moving > 0  # the sale moved under some reads, and they said so
     check(await read_view(aredis, CID, page=5, attempts=1))
+
+
+def test_any_page_size_hypothesis(redis_url: str) -> None:
+    """Hypothesis picks page sizes (and whether records and keys are read); each paged view equals
+    the one read in a single page."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    async def build() -> None:
+        engine = engine_for(redis_url)
+        try:
+            await engine.load_campaign(campaign(CID))
+            await sell(engine, CID, 90, confirm_every=2, cancel_every=5)
+        finally:
+            await engine.close()
+
+    async def read(page: int, records: bool, idem: bool) -> RedisView:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            return await read_view(client, CID, records=records, idempotency=idem, page=page)
+        finally:
+            await client.aclose()
+
+    asyncio.run(build())
+    whole = {(r, i): asyncio.run(read(100_000, r, i)) for r in (False, True) for i in (False, True)}
+
+    @settings(max_examples=25, deadline=None)
+    @given(page=st.integers(1, 120), records=st.booleans(), idem=st.booleans())
+    def same(page: int, records: bool, idem: bool) -> None:
+        assert asyncio.run(read(page, records, idem)) == whole[(records, idem)]
+
+    same()
