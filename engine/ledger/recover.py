@@ -36,7 +36,7 @@ from engine.ledger.streams import GROUP
 
 MAX_ATTEMPTS = 20  # plans made before giving up on a campaign that keeps moving
 STAGE_CALLS = 8  # HSETs of one page each per pipeline round trip while staging
-RESTORE_HOLDS = 1000  # dropped holds whose events one restore.lua call appends
+RESTORE_HOLDS = 500  # dropped holds whose events one restore.lua call appends (a call stays short)
 STALE = 1  # restore.lua: the campaign moved since the plan was read
 
 

@@ -116,10 +116,10 @@ def tool(r: redis.Redis, what: str, args: list[str], env: dict[str, str]) -> Run
         seconds = time.monotonic() - t0
         out.seek(0)
         lines = out.read().decode(errors="replace").strip().splitlines()
+    latest = r.execute_command("LATENCY", "LATEST")  # first: SLOWLOG GET of every call is itself a long call
     slow = [e for e in r.slowlog_get(SLOWLOG_LEN) if not _t(e["command"]).upper().startswith(("SLOWLOG", "LATENCY"))]
     worst = max(slow, key=lambda e: e["duration"], default=None)
     durations = sorted(e["duration"] / 1000 for e in slow) or [0.0]
-    latest = r.execute_command("LATENCY", "LATEST")
     latency = "; ".join(f"{_t(e[0])}: max {e[3]} ms" for e in latest) or "no event over the threshold"
     command = _t(worst["command"])[:80] if worst else "-"
     return Run(what, proc.returncode, seconds, usage.ru_maxrss / 1024, (worst["duration"] / 1000) if worst else 0.0,
