@@ -215,6 +215,19 @@ def campaign_show(campaign_id: str, redis_url: str | None) -> None:
     click.echo(orjson.dumps(run_async(go), option=orjson.OPT_INDENT_2).decode())
 
 
+@campaign.command("archive")
+@click.argument("campaign_id")
+@redis_option
+@click.option("--database-url", envvar="FLASHSALE_DATABASE_URL", default=None,
+              help="the ledger (FLASHSALE_DATABASE_URL); default sqlite:///flashsale-ledger.db")
+def campaign_archive(campaign_id: str, redis_url: str | None, database_url: str | None) -> None:
+    """Remove a closed campaign's keys from Redis once its ledger holds every order (exit 1, with
+    the reason, if not yet)."""
+    from engine.ledger.archive import archive_command  # late: engine.ledger's commands import this module
+
+    archive_command(campaign_id, Settings.from_env(redis_url=redis_url, database_url=database_url))
+
+
 @main.command("sweeper")
 @redis_option
 @click.option("--interval", type=float, default=None,

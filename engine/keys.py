@@ -4,39 +4,61 @@ Every key of a campaign carries the campaign's hash tag ``{c:<id>}``, so every s
 one Redis Cluster slot. Fields inside the hashes use ``|`` as a separator: ids never contain it
 (``engine.campaign.ID_PATTERN``), so ``t|<user>|<product>`` is unambiguous.
 
-| key | type | what |
-|---|---|---|
-| ``fs:{c:ID}:meta`` | hash | the definition: window (ms), hold (ms), price, totals and caps, admin flag |
-| ``fs:{c:ID}:counters`` | hash | sold / held units, orders, buyers, per product, rejections by code, ``damaged`` |
-| ``fs:{c:ID}:users`` | hash | per user: units taken (held + confirmed) and confirmed (below) |
-| ``fs:{c:ID}:res`` | hash | reservation id -> msgpack record (layout: ``engine/lua/reserve.lua``) |
-| ``fs:{c:ID}:damaged`` | hash | reservation id -> ``unreadable`` / ``malformed``: records the scripts set aside |
-| ``fs:{c:ID}:idem`` | hash | ``<storefront>|<Idempotency-Key>`` -> reservation id |
-| ``fs:{c:ID}:holds`` | zset | reservation id scored by its deadline (ms); the sweeper's work list |
-| ``fs:{c:ID}:events`` | stream | every transition, drained by the ledger writer |
-| ``fs:{c:ID}:rate`` | hash | ring of units taken per second over the last two minutes |
-| ``fs:{c:ID}:rl`` | hash | per-user rate limiter state (GCRA theoretical arrival time, ms) |
-| ``fs:{c:ID}:ledger`` | hash | what the writer reports: ``persisted_orders`` |
-| ``fs:campaigns`` | set | every campaign id ever loaded (outside any tag: read by the writer and ops) |
-| ``fs:dead`` | stream | stream entries the writer gave up on (dead letters) |
-| ``fs:writers`` / ``fs:writer:NAME`` | set / string, TTL | live writers and their figures (``engine.ledger.health``) |
-| ``fs:{c:ID}:restore:*`` | hashes | ``flashsale recover``'s scratch space, renamed or merged into place atomically |
+Every key has a life, said in its row: what a live sale needs stays while the campaign is in
+Redis, and ``flashsale campaign archive ID`` (``engine.ledger.archive``) removes every key of a
+closed campaign once its ledger holds every order; the ledger keeps the sale for good.
+
+Each key, its type, what it holds, and (after the arrow) when it goes away:
+
+- ``fs:{c:ID}:meta`` hash: the definition: window (ms), hold (ms), price, totals and caps, admin
+  flag -> archive.
+- ``fs:{c:ID}:counters`` hash: sold / held units, orders, buyers, per-product sold / held,
+  rejections by code -> archive.
+- ``fs:{c:ID}:users`` hash: per user, units taken (held + confirmed) and confirmed, per campaign
+  and product -> archive (the caps need every buyer's while the sale runs).
+- ``fs:{c:ID}:res`` hash: reservation id -> msgpack record -> archive (GET, confirm and
+  idempotent replays need them until the sale is over).
+- ``fs:{c:ID}:idem`` hash: ``<storefront>|<Idempotency-Key>`` -> reservation id -> archive (so
+  at least the 24 h the contract promises, and the whole sale).
+- ``fs:{c:ID}:holds`` zset: reservation id scored by its deadline (ms), the sweeper's work list
+  -> a member leaves when its hold ends (confirm, cancel, expiry).
+- ``fs:{c:ID}:events`` stream: every transition, drained by the ledger writer -> entries are
+  trimmed once every group acknowledged them; the key at archive.
+- ``fs:{c:ID}:rate`` hash: ring of units taken per second over the last two minutes (fixed
+  size) -> archive.
+- ``fs:{c:ID}:rl`` hash: per-user rate limiter state (GCRA theoretical arrival time, ms) -> a
+  field is pruned by the sweeper once its time has passed (``engine.core.prune``); the key at
+  archive.
+- ``fs:{c:ID}:ledger`` hash: what the writer reports, ``persisted_orders``, ``dead_letters``
+  -> archive.
+- ``fs:{c:ID}:restore:*`` hashes: ``flashsale recover``'s scratch space, renamed or merged into
+  place -> the end of each recover run (archive removes any leftover).
+- ``fs:{c:ID}:damaged`` hash: reservation id -> ``unreadable`` / ``malformed``, records the
+  scripts set aside (kept in ``res`` as they were, for an operator) -> archive.
+- ``fs:{c:ID}:reg`` hash: registrations, ``u|UID`` -> ``<ms>|<identity>``; ``i|IDENTITY`` -> UID
+  (identity cap) -> archive.
+- ``fs:{c:ID}:adm`` hash: ``seed``, ``seed_sha`` (SHA-256), ``seq`` (late arrivals), ``rates``,
+  ``nrates`` -> archive.
+- ``fs:{c:ID}:tix`` hash: ticket id -> ``UID|STOREFRONT|joined_ms|score`` (immutable once written)
+  -> archive.
+- ``fs:{c:ID}:queue`` zset: ticket id scored by its place, the pre-queue draw (< 2^52) or 2^52 +
+  arrival sequence -> archive.
+- ``fs:{c:ID}:qusers`` hash: ``u|UID`` -> ticket; ``i|IDENTITY`` -> ticket under an identity cap
+  -> archive.
+- ``fs:campaigns`` set: every campaign id in Redis (outside any tag: read by the writer, ops and
+  the sweeper) -> a member leaves at archive.
+- ``fs:archived`` hash: archived campaign id -> JSON (when, orders, units sold) -> kept: one
+  small field per archived campaign, so ``reconcile`` can tell an archived campaign from a lost one.
+- ``fs:dead`` stream: stream entries the writer gave up on (dead letters) -> the newest
+  ``DEAD_LETTERS_MAX`` entries are kept, the rest trimmed and counted in ``fs:dead:trimmed``.
+- ``fs:writers`` set / ``fs:writer:NAME`` string: live writers and their figures
+  (``engine.ledger.health``) -> the string by its TTL, the member when its writer stops cleanly.
 
 The users hash counts a user's units in the campaign (``t|U``, ``c|U``), of a product (``t|U|P``,
 ``c|U|P``) and of a product through one storefront (``t|U|P|SF``, ``c|U|P|SF``): the caps bound the
-first two, across storefronts; ``GET …/users/{uid}`` shows a storefront the last. The damaged hash
-names records no script could read, kept in ``res`` as they were for an operator; it lives as long
-as the campaign's other keys (it is one of ``CampaignKeys.all()``).
-| ``fs:{c:ID}:reg`` | hash | registrations: ``u|UID`` -> ``<ms>|<identity>``; ``i|IDENTITY`` -> UID (identity cap) |
-| ``fs:{c:ID}:adm`` | hash | ``seed``, ``seed_sha`` (SHA-256), ``seq`` (late arrivals), ``rates``, ``nrates`` |
-| ``fs:{c:ID}:tix`` | hash | ticket id -> ``UID|STOREFRONT|joined_ms|score`` (immutable once written) |
-| ``fs:{c:ID}:queue`` | zset | ticket id scored by its place: the pre-queue draw (< 2^52), or 2^52 + arrival sequence |
-| ``fs:{c:ID}:qusers`` | hash | ``u|UID`` -> ticket; ``i|IDENTITY`` -> ticket under an identity cap |
-
-Every key lives as long as its campaign: nothing of a campaign expires on its own, and
-``all()`` lists them for the archive after the sale. The admission keys (``engine.admission``)
-survive a replacement of the definition before the opening: registrations and pre-queue tickets
-stay.
+first two, across storefronts; ``GET …/users/{uid}`` shows a storefront the last. The admission
+keys (``engine.admission``) survive a replacement of the definition before the opening:
+registrations and pre-queue tickets stay.
 """
 
 from __future__ import annotations
@@ -44,8 +66,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PREFIX = "fs"
-CAMPAIGNS = f"{PREFIX}:campaigns"  # set of every campaign id ever loaded
+CAMPAIGNS = f"{PREFIX}:campaigns"  # set of every campaign id in Redis (archiving removes one)
+ARCHIVED = f"{PREFIX}:archived"  # hash: archived campaign id -> JSON record of the archive
 DEAD_LETTERS = f"{PREFIX}:dead"  # dead-letter stream of the ledger writer
+DEAD_LETTERS_MAX = 100_000  # fs:dead keeps the newest this many entries; older ones are trimmed
+DEAD_LETTERS_TRIMMED = f"{PREFIX}:dead:trimmed"  # count of dead letters trimmed off fs:dead
 EVENTS_SUFFIX = ":events"
 
 

@@ -19,6 +19,7 @@ it is *good* when, besides, no campaign failed at all (a script error: damaged d
 stuck, or cannot write); the metric
 ``flashsale_sweeper_last_success_timestamp_seconds`` and its alert follow the last good tick, so
 a campaign whose holds cannot be expired pages someone without taking every worker out of service.
+Every tick also gives the rate limiter's pruner (``engine.core.prune``) its bounded turn.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.core.engine import Engine
+from engine.core.prune import RateLimitPruner
 from engine.errors import StorageUnavailable
 from engine.settings import DEFAULT_SWEEP_INTERVAL_S, DEFAULT_SWEEP_LIMIT
 
@@ -92,6 +94,7 @@ class Sweeper:
         self.last_completed_s: float | None = None  # wall clock of the last completed tick
         self.last_good_s: float | None = None  # ... and of the last tick in which nothing failed
         self._throttle = _Throttle()
+        self.pruner = RateLimitPruner(engine.redis)  # stale rate limiter fields, pruned as the sale runs
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -123,6 +126,7 @@ class Sweeper:
                 failed += 1
                 self.failures_total += 1
                 self._throttle.error(cid, exc)
+        await self.pruner.step(campaign_ids)  # bounded; never raises for Redis errors
         return expired, failed, not self._stop.is_set()
 
     async def tick(self) -> SweepTick:

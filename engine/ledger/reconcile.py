@@ -1,6 +1,7 @@
 """``flashsale reconcile ID``: Redis's counters against the ledger plus the undrained stream.
 
-Redis is read in one MULTI; the ledger before and after it. Ledger events newer than Redis's
+Redis is read page by page (``engine.ledger.redisview``: no call long, exact on a quiescent
+campaign, as one transaction would have read it); the ledger before and after it. Ledger events newer than Redis's
 stream are left out (they were written after the read), except those the ledger held before
 Redis was read: those are transitions Redis has lost. Every difference is reported:
 
@@ -14,9 +15,8 @@ Redis was read: those are transitions Redis has lost. Every difference is report
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from engine import keys
 from engine.campaign import Campaign, parse
 from engine.ledger.history import ResState, Totals, merge, replay, totals
-from engine.ledger.redisview import RedisView, read_view
+from engine.ledger.redisview import PAGE, RedisView, archived_record, read_view, scan_stream
 from engine.ledger.sink import LedgerSnapshot, Sink, entry_key
 
 
@@ -45,6 +45,7 @@ class Reconciliation:
     ledger_events: int  # history rows considered
     stream_events: int  # undrained entries considered
     orders: int  # confirmed orders by the history
+    archived: dict[str, Any] | None = None  # the campaign's ``fs:archived`` record, if archived
 
     @property
     def clean(self) -> bool:
@@ -52,6 +53,10 @@ class Reconciliation:
 
     def summary(self) -> str:
         verdict = "no differences" if self.clean else f"{len(self.differences)} difference(s)"
+        if self.archived is not None:
+            return (f"campaign {self.campaign_id}: archived at {self.archived.get('at')} (its keys left Redis, the "
+                    f"ledger keeps the sale): {self.orders} confirmed orders in the ledger, "
+                    f"{self.archived.get('orders')} when archived; ledger checked alone: {verdict}")
         return (f"campaign {self.campaign_id}: {self.orders} confirmed orders; {self.ledger_events} ledger events "
                 f"+ {self.stream_events} stream entries; {verdict}")
 
@@ -129,8 +134,8 @@ def ledger_self_check(ledger: LedgerSnapshot) -> list[Difference]:
     return out
 
 
-async def dead_letters(redis: aioredis.Redis, campaign_id: str) -> list[Difference]:
-    entries = await cast("Awaitable[list[Any]]", redis.xrange(keys.DEAD_LETTERS))
+async def dead_letters(redis: aioredis.Redis, campaign_id: str, page: int = PAGE) -> list[Difference]:
+    entries = await scan_stream(redis, keys.DEAD_LETTERS, "+", page)
     return [Difference(f"dead letter {eid.decode()} (entry {f.get(b'id', b'?').decode()})",
                        f.get(b"reason", b"?").decode(), "(not in the ledger)")
             for eid, f in entries if f.get(b"campaign") == campaign_id.encode()]
@@ -141,10 +146,25 @@ async def definition(view: RedisView, sink: Sink) -> Campaign | None:
     return None if raw is None else parse(orjson.loads(raw))
 
 
-async def reconcile(redis: aioredis.Redis, sink: Sink, campaign_id: str) -> Reconciliation:
-    """Every difference between Redis and the ledger plus the undrained stream."""
+async def reconcile_archived(sink: Sink, campaign_id: str, record: dict[str, Any]) -> Reconciliation:
+    """An archived campaign: Redis no longer has it; the ledger is checked alone, and against the
+    orders Redis counted when it was archived."""
+    ledger = await sink.snapshot(campaign_id)
+    diffs = ledger_self_check(ledger)
+    if int(record.get("orders", -1)) != len(ledger.orders):
+        diffs.append(Difference("confirmed orders (Redis: when archived)", record.get("orders"), len(ledger.orders)))
+    return Reconciliation(campaign_id, tuple(diffs), len(ledger.events), 0, len(ledger.orders), record)
+
+
+async def reconcile(redis: aioredis.Redis, sink: Sink, campaign_id: str, *, page: int = PAGE) -> Reconciliation:
+    """Every difference between Redis and the ledger plus the undrained stream (for an archived
+    campaign: the ledger checked alone, ``Reconciliation.archived`` set)."""
+    if not await redis.exists(keys.CampaignKeys(campaign_id).meta):
+        record = await archived_record(redis, campaign_id)
+        if record is not None:
+            return await reconcile_archived(sink, campaign_id, record)
     ledger_last = await sink.last_entry(campaign_id)  # before Redis: what the ledger surely held
-    view = await read_view(redis, campaign_id, idempotency=True)
+    view = await read_view(redis, campaign_id, idempotency=True, page=page)
     ledger = await sink.snapshot(campaign_id)
     upto = max(entry_key(view.last_id), entry_key(ledger_last or "0-0"))
     ledger_events = list(ledger.events)  # in stream order: what lies past ``upto`` is at the end
@@ -163,5 +183,5 @@ async def reconcile(redis: aioredis.Redis, sink: Sink, campaign_id: str) -> Reco
         diffs += compare_idempotency(states, view)
     diffs += ledger_self_check(ledger)
     diffs += [Difference(f"stream entry {eid}", "(not a flashsale event)", "(skipped)") for eid in view.malformed]
-    diffs += await dead_letters(redis, campaign_id)
+    diffs += await dead_letters(redis, campaign_id, page)
     return Reconciliation(campaign_id, tuple(diffs), len(ledger_events), len(view.events), want.orders)

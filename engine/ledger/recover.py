@@ -6,8 +6,10 @@
 2. Plan: replay the ledger's history plus whatever the stream kept (and the reservation records
    that survived): every confirmed order counts, every hold never confirmed is dropped and its
    units return. The plan is the new counters, users and changed reservation records.
-3. Apply the plan with ``restore.lua`` if the campaign has not moved since it was read (its
-   stream's last id is unchanged); else plan again.
+3. Stage the plan as complete copies of the counters, users, records and idempotency hash
+   (``fs:{c:ID}:restore:*``), a page of fields per call; then ``restore.lua`` swaps them in, in
+   one short atomic step, if the campaign has not moved since it was read (its stream's last id
+   is unchanged; else plan again), and appends the dropped holds' events in bounded calls.
 4. Reconcile; when clean, the campaign serves again (its flag as it was before).
 """
 
@@ -28,12 +30,13 @@ from engine.core.scripts import source
 from engine.errors import LedgerError
 from engine.ledger.history import ResState, idempotency, merge, replay, totals
 from engine.ledger.reconcile import Reconciliation, reconcile
-from engine.ledger.redisview import RedisView, read_view
+from engine.ledger.redisview import PAGE, RedisView, read_view
 from engine.ledger.sink import LedgerSnapshot, Sink
 from engine.ledger.streams import GROUP
 
 MAX_ATTEMPTS = 20  # plans made before giving up on a campaign that keeps moving
-STAGE_CHUNK = 1000  # hash fields per HSET while staging
+STAGE_CALLS = 8  # HSETs of one page each per pipeline round trip while staging
+RESTORE_HOLDS = 500  # dropped holds whose events one restore.lua call appends (a call stays short)
 STALE = 1  # restore.lua: the campaign moved since the plan was read
 
 
@@ -58,7 +61,8 @@ class Recovery:
     idempotency_keys: int = 0  # idempotency hash fields rebuilt
 
 
-def _stage_keys(campaign_id: str) -> list[str]:
+def stage_keys(campaign_id: str) -> list[str]:
+    """``flashsale recover``'s scratch keys of a campaign (consumed by each run; archive removes leftovers)."""
     tag = keys.CampaignKeys(campaign_id).tag
     return [f"{tag}:restore:counters", f"{tag}:restore:users", f"{tag}:restore:res", f"{tag}:restore:idem"]
 
@@ -119,31 +123,46 @@ def plan(campaign: Campaign, view: RedisView, ledger: LedgerSnapshot) -> Plan:
     return Plan(counters, want.users, records, idem, tuple(dropped), want.orders)
 
 
-async def _stage(redis: aioredis.Redis, campaign_id: str, p: Plan) -> None:
-    stage = _stage_keys(campaign_id)
-    await redis.delete(*stage)
-    async with redis.pipeline(transaction=False) as pipe:
-        mappings: list[dict[str, Any]] = [p.counters, dict(p.users), dict(p.records), dict(p.idempotency)]
-        for key, mapping in zip(stage, mappings, strict=True):
-            items = list(mapping.items())
-            for i in range(0, len(items), STAGE_CHUNK):
-                pipe.hset(key, mapping=dict(items[i : i + STAGE_CHUNK]))
-        await pipe.execute()
+async def _stage(redis: aioredis.Redis, campaign_id: str, view: RedisView, p: Plan, page: int) -> None:
+    """The plan as complete staged copies (records and idempotency fields over what Redis has),
+    written ``page`` fields per HSET and a few HSETs per round trip, so no call is long."""
+    stage = stage_keys(campaign_id)
+    for key in stage:
+        await redis.unlink(key)
+    mappings: list[dict[str, Any]] = [p.counters, p.users, {**view.records, **p.records},
+                                      {**view.idempotency, **p.idempotency}]
+    for key, mapping in zip(stage, mappings, strict=True):
+        items = list(mapping.items())
+        for lo in range(0, len(items), page * STAGE_CALLS):
+            async with redis.pipeline(transaction=False) as pipe:
+                for i in range(lo, min(lo + page * STAGE_CALLS, len(items)), page):
+                    pipe.hset(key, mapping=dict(items[i : i + page]))
+                await pipe.execute()
 
 
-async def _apply(redis: aioredis.Redis, campaign_id: str, p: Plan, last_id: str, ledger_last: str,
-                 persisted: int) -> bool:
+async def _apply(redis: aioredis.Redis, campaign_id: str, view: RedisView, p: Plan, ledger_last: str,
+                 persisted: int, page: int) -> bool:
+    """Stage the plan, then put it in place with restore.lua: one swap, then the dropped holds'
+    events at most ``RESTORE_HOLDS`` per call. False if the campaign moved since it was read."""
     k = keys.CampaignKeys(campaign_id)
-    await _stage(redis, campaign_id, p)
-    args: list[Any] = [last_id, ledger_last, persisted, GROUP, len(p.dropped)]
-    for r in p.dropped:
-        args += [r.reservation_id, r.product_id, r.user_id, r.units, r.amount]
+    await _stage(redis, campaign_id, view, p, page)
     script = redis.register_script(source("restore"))
-    code, _detail = await script(keys=[k.counters, k.users, k.reservations, k.holds, k.events, k.ledger,
-                                       k.idempotency, *_stage_keys(campaign_id)], args=args)
-    if int(code) == STALE:
-        await redis.delete(*_stage_keys(campaign_id))
-        return False
+    expected = view.last_id
+    for step, lo in enumerate(range(0, max(len(p.dropped), 1), RESTORE_HOLDS)):
+        chunk = p.dropped[lo : lo + RESTORE_HOLDS]
+        args: list[Any] = [expected, ledger_last, persisted, GROUP, 1 if step == 0 else 0, len(chunk)]
+        for r in chunk:
+            args += [r.reservation_id, r.product_id, r.user_id, r.units, r.amount]
+        code, _n, now = await script(keys=[k.counters, k.users, k.reservations, k.holds, k.events, k.ledger,
+                                           k.idempotency, *stage_keys(campaign_id)], args=args)
+        if int(code) == STALE:
+            if step == 0:
+                for key in stage_keys(campaign_id):
+                    await redis.unlink(key)
+                return False
+            raise LedgerError(f"campaign {campaign_id!r} moved while recover appended the dropped holds' events "
+                              "(is another recover running?); it stays refused: run recover again")
+        expected = now.decode() if isinstance(now, bytes) else str(now)
     return True
 
 
@@ -182,23 +201,24 @@ async def refuse(engine: Engine, sink: Sink, campaign_id: str) -> tuple[Campaign
     return campaign, True
 
 
-async def recover(engine: Engine, sink: Sink, campaign_id: str) -> Recovery:
-    """Rebuild a campaign from the ledger; it serves again only if reconcile finds no difference."""
+async def recover(engine: Engine, sink: Sink, campaign_id: str, *, page: int = PAGE) -> Recovery:
+    """Rebuild a campaign from the ledger; it serves again only if reconcile finds no difference.
+    ``page``: hash fields or stream entries per Redis call."""
     redis = engine.redis
     campaign, reloaded = await refuse(engine, sink, campaign_id)
     attempts = 0
     while True:
         attempts += 1
-        view = await read_view(redis, campaign_id, records=True, idempotency=True)
+        view = await read_view(redis, campaign_id, records=True, idempotency=True, page=page)
         ledger = await sink.snapshot(campaign_id)
         p = plan(campaign, view, ledger)
         last = ledger.events[-1].entry_id if ledger.events else "0-0"
-        if await _apply(redis, campaign_id, p, view.last_id, last, len(ledger.orders)):
+        if await _apply(redis, campaign_id, view, p, last, len(ledger.orders), page):
             break
         if attempts >= MAX_ATTEMPTS:
             raise LedgerError(f"campaign {campaign_id!r} kept changing during recovery ({attempts} plans); "
                               "it stays refused: stop the sweepers and API, then run recover again")
-    report = await reconcile(redis, sink, campaign_id)
+    report = await reconcile(redis, sink, campaign_id, page=page)
     if report.clean:
         await engine.set_recovering(campaign_id, False)
     return Recovery(campaign_id, reloaded, p.orders, len(p.dropped), attempts, report, len(p.idempotency))

@@ -4,9 +4,13 @@ An entry read by a writer stays in the group's pending list until that writer ac
 which it does only after the batch holding it has committed. Entries a writer took and never
 acknowledged (it died, or the database refused a row) are claimed by any writer once idle longer
 than ``claim_idle_ms``; a writer working on a batch for longer (the database is down and it keeps
-retrying) refreshes its entries' idle time with ``XCLAIM … JUSTID``, which does not count as a
-delivery. An entry delivered ``max_deliveries`` times that is still unacknowledged goes to the
-dead-letter stream ``fs:dead``.
+retrying) refreshes the idle time of the entries it still holds (``ledger_touch.lua``: ``XCLAIM …
+JUSTID`` of only those still pending to it, which does not count as a delivery). A writer that
+stalled past ``claim_idle_ms`` finds its entries claimed by another writer and leaves them there:
+a refresh never takes back an entry another consumer holds. An entry delivered ``max_deliveries``
+times that is still unacknowledged goes to the dead-letter stream ``fs:dead``, which keeps the
+newest ``keys.DEAD_LETTERS_MAX`` entries (what is trimmed off is counted in ``fs:dead:trimmed``
+and logged by the writer).
 
 Trimming removes only what every group on a stream has acknowledged: below the oldest pending
 entry and at most up to the last entry delivered (``XTRIM MINID``; never ``MAXLEN ~``).
@@ -27,6 +31,7 @@ from hiredis import pack_command
 from redis.exceptions import ResponseError
 
 from engine import keys
+from engine.core.scripts import source
 from engine.core.wire import Arg, Wire, command
 from engine.ledger.sink import entry_key
 
@@ -61,13 +66,15 @@ class Streams:
     """Consumer-group operations over the streams of the campaigns a writer knows."""
 
     def __init__(self, redis: aioredis.Redis, consumer: str, *, batch_size: int, claim_idle_ms: int,
-                 max_deliveries: int, timeout_s: float = 30.0) -> None:
+                 max_deliveries: int, timeout_s: float = 30.0, dead_max: int = keys.DEAD_LETTERS_MAX) -> None:
         self.redis = redis
+        self.dead_max = dead_max
         self.consumer = consumer
         self.batch_size = batch_size
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self.streams: dict[str, str] = {}  # stream key -> campaign id
+        self._touch = redis.register_script(source("ledger_touch"))
         # two connections: an acknowledgement never waits behind a blocking read
         self._reads = Wire.for_client(redis, timeout_s)
         self._acks = Wire.for_client(redis, timeout_s)
@@ -178,13 +185,19 @@ class Streams:
                     p.xack(stream, GROUP, *eids)
                 await p.execute()
 
-    async def touch(self, ids: dict[str, list[bytes]]) -> None:
-        """Reset the idle time of entries this writer is still working on (no delivery counted)."""
+    async def touch(self, ids: dict[str, list[bytes]]) -> int:
+        """Reset the idle time of entries this writer is still working on and still holds (no
+        delivery counted); an entry another writer claimed meanwhile stays with it. Returns the
+        entries refreshed."""
+        refreshed = 0
         for stream, eids in ids.items():
-            await self.redis.xclaim(stream, GROUP, self.consumer, 0, cast("Any", eids), justid=True)
+            refreshed += int(await self._touch(keys=[stream], args=[GROUP, self.consumer, *eids]))
+        return refreshed
 
-    async def dead_letter(self, entry: Entry, reason: str, deliveries: int) -> None:
-        """Park an entry in ``fs:dead`` and acknowledge it, in one MULTI (the original fields as ``f.*``)."""
+    async def dead_letter(self, entry: Entry, reason: str, deliveries: int) -> int:
+        """Park an entry in ``fs:dead`` and acknowledge it, in one MULTI (the original fields as
+        ``f.*``); ``fs:dead`` is trimmed to its newest ``dead_max`` entries, the count trimmed
+        added to ``fs:dead:trimmed``. Returns the entries trimmed off."""
         fields: dict[str | bytes, str | bytes | int] = {
             "campaign": entry.campaign_id, "stream": entry.stream, "id": entry.entry_id,
             "reason": reason[:1000], "deliveries": deliveries, "consumer": self.consumer,
@@ -196,7 +209,11 @@ class Streams:
             p.xadd(keys.DEAD_LETTERS, cast("Any", fields))
             p.xack(entry.stream, GROUP, entry.entry_id)
             p.hincrby(keys.CampaignKeys(entry.campaign_id).ledger, "dead_letters", 1)
-            await p.execute()
+            p.xtrim(keys.DEAD_LETTERS, maxlen=self.dead_max, approximate=False)
+            trimmed = int((await p.execute())[-1])
+        if trimmed:
+            await self.redis.incrby(keys.DEAD_LETTERS_TRIMMED, trimmed)
+        return trimmed
 
     async def idle(self) -> bool:
         """Nothing pending in any stream (with a read of ``>`` that came back empty: all drained)."""
@@ -220,7 +237,11 @@ class Streams:
 
     async def forget_dead_consumers(self) -> None:
         for key in list(self.streams):
-            for c in await self.redis.xinfo_consumers(key, GROUP):
+            try:
+                consumers = await self.redis.xinfo_consumers(key, GROUP)
+            except ResponseError:
+                continue  # the stream went away (an archived campaign): the next refresh forgets it
+            for c in consumers:
                 name = _text(c["name"])
                 if name != self.consumer and int(c["pending"]) == 0 and int(c["idle"]) > CONSUMER_GC_IDLE_MS:
                     await self.redis.xgroup_delconsumer(key, GROUP, name)

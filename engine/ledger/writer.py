@@ -341,18 +341,25 @@ class Writer:
         await asyncio.gather(self.streams.ack(ids), self._publish(totals))
 
     async def _publish_all(self) -> None:
+        """persisted_orders of every campaign in Redis (an archived one's keys stay gone)."""
         try:
-            await self._publish(await self.sink.progress())
+            progress = await self.sink.progress()
         except LedgerUnavailable as exc:
             self._warn("db", f"could not read the ledger's progress: {exc}")
+            return
+        live = {c.decode() for c in await cast("Awaitable[set[bytes]]", self.redis.smembers(keys.CAMPAIGNS))}
+        await self._publish({c: n for c, n in progress.items() if c in live})
 
     async def _trim(self) -> None:
         self.stats.trimmed += await self.streams.trim()
         await self.streams.forget_dead_consumers()
 
     async def _dead_letter(self, entry: Entry, reason: str, deliveries: int) -> None:
-        await self._redis(lambda: self.streams.dead_letter(entry, reason, deliveries))
+        trimmed = await self._redis(lambda: self.streams.dead_letter(entry, reason, deliveries))
         self.stats.dead_letters += 1
+        if trimmed:
+            self._warn("dead-trim", f"{keys.DEAD_LETTERS} is full ({self.streams.dead_max} entries): "
+                                    f"its oldest entries are trimmed, counted in {keys.DEAD_LETTERS_TRIMMED}")
         log.error("dead letter: entry %s of %s -> %s (%s)", entry.entry_id, entry.stream, keys.DEAD_LETTERS, reason)
 
     async def _heartbeat(self) -> None:

@@ -1,32 +1,38 @@
 --[[
-  Apply a recovery plan (`flashsale recover`): replace a campaign's counters, users and holds
-  with the state rebuilt from the ledger, in one atomic step, if the campaign has not moved
-  since the plan was made (every change to it appends to its stream, so the stream's
-  last-generated-id names its state). Holds that were never confirmed are dropped: each gets an
-  'expired' event, so the ledger's history agrees. The stream's ids are moved past every id the
-  ledger holds, so a new entry can never reuse the id of a lost one. The idempotency hash gets
-  back the fields it lost, so a storefront's retry finds its reservation instead of making one.
+  Apply a recovery plan (`flashsale recover`), in bounded steps that each judge everything
+  before their first write. The plan was built, page by page, into complete staged copies of the
+  campaign's counters, users, reservation records and idempotency hash; the first step (swap)
+  puts them in place and drops the holds, if the campaign has not moved since the plan was read
+  (every change to it appends to its stream, so the stream's last-generated-id names its state).
+  Holds that were never confirmed are dropped: each gets an 'expired' event, so the ledger's
+  history agrees; a plan with many sends them over several calls (swap 0), each checking that
+  the stream is where the call before left it. The stream's ids are moved past every id the
+  ledger holds, so a new entry can never reuse the id of a lost one.
+
+  The swap's writes are UNLINKs (a large old value is freed in a background thread) and RENAMEs
+  onto the unlinked names: none costs in proportion to the sale, so no call blocks on its size.
 
   KEYS[1] counters hash      KEYS[2] users hash        KEYS[3] reservations hash
   KEYS[4] holds zset         KEYS[5] events stream     KEYS[6] ledger hash
   KEYS[7] idempotency hash
   KEYS[8] staged counters    KEYS[9] staged users      KEYS[10] staged reservation records
-  KEYS[11] staged idempotency fields
-  ARGV[1] the stream's last-generated-id the plan was made from ('0-0': no stream)
+  KEYS[11] staged idempotency hash (staged keys absent: the campaign has none of those)
+  ARGV[1] the stream's last-generated-id the plan (or the step before) left ('0-0': no stream)
   ARGV[2] the highest entry id the ledger holds for the campaign ('0-0': none)
   ARGV[3] orders the ledger holds (count), published as persisted_orders if higher
   ARGV[4] the ledger writers' consumer group (made, from id 0, if missing)
-  ARGV[5] n, holds to drop; then 5 values per hold: reservation id, product, user, units, amount
+  ARGV[5] 1: swap the staged keys in and drop the holds; 0: only append the events below
+  ARGV[6] n, dropped holds whose 'expired' event this call appends (0..1000); then 5 values per
+          hold: reservation id, product, user, units (int > 0), amount (minor units, int >= 0)
 
-  The staged hashes replace counters and users whole; staged records are written over
-  their reservations, staged idempotency fields added to the idempotency hash. All four staged
-  keys are consumed.
-
-  Returns {0, holds dropped}, or {1, current last id} when the campaign moved: make a new plan.
+  Returns {0, events appended, the stream's last-generated-id now} (pass it as ARGV[1] of the
+  next step), or {1, current last id} when the campaign moved: nothing was written, plan again.
+  Bad arguments or keys of the wrong type are an error reply, also before any write.
 ]]
 local rcall = redis.call
 local OK = 0
 local STALE = 1
+local MAX_HOLDS = 1000
 
 local function last_id()
   if rcall('EXISTS', KEYS[5]) == 0 then return '0-0' end
@@ -48,44 +54,60 @@ local function id_greater(a, b)
   return ams > bms or (ams == bms and aseq > bseq)
 end
 
-local n = tonumber(ARGV[5])
-local persisted = tonumber(ARGV[3])
-if not parse_id(ARGV[1]) or not parse_id(ARGV[2]) or not persisted or not n or #ARGV ~= 5 + 5 * n then
-  return redis.error_reply('ERR restore: ARGV must be last id, ledger id, orders, group, n, 5 per hold')
+local function count(v, min)
+  local x = tonumber(v)
+  return x ~= nil and x == math.floor(x) and x >= min
+end
+
+local function fail(why) return redis.error_reply('ERR restore: ' .. why) end
+
+-- judge: every argument and every key, before the first write
+local n, swap = tonumber(ARGV[6]), ARGV[5]
+if not parse_id(ARGV[1] or '') or not parse_id(ARGV[2] or '') or not count(ARGV[3], 0) then
+  return fail('ARGV[1..3] must be last id, ledger id, orders')
+end
+if (swap ~= '0' and swap ~= '1') or not count(n, 0) or n > MAX_HOLDS or #ARGV ~= 6 + 5 * n then
+  return fail('ARGV must be last id, ledger id, orders, group, swap (0|1), n (0..1000), 5 per hold')
+end
+for i = 0, n - 1 do
+  local b = 7 + 5 * i
+  if ARGV[b] == '' or not count(ARGV[b + 3], 1) or not count(ARGV[b + 4], 0) then
+    return fail('hold ' .. (i + 1) .. ': reservation id, product, user, units > 0, amount >= 0')
+  end
+end
+local want = {hash = {1, 2, 3, 6, 7, 8, 9, 10, 11}, zset = {4}, stream = {5}}
+for kind, idx in pairs(want) do
+  for _, i in ipairs(idx) do
+    local t = rcall('TYPE', KEYS[i])['ok']
+    if t ~= kind and t ~= 'none' then return fail('KEYS[' .. i .. '] is a ' .. t .. ', not a ' .. kind) end
+  end
 end
 local current = last_id()
 if current ~= ARGV[1] then return {STALE, current} end
 
-for i, key in ipairs({KEYS[1], KEYS[2]}) do
-  if rcall('EXISTS', KEYS[7 + i]) == 1 then rcall('RENAME', KEYS[7 + i], key) else rcall('DEL', key) end
-end
--- Staged fields merged into a live hash, CHUNK arguments per HSET: unpack() of a longer table
--- overflows Lua's C stack.
-local CHUNK = 2000
-local function merge_into(key, staged_key)
-  local staged = rcall('HGETALL', staged_key)
-  for i = 1, #staged, CHUNK do
-    rcall('HSET', key, unpack(staged, i, math.min(i + CHUNK - 1, #staged)))
+-- write
+if swap == '1' then
+  for i, key in ipairs({KEYS[1], KEYS[2], KEYS[3], KEYS[7]}) do
+    local staged = ({KEYS[8], KEYS[9], KEYS[10], KEYS[11]})[i]
+    rcall('UNLINK', key)
+    if rcall('EXISTS', staged) == 1 then rcall('RENAME', staged, key) end
   end
+  rcall('UNLINK', KEYS[4])
 end
-merge_into(KEYS[3], KEYS[10])
-merge_into(KEYS[7], KEYS[11])
-rcall('DEL', KEYS[10], KEYS[11], KEYS[4])
-
 local made = redis.pcall('XGROUP', 'CREATE', KEYS[5], ARGV[4], '0', 'MKSTREAM')
 if type(made) == 'table' and made.err and not string.find(made.err, 'BUSYGROUP') then
-  return redis.error_reply(made.err)
+  return redis.error_reply(made.err)  -- only a group name Redis refuses: nothing else was written
 end
 if id_greater(ARGV[2], current) then rcall('XSETID', KEYS[5], ARGV[2]) end
 
 local t = rcall('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for i = 0, n - 1 do
-  local b = 6 + 5 * i
+  local b = 7 + 5 * i
   rcall('XADD', KEYS[5], '*', 'e', 'expired', 'rid', ARGV[b], 'pid', ARGV[b + 1], 'uid', ARGV[b + 2],
     'units', ARGV[b + 3], 'amount', ARGV[b + 4], 'at', now)
 end
 
 local old = tonumber(rcall('HGET', KEYS[6], 'persisted_orders')) or -1
-if persisted > old then rcall('HSET', KEYS[6], 'persisted_orders', persisted) end
-return {OK, n}
+if tonumber(ARGV[3]) > old then rcall('HSET', KEYS[6], 'persisted_orders', ARGV[3]) end
+return {OK, n, last_id()}

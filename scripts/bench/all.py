@@ -27,6 +27,8 @@ BENCHMARKS = (
     ("peer", "scripts.bench.peer", "flashsale vs the PostgreSQL peer"),
     ("sellout", "scripts.bench.sellout", "920,000 units to 300,000 buyers over HTTP"),
     ("ops", "scripts.bench.ops", "what ops cost: stats, /metrics, instrumentation"),
+    ("memory", "scripts.bench.memory", "Redis bytes per buyer and per reservation"),
+    ("scale", "scripts.bench.scale", "reconcile and recover at a million reservations"),
 )
 TIMEOUT_S = 1800
 

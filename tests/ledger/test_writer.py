@@ -14,7 +14,7 @@ from engine.ledger import Writer, WriterSettings, ledger_status, sink_for
 from engine.ledger.decoding import row_of
 from engine.ledger.health import progress_script
 from engine.ledger.reconcile import reconcile
-from engine.ledger.streams import GROUP
+from engine.ledger.streams import GROUP, Entry, Streams
 from tests.ledger.sale import PRICE, campaign, drain, ledger, sell, until
 from tests.support.servers import RedisServer
 
@@ -326,3 +326,39 @@ async def test_a_writer_lingers_after_a_short_read_only(engine: Engine, redis_ur
 async def test_a_writer_without_linger_or_in_burst_never_lingers(engine: Engine, redis_url: str, db_url: str) -> None:
     assert 0.0 not in await _pauses_draining(engine, redis_url, db_url, "ledger-eager", linger_ms=0)
     assert 0.25 not in await _pauses_draining(engine, redis_url, db_url, "ledger-burst", linger_ms=250, burst=True)
+
+
+async def test_the_dead_letter_stream_keeps_its_newest_entries_and_counts_the_rest(aredis: aioredis.Redis) -> None:
+    streams = Streams(aredis, "w-dead", batch_size=10, claim_idle_ms=1000, max_deliveries=3, dead_max=3)
+    try:
+        stream = keys.CampaignKeys(CID).events
+        trimmed = [await streams.dead_letter(Entry(stream, CID, f"1-{i}", [b"e", b"x"]), "test", 1)
+                   for i in range(5)]
+    finally:
+        streams.close()
+    assert trimmed == [0, 0, 0, 1, 1]
+    assert [f[b"id"] for _, f in await aredis.xrange(keys.DEAD_LETTERS)] == [b"1-2", b"1-3", b"1-4"]
+    assert await aredis.get(keys.DEAD_LETTERS_TRIMMED) == b"2"
+    assert keys.DEAD_LETTERS_MAX >= 10_000  # the documented bound of a real deployment
+
+
+async def test_touch_refreshes_every_entry_still_its_own_and_none_another_writer_claimed(
+        engine: Engine, aredis: aioredis.Redis) -> None:
+    await engine.load_campaign(campaign(CID))
+    await sell(engine, CID, 1200)  # 2400 entries: more than one chunk of the script's XCLAIM
+    stream = keys.CampaignKeys(CID).events
+    await aredis.xgroup_create(stream, GROUP, id="0")
+    taken = [eid for eid, _ in (await aredis.xreadgroup(GROUP, "w-a", {stream: ">"}, count=5000))[0][1]]
+    await aredis.xclaim(stream, GROUP, "w-b", 0, taken[:100], justid=True)  # w-b claimed these meanwhile
+    await asyncio.sleep(0.3)
+    streams = Streams(aredis, "w-a", batch_size=10, claim_idle_ms=1000, max_deliveries=3)
+    try:
+        assert await streams.touch({stream: taken}) == len(taken) - 100
+    finally:
+        streams.close()
+    pending = await aredis.xpending_range(stream, GROUP, "-", "+", 5000)
+    owner = {p["message_id"]: p["consumer"] for p in pending}
+    assert [owner[e] for e in taken[:100]] == [b"w-b"] * 100
+    assert {owner[e] for e in taken[100:]} == {b"w-a"}
+    assert all(p["time_since_delivered"] < 300 for p in pending if p["consumer"] == b"w-a")
+    assert all(p["times_delivered"] == 1 for p in pending if p["consumer"] == b"w-a")  # no delivery counted
