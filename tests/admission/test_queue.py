@@ -156,7 +156,7 @@ async def test_sold_out_and_back(engine: Engine, admission: AdmissionService) ->
     held = await engine.reserve(cid, ReserveRequest("buyer", "p1", 1, "k1", "shop-a"))
     await settle()
     assert (await admission.poll(cid, ticket, "shop-a"))["state"] == "sold_out"
-    await engine.cancel(cid, held.reservation.reservation_id)
+    await engine.cancel(cid, held.reservation.reservation_id, storefront="shop-a")
     await settle()
     assert (await admission.poll(cid, ticket, "shop-a"))["state"] == "waiting"
     await admission.set_rate(cid, 1000)
