@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ def loadgen(stack: Stack, campaign: str, *args: str) -> subprocess.CompletedProc
         env=env, capture_output=True, text=True, timeout=240)
 
 
-def queued_campaign(stack: Stack, cid: str, *, units: int, **extra: object) -> None:
+def queued_campaign(stack: Stack, cid: str, *, units: int, **extra: Any) -> None:
     stack.campaign(cid, units=units, opens_in_s=5.0, hold_seconds=60,
                    admission={"mode": "queue", "queue_opens_at": _at(2.0), "admit_per_second": 300,
                               "token_seconds": 120}, **extra)
