@@ -233,10 +233,12 @@ class Buyer:
             resp = await self.c.call(self.conn, "reserve", b"POST", self.c.base + "/reservations", body, headers)
             if resp is None:
                 return None
-            if (resp.status == 422 and resp.details().get("field") == "buyer" and self.shelf.send_signals
-                    and b'"buyer"' in body):  # a server before v1.1's buyer caps: send without
-                self.shelf.send_signals = False
-                self.c.record.notes.append("the server refused buyer signals on reserve (422 buyer): sent without")
+            if resp.status == 422 and resp.details().get("field") == "buyer" and b'"buyer"' in body:
+                # a server before v1.1's buyer caps: send without (and so does every buyer from now on)
+                if self.shelf.send_signals:
+                    self.shelf.send_signals = False
+                    self.c.record.notes.append("the server refused buyer signals on reserve (422 buyer): "
+                                               "sent without, buyer caps not judged")
                 d = orjson.loads(body)
                 d.pop("buyer", None)
                 body = orjson.dumps(d)
