@@ -155,6 +155,7 @@ class Generator:
                 n = self._take_buyer()
                 if n is None:
                     break
+                self.record.arrivals[f"{self.record.user_prefix}{n}"] = now_ms()
                 buyer = Buyer(self.caller, self.shelf, self.cfg.mix, pool, random.Random(self._rng.random()), bad)
                 tasks.append(asyncio.ensure_future(self._visit(buyer, n)))
             if tasks:

@@ -119,6 +119,7 @@ class Record:
     people: int = 0  # ordinary buyers who came (each their own identity, device and network)
     scalpers: int = 0  # scalper accounts that fired (user ids "<prefix>s<operator>-<account>")
     notes: list[str] = field(default_factory=list)  # what the generator had to adapt to
+    arrivals: dict[str, float] = field(default_factory=dict)  # with --arrive: person -> when they came
     requests: Counter[str] = field(default_factory=Counter)  # "reserve 201", "confirm 503" ...
     rejections: Counter[str] = field(default_factory=Counter)  # reserve refusals by error code
     server_errors: list[str] = field(default_factory=list)  # 5xx other than 503, with the body
@@ -168,7 +169,7 @@ class Record:
         rec.replays = [Replay(*x) for x in d["replays"]]
         rec.probes = [Probe(*x) for x in d["probes"]]
         rec.bad = [BadResult(x[0], x[1], x[2], x[3], tuple(x[4])) for x in d["bad"]]
-        for name in ("queued", "people", "scalpers", "notes"):
+        for name in ("queued", "people", "scalpers", "notes", "arrivals"):
             if name in d:
                 setattr(rec, name, d[name])
         rec.tickets = {x[0]: TicketSeen(*x) for x in d.get("tickets", [])}
