@@ -71,7 +71,7 @@ def _record(r: ResState, state: str) -> bytes:
 
 
 def _from_record(rid: str, packed: bytes) -> ResState:
-    st, pid, uid, units, amount, exp, created, sf, key, ref, confirmed = msgpack.unpackb(packed, raw=False)
+    st, pid, uid, units, amount, exp, created, sf, key, ref, confirmed = msgpack.unpackb(packed, raw=False)[:11]
     return ResState(rid, pid, uid, int(units), int(amount), st, int(created), int(exp), sf, ref or "",
                     int(confirmed or 0), key or "")
 
