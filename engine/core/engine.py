@@ -41,9 +41,9 @@ from engine.core.redis_client import connect
 from engine.core.requests import (
     ReserveRequest,
     check_payment_ref,
-    gate_of,
     check_reserve,
     check_storefront,
+    gate_of,
     new_reservation_id,
 )
 from engine.core.results import CampaignView, Counters, Holdings, Outcome, Reservation
