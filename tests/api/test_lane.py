@@ -28,9 +28,9 @@ import pytest
 import uvicorn
 
 from engine import fastpath
+from engine.admission.tokens import KEYS_ENV, Keyring
 from engine.api import logs
 from engine.api.app import FlashsaleApp, create_app
-from engine.admission.tokens import KEYS_ENV, Keyring
 from engine.api.lane import ReserveLane
 from engine.campaign import ms_to_rfc3339
 from engine.settings import Settings
