@@ -1,4 +1,4 @@
-"""The admission routes of API.md v1.1: pre-registration, the waiting room, the admission rate.
+"""The admission routes of docs/API.md (v1.1): pre-registration, the waiting room, the admission rate.
 
 Thin like ``engine.api.routes``: authenticate, validate, call ``AdmissionService``, map the
 result. The service is built on the worker's Engine the first time it is needed; its poll cache
