@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import redis.asyncio as aioredis
 
 from engine import keys
 from engine.admission.buyer import Buyer
 from engine.core import Engine, ReserveRequest
-from engine.errors import BuyerCapExceeded
+from engine.errors import BuyerCapExceeded, NotRegistered
+from engine.ledger import sink_for
 from engine.ledger.history import replay, totals
+from engine.ledger.recover import recover, refuse
 from tests.ledger.sale import campaign, drain, ledger
 
 CID = "ledger-buyers"
@@ -40,3 +43,30 @@ async def test_the_ledger_rebuilds_the_buyers_hash(engine: Engine, aredis: aiore
     want = totals(replay(snap.events).values()).buyer_units
     stored = {k.decode(): int(v) for k, v in (await aredis.hgetall(keys.CampaignKeys(CID).buyers)).items()}
     assert want == {f: v for f, v in stored.items() if v} and want
+
+
+async def test_a_definition_reloaded_by_recover_keeps_its_v1_1_rules(engine: Engine, aredis: aioredis.Redis,
+                                                                    redis_url: str, db_url: str) -> None:
+    """Redis lost everything; `recover` reloads the definition from the ledger with its buyer caps
+    and eligibility, so the reserve script still enforces them."""
+    cid = "ledger-buyers-rec"
+    c = dataclasses.replace(campaign(cid), identity_cap_units=2, eligibility="registered")
+    await engine.load_campaign(c)
+    k = keys.CampaignKeys(cid)
+    await aredis.hset(k.registrations, "u|u1", "0|")  # as register.lua writes a registration
+    pid = c.products[0].id
+    await engine.reserve(cid, ReserveRequest("u1", pid, 1, "k1", "shop", Buyer(identity="p")))
+    await drain(redis_url, db_url)
+    await aredis.flushall()
+    sink = sink_for(db_url)
+    await sink.open()
+    try:
+        _, reloaded = await refuse(engine, sink, cid)
+        assert reloaded
+        assert (await recover(engine, sink, cid)).reconciliation.clean
+    finally:
+        await sink.close()
+    meta = await aredis.hmget(k.meta, ["icap", "elig"])
+    assert meta == [b"2", b"registered"]
+    with pytest.raises(NotRegistered):  # the registrations were lost with Redis: nobody is registered now
+        await engine.reserve(cid, ReserveRequest("u1", pid, 1, "k2", "shop", Buyer(identity="p")))
