@@ -16,6 +16,7 @@ one Redis Cluster slot. Fields inside the hashes use ``|`` as a separator: ids n
 | ``fs:{c:ID}:events`` | stream | every transition, drained by the ledger writer |
 | ``fs:{c:ID}:rate`` | hash | ring of units taken per second over the last two minutes |
 | ``fs:{c:ID}:rl`` | hash | per-user rate limiter state (GCRA theoretical arrival time, ms) |
+| ``fs:{c:ID}:buyers`` | hash | buyer caps: units held + confirmed per ``i|IDENTITY``, ``d|DEVICE``, ``n|NETWORK`` |
 | ``fs:{c:ID}:ledger`` | hash | what the writer reports: ``persisted_orders`` |
 | ``fs:campaigns`` | set | every campaign id ever loaded (outside any tag: read by the writer and ops) |
 | ``fs:dead`` | stream | stream entries the writer gave up on (dead letters) |
@@ -96,6 +97,12 @@ class CampaignKeys:
         return f"{self.tag}:rl"
 
     @property
+    def buyers(self) -> str:
+        """Units held + confirmed per buyer signal the campaign caps (``reserve.lua``); returned
+        by cancel and expire. Lives as long as the campaign's other keys."""
+        return f"{self.tag}:buyers"
+
+    @property
     def ledger(self) -> str:
         return f"{self.tag}:ledger"
 
@@ -134,7 +141,7 @@ class CampaignKeys:
         return [
             self.meta, self.counters, self.users, self.reservations, self.idempotency,
             self.holds, self.events, self.rate, self.ratelimit, self.ledger, self.damaged,
-            *self.admission_keys(),
+            self.buyers, *self.admission_keys(),
         ]
 
 
