@@ -221,8 +221,24 @@ def rejection(status: int, detail: Any, subject: str) -> Rejected | StorageUnava
     if st is Status.NOT_REGISTERED:
         return NotRegistered(f"this user is not registered for campaign {subject!r}")
     if st is Status.BUYER_CAP_EXCEEDED:
-        return BuyerCapExceeded(f"this {detail or 'identity'} already took part under another user",
-                                dimension=str(detail or "identity"), allowed=0)
+        dimension, sep, allowed = str(detail or "identity").partition("|")
+        if sep:  # reserve.lua: the cap of one identity, device or network, and what it still allows
+            return BuyerCapExceeded(f"this buyer's {dimension} may take at most {allowed} more units",
+                                    dimension=dimension, allowed=int(allowed))
+        return BuyerCapExceeded(f"this {dimension} already took part under another user",
+                                dimension=dimension, allowed=0)
+    if st is Status.ADMISSION_REQUIRED:
+        return AdmissionRefused("ADMISSION_REQUIRED", f"campaign {subject!r} admits through its queue: "
+                                "send the Admission-Token header of this user's admitted ticket")
+    if st is Status.ADMISSION_INVALID:
+        return AdmissionRefused("ADMISSION_INVALID", "the Admission-Token is not one this engine signed "
+                                f"for this user of campaign {subject!r}")
+    if st is Status.ADMISSION_EXPIRED:
+        return AdmissionRefused("ADMISSION_EXPIRED", "the Admission-Token has expired; poll the ticket")
+    if st is Status.BUYER_SIGNAL_MISSING:
+        field = str(detail)
+        return InvalidRequest(field, f"required: campaign {subject!r} caps units per "
+                              f"{field.removeprefix('buyer.').replace('ip', 'network')}")
     if st is Status.QUEUED_ELSEWHERE:
         return InvalidState("this user already holds a ticket of another storefront", state="queued_elsewhere")
     if st is Status.DEFINITION_CHANGED:

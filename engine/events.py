@@ -13,11 +13,16 @@ One stream entry is one transition. Its fields (all strings, as Redis stores the
 | ``exp`` | reserved | the hold's deadline, ms since the epoch |
 | ``key`` | reserved | the Idempotency-Key it was made with (absent from entries written before it was added) |
 | ``ref`` | confirmed | the payment reference |
+| ``bi`` / ``bd`` / ``bn`` | reserved | under buyer caps: the identity, device, network the caps counted |
+
+``bi``, ``bd`` and ``bn`` are present only when the campaign has a buyer cap; each is ``''`` for a
+dimension it does not cap (the network is the IPv4 /24 or IPv6 /48 of the buyer's ip).
 
 The campaign id is the stream's (``engine.keys.campaign_of_stream``). The writer turns each
 ``confirmed`` event into one ``orders`` row and every event into one history row keyed by the
 stream entry id, so a redelivered entry is written once. ``flashsale recover`` rebuilds the
-idempotency hash (``<sf>|<key>`` -> ``rid``) from the ``reserved`` events.
+idempotency hash (``<sf>|<key>`` -> ``rid``) from the ``reserved`` events, and the buyers hash
+(``engine.ledger.history.totals``) from their buyer signals.
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ class Event:
     expires_at_ms: int | None = None
     payment_ref: str | None = None
     idempotency_key: str | None = None
+    identity: str | None = None  # the buyer signals a cap counted (reserved, under buyer caps)
+    device: str | None = None
+    network: str | None = None
 
 
 def _text(value: bytes | str) -> str:
@@ -81,6 +89,9 @@ def decode(campaign_id: str, entry_id: bytes | str, fields: dict[bytes, bytes] |
             expires_at_ms=int(exp) if exp is not None else None,
             payment_ref=f.get("ref"),
             idempotency_key=f.get("key"),
+            identity=f.get("bi"),
+            device=f.get("bd"),
+            network=f.get("bn"),
         )
     except (KeyError, ValueError) as exc:
         raise MalformedEvent(f"bad {kind} event: {exc!r}") from exc

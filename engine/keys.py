@@ -29,6 +29,8 @@ Each key, its type, what it holds, and (after the arrow) when it goes away:
 - ``fs:{c:ID}:rl`` hash: per-user rate limiter state (GCRA theoretical arrival time, ms) -> a
   field is pruned by the sweeper once its time has passed (``engine.core.prune``); the key at
   archive.
+- ``fs:{c:ID}:buyers`` hash: buyer caps, units held + confirmed per ``i|IDENTITY``, ``d|DEVICE``,
+  ``n|NETWORK`` -> archive.
 - ``fs:{c:ID}:ledger`` hash: what the writer reports, ``persisted_orders``, ``dead_letters``
   -> archive.
 - ``fs:{c:ID}:restore:*`` hashes: ``flashsale recover``'s scratch space, renamed or merged into
@@ -121,6 +123,12 @@ class CampaignKeys:
         return f"{self.tag}:rl"
 
     @property
+    def buyers(self) -> str:
+        """Units held + confirmed per buyer signal the campaign caps (``reserve.lua``); returned
+        by cancel and expire. Lives as long as the campaign's other keys."""
+        return f"{self.tag}:buyers"
+
+    @property
     def ledger(self) -> str:
         return f"{self.tag}:ledger"
 
@@ -159,7 +167,7 @@ class CampaignKeys:
         return [
             self.meta, self.counters, self.users, self.reservations, self.idempotency,
             self.holds, self.events, self.rate, self.ratelimit, self.ledger, self.damaged,
-            *self.admission_keys(),
+            self.buyers, *self.admission_keys(),
         ]
 
 

@@ -30,9 +30,14 @@ class Status(IntEnum):
     # admission (engine.admission: register.lua, queue_join.lua, queue_rate.lua)
     QUEUE_NOT_OPEN = -21  # before queue_opens_at
     NOT_REGISTERED = -22  # eligibility "registered" and the user is not
-    BUYER_CAP_EXCEEDED = -23  # detail: the dimension ("identity")
+    BUYER_CAP_EXCEEDED = -23  # detail: the dimension ("identity"); from reserve.lua "dimension|allowed"
     QUEUED_ELSEWHERE = -24  # the user (or identity) holds a ticket of another storefront
     DEFINITION_CHANGED = -25  # the definition was replaced since the caller read it: re-read, retry
+    # the reserve path of v1.1 (reserve.lua): queue mode, buyer caps
+    ADMISSION_REQUIRED = -26  # queue mode and the reserve carried no admission token
+    ADMISSION_INVALID = -27  # queue mode and the token did not verify (the API verified it)
+    ADMISSION_EXPIRED = -28  # queue mode and the token's expiry has passed, by Redis TIME
+    BUYER_SIGNAL_MISSING = -29  # detail: the field (``buyer.identity``) a buyer cap of the campaign needs
 
 
 #: The public error code (docs/API.md) of each rejection, as counted in ``counters`` (``rej|CODE``).
@@ -57,4 +62,8 @@ PUBLIC_CODE: dict[Status, str] = {
     Status.BUYER_CAP_EXCEEDED: "BUYER_CAP_EXCEEDED",
     Status.QUEUED_ELSEWHERE: "INVALID_STATE",
     Status.DEFINITION_CHANGED: "UNAVAILABLE",
+    Status.ADMISSION_REQUIRED: "ADMISSION_REQUIRED",
+    Status.ADMISSION_INVALID: "ADMISSION_INVALID",
+    Status.ADMISSION_EXPIRED: "ADMISSION_EXPIRED",
+    Status.BUYER_SIGNAL_MISSING: "INVALID",
 }

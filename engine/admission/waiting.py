@@ -78,7 +78,7 @@ def _jitter(ms: int, rng: random.Random) -> int:
 
 def answer(ticket_id: str, snap: Snapshot, ticket: Ticket, keyring: Keyring | None, now_ms: int,
            rng: random.Random) -> dict[str, Any]:
-    """The poll body of API.md for one ticket at ``now_ms`` (pure)."""
+    """The poll body of docs/API.md for one ticket at ``now_ms`` (pure)."""
     c, sched = snap.campaign, snap.schedule
     out: dict[str, Any] = {"ticket": ticket_id, "state": "waiting", "position": None, "ahead": None,
                            "estimated_wait_s": None, "poll_after_ms": 0, "admission_token": None,

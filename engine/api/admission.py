@@ -1,4 +1,4 @@
-"""The admission routes of API.md v1.1: pre-registration, the waiting room, the admission rate.
+"""The admission routes of docs/API.md (v1.1): pre-registration, the waiting room, the admission rate.
 
 Thin like ``engine.api.routes``: authenticate, validate, call ``AdmissionService``, map the
 result. The service is built on the worker's Engine the first time it is needed; its poll cache
@@ -14,7 +14,7 @@ from starlette.requests import Request
 
 from engine.admission import AdmissionService, Keyring, parse_buyer
 from engine.admission.buyer import Buyer
-from engine.admission.tokens import KEYS_ENV
+from engine.admission.tokens import KEYS_ENV, Refusal, Verified
 from engine.api import render
 from engine.api import validation as v
 from engine.api.errors import invalid, public_code
@@ -56,6 +56,13 @@ class AdmissionApi:
         if self._service is None or self._service.engine is not engine:
             self._service = AdmissionService(engine, self.keyring)
         return self._service
+
+    def verify(self, token: bytes, cid: str, user_id: str) -> Verified | Refusal:
+        """A reserve's ``Admission-Token`` checked against this server's keyring (no Redis): its
+        expiry is left to the reserve script, which judges it by Redis TIME."""
+        if self.keyring is None:
+            return Refusal.INVALID
+        return self.keyring.verify(token.decode("latin-1"), cid, user_id)
 
     def check_definition(self, c: Campaign) -> None:
         """A queue-mode campaign needs this server to sign admission tokens."""

@@ -73,8 +73,8 @@ class ReserveLane:
         extra: tuple[tuple[bytes, bytes], ...] = ()
         try:
             api = self.api
-            storefront, cid, key = api.reserve_head(hdrs, cid)
-            status, out = await api.place(storefront, cid, key, body)
+            storefront, cid, key, token = api.reserve_head(hdrs, cid)
+            status, out = await api.place(storefront, cid, key, body, token)
         except Exception as exc:
             status, out, extra = reply_to(exc, _SERVING)
         metrics.observe_request(RESERVE_TEMPLATE, "POST", status, time.perf_counter() - start)

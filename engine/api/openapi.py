@@ -97,10 +97,15 @@ def _schemas() -> dict[str, Any]:
             "properties": view_props},
         "ReserveRequest": {
             "type": "object", "additionalProperties": False, "required": list(v.RESERVE_FIELDS),
-            "example": {"user_id": "u-1024", "product_id": "tiny-times-3", "units": 3},
+            "example": {"user_id": "u-1024", "product_id": "tiny-times-3", "units": 3,
+                        "buyer": {"identity": "9f86d081", "ip": "203.0.113.7"}},
             "properties": {"user_id": _id("the buyer, as the storefront knows them"),
                            "product_id": _id("a product of the campaign"),
-                           "units": _int(1, v.MAX_UNITS_PER_REQUEST)}},
+                           "units": _int(1, v.MAX_UNITS_PER_REQUEST),
+                           "buyer": {**_ref("schemas", "Buyer"),
+                                     "description": "buyer signals; under a campaign's identity, device or "
+                                                    "network cap, that signal is required (422 INVALID naming "
+                                                    "it); a replay must carry the same capped signals"}}},
         "ConfirmRequest": {
             "type": "object", "additionalProperties": False, "required": list(v.CONFIRM_FIELDS),
             "example": {"payment_ref": "alipay-2014032610000001"},
@@ -236,8 +241,8 @@ def _paths() -> dict[str, Any]:
             {"201": _ok("a new reservation", "Reservation", _links()),
              "200": _ok("an idempotent replay: the reservation this key made, as it is now", "Reservation",
                         _links())},
-            "400 401 403 404 405 409 413 422 429 503", security=STOREFRONT, params=("cid", "Idempotency-Key"),
-            body="ReserveRequest")},
+            "400 401 403 404 405 409 413 422 429 503", security=STOREFRONT,
+            params=("cid", "Idempotency-Key", "Admission-Token"), body="ReserveRequest")},
         f"{r}/{{rid}}": {"get": _op(
             "getReservation", "one of the caller's reservations (another storefront's is 404, as an unknown id)",
             {"200": reservation}, "401 403 404 405 422 503", security=STOREFRONT, params=("cid", "rid"))},
@@ -313,6 +318,12 @@ def _parameters() -> dict[str, Any]:
                            "with another body is 409 IDEMPOTENCY_KEY_REUSED",
             "schema": {"type": "string", "minLength": 1, "maxLength": v.MAX_IDEMPOTENCY_KEY,
                        "pattern": v.IDEMPOTENCY_KEY_REGEX}},
+        "Admission-Token": {
+            "name": "Admission-Token", "in": "header", "required": False,
+            "description": "queue mode: the admission token of this user's admitted ticket (required there: "
+                           "403 ADMISSION_REQUIRED without it, ADMISSION_INVALID when it is not this user's "
+                           "of this campaign, ADMISSION_EXPIRED past its expiry); ignored in open mode",
+            "schema": {"type": "string", "minLength": 1}},
     }
 
 

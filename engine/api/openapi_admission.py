@@ -1,4 +1,4 @@
-"""The admission part of ``/openapi.json`` (API.md v1.1: registrations, the waiting room), merged
+"""The admission part of ``/openapi.json`` (docs/API.md, v1.1: registrations, the waiting room), merged
 into the document by ``engine.api.openapi``. Bounds come from the code that enforces them."""
 
 from __future__ import annotations

@@ -166,18 +166,24 @@ class Api:
         """The reserve route over ASGI. The reserve lane (``engine.api.lane``) serves the same
         requests without ASGI, through the same two steps: ``reserve_head`` then ``place``."""
         hdrs = v.headers(request)
-        storefront, cid, key = self.reserve_head(hdrs, request.path_params["cid"])
-        return await self.place(storefront, cid, key, await v.read_body(request, hdrs))
+        storefront, cid, key, token = self.reserve_head(hdrs, request.path_params["cid"])
+        return await self.place(storefront, cid, key, await v.read_body(request, hdrs), token)
 
-    def reserve_head(self, hdrs: v.Headers, raw_cid: str) -> tuple[str, str, str]:
-        """What the headers and the path decide, checked in this order: (storefront, campaign, key)."""
+    def reserve_head(self, hdrs: v.Headers, raw_cid: str) -> tuple[str, str, str, bytes | None]:
+        """What the headers and the path decide, checked in this order: (storefront, campaign, key),
+        and the ``Admission-Token`` header as sent (None when absent or empty)."""
         storefront = self.auth.storefront(hdrs)
-        return storefront, v.path_value(raw_cid, "cid"), v.idempotency_key(hdrs)
+        return (storefront, v.path_value(raw_cid, "cid"), v.idempotency_key(hdrs),
+                hdrs.get(b"admission-token") or None)
 
-    async def place(self, storefront: str, cid: str, key: str, body: bytes) -> Answer:
-        """The hot path: one small JSON body, one batched script call."""
-        user_id, product_id, units = v.reserve_body(v.json_of(body))
-        req = ReserveRequest(user_id, product_id, units, key, storefront)
+    async def place(self, storefront: str, cid: str, key: str, body: bytes,
+                    token: bytes | None = None) -> Answer:
+        """The hot path: one small JSON body, one batched script call. An admission token is
+        verified here (signature, campaign, user: no Redis round trip); whether the campaign
+        needs one, and whether it has expired by Redis TIME, the reserve script decides."""
+        user_id, product_id, units, buyer = v.reserve_body(v.json_of(body))
+        admission = None if token is None else self.admission.verify(token, cid, user_id)
+        req = ReserveRequest(user_id, product_id, units, key, storefront, buyer, admission)
         outcome = await self._counted("reserve", self.engine.reserve(cid, req))
         return (200 if outcome.replayed else 201), render.reservation(outcome.reservation)
 

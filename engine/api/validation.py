@@ -13,10 +13,12 @@ from typing import Any
 import orjson
 from starlette.requests import ClientDisconnect, Request
 
+from engine.admission.buyer import Buyer, parse_buyer
 from engine.api.errors import ApiError, invalid
 from engine.campaign import ID_PATTERN
 from engine.core.requests import MAX_IDEMPOTENCY_KEY as MAX_IDEMPOTENCY_KEY  # one source for both layers
 from engine.core.requests import MAX_PAYMENT_REF as MAX_PAYMENT_REF
+from engine.errors import InvalidRequest
 
 MAX_BODY_BYTES = 4096  # docs/API.md: a body over 4 KiB is refused with 413
 MAX_DEFINITION_BYTES = 65536  # a campaign definition (admin): up to 64 products with long titles
@@ -144,11 +146,22 @@ def integer(value: Any, field: str, low: int, high: int) -> int:
     return value
 
 
-def reserve_body(data: dict[str, Any]) -> tuple[str, str, int]:
-    """``{"user_id", "product_id", "units"}`` -> (user_id, product_id, units)."""
+def reserve_body(data: dict[str, Any]) -> tuple[str, str, int, Buyer | None]:
+    """``{"user_id", "product_id", "units", "buyer"?}`` -> (user_id, product_id, units, buyer or
+    None when the body has no ``buyer``); a malformed signal is 422 naming it (``buyer.ip``)."""
+    raw_buyer = data.pop("buyer", None) if "buyer" in data else _ABSENT
     fields(data, RESERVE_FIELDS)
-    return (ident(data["user_id"], "user_id"), ident(data["product_id"], "product_id"),
-            integer(data["units"], "units", 1, MAX_UNITS_PER_REQUEST))
+    user_id, product_id = ident(data["user_id"], "user_id"), ident(data["product_id"], "product_id")
+    units = integer(data["units"], "units", 1, MAX_UNITS_PER_REQUEST)
+    if raw_buyer is _ABSENT:
+        return user_id, product_id, units, None
+    try:
+        return user_id, product_id, units, parse_buyer(raw_buyer)
+    except InvalidRequest as exc:
+        raise invalid(exc.field, exc.reason) from None
+
+
+_ABSENT: Any = object()
 
 
 def confirm_body(data: dict[str, Any]) -> str:

@@ -43,6 +43,7 @@ from engine.core.requests import (
     check_payment_ref,
     check_reserve,
     check_storefront,
+    gate_of,
     new_reservation_id,
 )
 from engine.core.results import CampaignView, Counters, Holdings, Outcome, Reservation
@@ -54,7 +55,7 @@ from engine.status import Status
 
 __all__ = ["Engine", "ReserveRequest", "new_reservation_id"]
 
-RESERVE_STRIDE_IN = 6  # values per request in reserve.lua's ARGV
+RESERVE_STRIDE_IN = 7  # values per request in reserve.lua's ARGV
 CONFIRM_STRIDE_IN = 3  # reservation id, storefront, payment reference
 CANCEL_STRIDE_IN = 2  # reservation id, storefront
 STRIDE_OUT = 4  # reply values per request, every batched script
@@ -72,12 +73,29 @@ def _now_ms(t: Sequence[int]) -> int:
 def _reserve_keys(campaign_id: str) -> list[str]:
     k = keys.CampaignKeys(campaign_id)
     return [k.meta, k.counters, k.users, k.reservations, k.idempotency, k.holds, k.events, k.rate,
-            k.ratelimit]
+            k.ratelimit, k.registrations, k.buyers]
 
 
 def _transition_keys(campaign_id: str) -> list[str]:
     k = keys.CampaignKeys(campaign_id)
-    return [k.counters, k.users, k.reservations, k.holds, k.events, k.damaged]
+    return [k.counters, k.users, k.reservations, k.holds, k.events, k.damaged, k.buyers]
+
+
+def load_args(campaign: Campaign) -> list[Any]:
+    """``load.lua``'s ARGV for a definition (its v1.1 block only when the campaign uses v1.1)."""
+    argv: list[Any] = [
+        orjson.dumps(campaign.to_dict()), campaign.opens_at_ms, campaign.closes_at_ms,
+        campaign.hold_seconds * 1000, campaign.unit_price, campaign.total_units,
+        campaign.user_cap_units or 0, campaign.rate_limit.per_second, campaign.rate_limit.burst,
+        len(campaign.products),
+    ]
+    for p in campaign.products:
+        argv += [p.id, p.total_units, p.user_cap_units or 0]
+    caps = (campaign.identity_cap_units, campaign.device_cap_units, campaign.network_cap_units)
+    if any(caps) or campaign.eligibility != "anyone" or campaign.queued:
+        argv += [c or 0 for c in caps]
+        argv += [campaign.eligibility, "queue" if campaign.queued else "open"]
+    return argv
 
 
 log = logging.getLogger("flashsale.engine")
@@ -180,14 +198,7 @@ class Engine:
     async def load_campaign(self, campaign: Campaign) -> bool:
         """Create (True) or replace (False) a campaign that has not opened yet."""
         k = keys.CampaignKeys(campaign.id)
-        argv: list[Any] = [
-            orjson.dumps(campaign.to_dict()), campaign.opens_at_ms, campaign.closes_at_ms,
-            campaign.hold_seconds * 1000, campaign.unit_price, campaign.total_units,
-            campaign.user_cap_units or 0, campaign.rate_limit.per_second, campaign.rate_limit.burst,
-            len(campaign.products),
-        ]
-        for p in campaign.products:
-            argv += [p.id, p.total_units, p.user_cap_units or 0]
+        argv = load_args(campaign)
         async with _storage("loading a campaign"):
             code, detail = await run(self.scripts.load, [k.meta, k.counters, k.users, k.reservations,
                                                          k.idempotency, k.holds, k.rate, k.ratelimit], argv)
@@ -257,14 +268,14 @@ class Engine:
         """
         check_reserve(req)
         fut = self._reserve.submit(campaign_id, (new_reservation_id(), req.storefront, req.idempotency_key,
-                                                 req.user_id, req.product_id, req.units))
+                                                 req.user_id, req.product_id, req.units, gate_of(req)))
         return _outcome(campaign_id, await _reply(fut, "a reservation"), campaign_id, "reserve")
 
     async def reserve_unbatched(self, campaign_id: str, req: ReserveRequest) -> Outcome:
         """One redis-py script call per request: the naive baseline the benchmarks compare against."""
         check_reserve(req)
         argv: list[Any] = [1, new_reservation_id(), req.storefront, req.idempotency_key, req.user_id,
-                           req.product_id, req.units]
+                           req.product_id, req.units, gate_of(req)]
         async with _storage("a reservation"):
             reply = await run(self.scripts.reserve, _reserve_keys(campaign_id), argv)
         return _outcome(campaign_id, reply, campaign_id, "reserve")

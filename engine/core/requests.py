@@ -9,9 +9,14 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from engine.campaign import MAX_UNITS
 from engine.errors import InvalidRequest
+
+if TYPE_CHECKING:  # engine.admission imports engine.core
+    from engine.admission.buyer import Buyer
+    from engine.admission.tokens import Refusal, Verified
 
 # '|' separates fields in the users and idempotency hashes (engine/keys.py): never in an id
 USER_ID = re.compile(r"[^|\x00-\x1f\x7f]{1,255}")
@@ -23,11 +28,37 @@ ID_BYTES = 12  # 96 random bits per reservation id
 
 @dataclass(frozen=True, slots=True)
 class ReserveRequest:
+    """One reserve. ``buyer``: the storefront's buyer signals (``engine.admission.buyer``);
+    ``admission``: the admission token as the caller verified it (``Keyring.verify`` without
+    ``now_ms``: the script judges the expiry by Redis TIME), None when the request carried none.
+    The script reads either only for a campaign in queue mode, with eligibility ``registered``
+    or with buyer caps (engine/lua/reserve.lua)."""
+
     user_id: str
     product_id: str
     units: int
     idempotency_key: str
     storefront: str
+    buyer: Buyer | None = None
+    admission: Verified | Refusal | None = None
+
+
+def gate_of(req: ReserveRequest) -> str:
+    """reserve.lua's 7th value of a request: '' (nothing sent), or the admission (none '', refused
+    '-', else its expiry in ms), identity, device and network joined by newlines (a signal is
+    printable ASCII: no newline in it)."""
+    buyer, admission = req.buyer, req.admission
+    if buyer is None and admission is None:
+        return ""
+    if admission is None:
+        a = ""
+    elif isinstance(admission, str):  # a Refusal
+        a = "-"
+    else:
+        a = str(admission.expires_at_ms)
+    if buyer is None:
+        return a + "\n\n\n"
+    return "\n".join((a, buyer.identity or "", buyer.device or "", buyer.network or ""))
 
 
 def check_reserve(req: ReserveRequest) -> None:
@@ -43,6 +74,11 @@ def check_reserve(req: ReserveRequest) -> None:
     if not isinstance(k, str) or len(k) > MAX_IDEMPOTENCY_KEY or not PRINTABLE.fullmatch(k):
         raise InvalidRequest("idempotency_key", "must be 1 to 255 printable ASCII characters")
     check_storefront(req.storefront)
+    if req.buyer is not None:
+        for name in ("identity", "device", "ip"):
+            value = getattr(req.buyer, name)
+            if value is not None and (not isinstance(value, str) or not PRINTABLE.fullmatch(value)):
+                raise InvalidRequest(f"buyer.{name}", "must be 1 to 128 printable ASCII characters")
 
 
 def check_storefront(storefront: str) -> None:

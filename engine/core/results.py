@@ -30,8 +30,12 @@ class Reservation:
 
     @classmethod
     def unpack(cls, campaign_id: str, reservation_id: str, packed: bytes) -> Reservation:
-        """From the msgpack record the scripts keep (layout: ``engine/lua/reserve.lua``)."""
-        st, pid, uid, units, amount, exp, created, sf, _key, ref, confirmed = msgpack.unpackb(packed, raw=False)
+        """From the msgpack record the scripts keep (layout: ``engine/lua/reserve.lua``): 11 values,
+        or 14 under buyer caps (the signals the caps counted, not shown here)."""
+        r = msgpack.unpackb(packed, raw=False)
+        if len(r) not in (11, 14):
+            raise ValueError(f"a reservation record has 11 or 14 values, not {len(r)}")
+        st, pid, uid, units, amount, exp, created, sf, _key, ref, confirmed = r[:11]
         return cls(reservation_id, campaign_id, pid, uid, int(units), int(amount), st, int(exp),
                    int(created), sf, ref or None, int(confirmed) or None)
 

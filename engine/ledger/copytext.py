@@ -3,7 +3,7 @@
 An entry laid out as the scripts write it (``decoding``'s layouts) becomes one line by joining
 its values as Redis sent them, with no ``int()``, no ``decode()`` and no binary encoding::
 
-    confirmed<TAB>r1<TAB>p3<TAB>u9<TAB>2<TAB>20000<TAB>1700000000001<TAB>\\N<TAB>\\N<TAB>\\N<TAB>pay-9<TAB>1700000000001<TAB>0<TAB>c1
+    confirmed<TAB>r1<TAB>p3<TAB>u9<TAB>2<TAB>20000<TAB>1700000000001<TAB>\\N<TAB>\\N<TAB>\\N<TAB>\\N<TAB>\\N<TAB>\\N<TAB>pay-9<TAB>1700000000001<TAB>0<TAB>c1
 
 (the columns of ``COPY_COLUMNS``). Every line of a run is then checked by one regular expression
 (``_TEXT``) that accepts only what needs no escaping in that format and reads as the very row the
@@ -26,25 +26,29 @@ from engine.ledger.decoding import row_of
 from engine.ledger.rows import EventRow
 
 COPY_COLUMNS = ("type", "reservation_id", "product_id", "user_id", "units", "amount", "at_ms", "storefront",
-                "expires_at_ms", "idempotency_key", "payment_ref", "entry_ms", "entry_seq", "campaign_id")
+                "expires_at_ms", "idempotency_key", "buyer_identity", "buyer_device", "buyer_network", "payment_ref",
+                "entry_ms", "entry_seq", "campaign_id")
 
 _N = b"\\N"
 _COMMON = [b"e", b"rid", b"pid", b"uid", b"units", b"amount", b"at"]
 # len(fields) -> (field names, what follows the values: the \N of the absent columns (None:
 # confirmed, whose ref comes after three of them), how many \N the line has)
 _LAYOUTS: dict[int, tuple[list[bytes], bytes | None, int]] = {
-    14: (_COMMON, b"\\N\t\\N\t\\N\t\\N", 4),  # cancelled, expired
-    16: ([*_COMMON, b"ref"], None, 3),  # confirmed
-    18: ([*_COMMON, b"sf", b"exp"], b"\\N\t\\N", 2),  # reserved, before it carried the key
-    20: ([*_COMMON, b"sf", b"exp", b"key"], _N, 1),  # reserved
+    14: (_COMMON, b"\t".join([_N] * 7), 7),  # cancelled, expired
+    16: ([*_COMMON, b"ref"], None, 6),  # confirmed
+    18: ([*_COMMON, b"sf", b"exp"], b"\t".join([_N] * 5), 5),  # reserved, before it carried the key
+    20: ([*_COMMON, b"sf", b"exp", b"key"], b"\t".join([_N] * 4), 4),  # reserved
+    26: ([*_COMMON, b"sf", b"exp", b"key", b"bi", b"bd", b"bn"], _N, 1),  # reserved, under buyer caps
 }
-_BEFORE_REF = b"\\N\t\\N\t\\N"
+_BEFORE_REF = b"\t".join([_N] * 6)
 
 _S = rb"[\x20-\x5b\x5d-\x7e]*+"  # printable ASCII, no backslash: the same str decoded, nothing to escape
 _I = rb"[0-9]{1,18}+"  # int() of it is the number PostgreSQL reads, well inside int8
 _LINE = (rb"(?:reserved|confirmed|cancelled|expired)\t" + rb"\t".join([_S] * 3 + [_I] * 3) + rb"\t"
-         # storefront, expires_at_ms, idempotency_key, payment_ref of each layout: \N never where a value is
-         + rb"(?:\\N\t\\N\t\\N\t(?:\\N|" + _S + rb")|" + _S + rb"\t" + _I + rb"\t(?:\\N|" + _S + rb")\t\\N)"
+         # storefront, expires_at_ms, idempotency_key, the three buyer signals, payment_ref of each
+         # layout: \N never where a value is
+         + rb"(?:(?:\\N\t){6}(?:\\N|" + _S + rb")|" + _S + rb"\t" + _I + rb"\t(?:\\N|" + _S
+         + rb")\t(?:\\N\t\\N\t\\N|" + _S + rb"\t" + _S + rb"\t" + _S + rb")\t\\N)"
          + rb"\t" + _I + rb"\t" + _I + rb"\t" + _S + rb"\n")
 _TEXT = re.compile(rb"(?:" + _LINE + rb")*+")
 _ONE = re.compile(_LINE)
@@ -115,10 +119,11 @@ def _same(campaign_id: str, eid: bytes, fields: list[bytes], line: bytes) -> boo
 def parse_line(line: bytes) -> EventRow:
     """The row a line (no newline) of ``encode_run`` stands for, as PostgreSQL reads it."""
     f = line.split(b"\t")
-    sf, exp, key, ref = f[7:11]
-    return (f[13].decode(), int(f[11]), int(f[12]), f[0].decode(), f[1].decode(), f[2].decode(), f[3].decode(),
+    sf, exp, key, bi, bd, bn, ref = f[7:14]
+    return (f[16].decode(), int(f[14]), int(f[15]), f[0].decode(), f[1].decode(), f[2].decode(), f[3].decode(),
             int(f[4]), int(f[5]), int(f[6]), None if sf == _N else sf.decode(), None if exp == _N else int(exp),
-            None if ref == _N else ref.decode(), None if key == _N else key.decode())
+            None if ref == _N else ref.decode(), None if key == _N else key.decode(),
+            None if bi == _N else bi.decode(), None if bd == _N else bd.decode(), None if bn == _N else bn.decode())
 
 
 def count_rows(rows: Sequence[EventRow], events: dict[str, int], confirmed: dict[str, list[bytes]]) -> None:
@@ -151,10 +156,10 @@ class EventRows(Sequence[EventRow]):
         confirmed: dict[str, list[bytes]] = {}
         for line in lines:
             f = line.split(b"\t")
-            cid = f[13].decode()
+            cid = f[16].decode()
             events[cid] = events.get(cid, 0) + 1
             if f[0] == b"confirmed":
-                confirmed.setdefault(cid, []).append(f[11] + b"-" + f[12])
+                confirmed.setdefault(cid, []).append(f[14] + b"-" + f[15])
         count_rows(odd, events, confirmed)
         rows = cls([b"".join(line + b"\n" for line in lines)] if lines else [], len(lines), odd, events, confirmed)
         rows._lines = lines

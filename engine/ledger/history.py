@@ -34,6 +34,9 @@ class ResState:
     payment_ref: str = ""
     confirmed_ms: int = 0
     idempotency_key: str = ""  # "" when unknown (a reserved event written before events carried it)
+    identity: str = ""  # the buyer signals the campaign's caps counted ("" none, or not capped)
+    device: str = ""
+    network: str = ""
 
 
 def merge(*histories: Sequence[Event]) -> list[Event]:
@@ -62,6 +65,7 @@ def replay(events: Iterable[Event]) -> dict[str, ResState]:
         if e.type == "reserved":
             r.created_ms, r.expires_ms, r.storefront = e.at_ms, e.expires_at_ms or 0, e.storefront or ""
             r.idempotency_key = e.idempotency_key or ""
+            r.identity, r.device, r.network = e.identity or "", e.device or "", e.network or ""
         elif e.type == "confirmed":
             r.payment_ref, r.confirmed_ms = e.payment_ref or "", e.at_ms
     return out
@@ -89,6 +93,7 @@ class Totals:
     product_sold: dict[str, int] = field(default_factory=dict)
     product_held: dict[str, int] = field(default_factory=dict)
     users: dict[str, int] = field(default_factory=dict)  # t|u, c|u, t|u|p, c|u|p, t|u|p|sf, c|u|p|sf; no zeros
+    buyer_units: dict[str, int] = field(default_factory=dict)  # the buyers hash: i|ID, d|DEVICE, n|NETWORK; no zeros
 
 
 def totals(states: Iterable[ResState]) -> Totals:
@@ -96,9 +101,16 @@ def totals(states: Iterable[ResState]) -> Totals:
     p_sold: dict[str, int] = defaultdict(int)
     p_held: dict[str, int] = defaultdict(int)
     users: dict[str, int] = defaultdict(int)
+    signals: dict[str, int] = defaultdict(int)
     for r in states:
         if r.state not in ("held", "confirmed"):
             continue
+        if r.identity:
+            signals[f"i|{r.identity}"] += r.units
+        if r.device:
+            signals[f"d|{r.device}"] += r.units
+        if r.network:
+            signals[f"n|{r.network}"] += r.units
         users[f"t|{r.user_id}"] += r.units
         users[f"t|{r.user_id}|{r.product_id}"] += r.units
         users[f"t|{r.user_id}|{r.product_id}|{r.storefront}"] += r.units
@@ -113,4 +125,4 @@ def totals(states: Iterable[ResState]) -> Totals:
             users[f"c|{r.user_id}|{r.product_id}"] += r.units
             users[f"c|{r.user_id}|{r.product_id}|{r.storefront}"] += r.units
     buyers = sum(1 for f in users if f.startswith("c|") and f.count("|") == 1)
-    return Totals(sold, held, orders, buyers, dict(p_sold), dict(p_held), dict(users))
+    return Totals(sold, held, orders, buyers, dict(p_sold), dict(p_held), dict(users), dict(signals))

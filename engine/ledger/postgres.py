@@ -40,7 +40,7 @@ CONNECTIONS = 2  # batches committing at once: one encodes and sends while the o
 SERVER_SETTINGS = {"synchronous_commit": "on", "application_name": "flashsale-ledger"}
 
 _EVENT_TYPES = ("text", "int8", "int8", "text", "text", "text", "text", "int8", "int8", "int8", "text", "int8",
-                "text", "text")
+                "text", "text", "text", "text", "text")
 
 
 def _unnest_insert(table: str, columns: Sequence[str], types: Sequence[str]) -> str:

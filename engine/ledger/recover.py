@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 from engine import keys
 from engine.campaign import Campaign, parse
 from engine.core import Engine
+from engine.core.engine import load_args
 from engine.core.scripts import source
 from engine.errors import LedgerError
 from engine.ledger.history import ResState, idempotency, merge, replay, totals
@@ -75,7 +76,7 @@ def _record(r: ResState, state: str) -> bytes:
 
 
 def _from_record(rid: str, packed: bytes) -> ResState:
-    st, pid, uid, units, amount, exp, created, sf, key, ref, confirmed = msgpack.unpackb(packed, raw=False)
+    st, pid, uid, units, amount, exp, created, sf, key, ref, confirmed = msgpack.unpackb(packed, raw=False)[:11]
     return ResState(rid, pid, uid, int(units), int(amount), st, int(created), int(exp), sf, ref or "",
                     int(confirmed or 0), key or "")
 
@@ -167,13 +168,9 @@ async def _apply(redis: aioredis.Redis, campaign_id: str, view: RedisView, p: Pl
 
 
 def _load_args(c: Campaign) -> list[Any]:
-    """``load.lua``'s ARGV (its header), as ``Engine.load_campaign`` builds them."""
-    argv: list[Any] = [orjson.dumps(c.to_dict()), c.opens_at_ms, c.closes_at_ms, c.hold_seconds * 1000,
-                       c.unit_price, c.total_units, c.user_cap_units or 0, c.rate_limit.per_second,
-                       c.rate_limit.burst, len(c.products)]
-    for p in c.products:
-        argv += [p.id, p.total_units, p.user_cap_units or 0]
-    return argv
+    """``load.lua``'s ARGV (its header), as ``Engine.load_campaign`` builds them (the v1.1 block
+    included: queue mode, eligibility and buyer caps live in the meta hash the script reads)."""
+    return load_args(c)
 
 
 async def refuse(engine: Engine, sink: Sink, campaign_id: str) -> tuple[Campaign, bool]:

@@ -12,24 +12,29 @@ from engine.ledger.sink import Order, entry_key
 
 EVENT_COLUMNS = ("campaign_id", "entry_ms", "entry_seq", "type", "reservation_id", "product_id",
                  "user_id", "units", "amount", "at_ms", "storefront", "expires_at_ms", "payment_ref",
-                 "idempotency_key")  # idempotency_key: schema version 2
+                 "idempotency_key",  # schema version 2
+                 "buyer_identity", "buyer_device", "buyer_network")  # schema version 3
 ORDER_COLUMNS = ("reservation_id", "campaign_id", "product_id", "user_id", "units", "amount",
                  "payment_ref", "confirmed_at")
 
-EventRow = tuple[str, int, int, str, str, str, str, int, int, int, str | None, int | None, str | None, str | None]
+EventRow = tuple[str, int, int, str, str, str, str, int, int, int, str | None, int | None, str | None, str | None,
+                 str | None, str | None, str | None]
 
 
 def event_row(e: Event) -> EventRow:
     ms, seq = entry_key(e.entry_id)
     return (e.campaign_id, ms, seq, e.type, e.reservation_id, e.product_id, e.user_id, e.units,
-            e.amount, e.at_ms, e.storefront, e.expires_at_ms, e.payment_ref, e.idempotency_key)
+            e.amount, e.at_ms, e.storefront, e.expires_at_ms, e.payment_ref, e.idempotency_key,
+            e.identity, e.device, e.network)
 
 
 def event_of_row(r: Sequence[Any]) -> Event:
     return Event(campaign_id=r[0], entry_id=f"{r[1]}-{r[2]}", type=r[3], reservation_id=r[4],
                  product_id=r[5], user_id=r[6], units=int(r[7]), amount=int(r[8]), at_ms=int(r[9]),
                  storefront=r[10], expires_at_ms=None if r[11] is None else int(r[11]),
-                 payment_ref=r[12], idempotency_key=r[13])
+                 payment_ref=r[12], idempotency_key=r[13],
+                 identity=r[14] if len(r) > 14 else None, device=r[15] if len(r) > 15 else None,
+                 network=r[16] if len(r) > 16 else None)
 
 
 def order_rows(rows: Sequence[EventRow], at: Callable[[int], Any]) -> list[tuple[Any, ...]]:

@@ -15,6 +15,8 @@ The tables (the same in both dialects, apart from types):
 
 Version 2 adds ``events.idempotency_key``: the Idempotency-Key of a ``reserved`` event, from which
 ``flashsale recover`` rebuilds the idempotency hash. Rows stored under version 1 keep NULL there.
+Version 3 adds ``events.buyer_identity``, ``buyer_device``, ``buyer_network``: the buyer signals a
+``reserved`` event's campaign caps counted (NULL before, and without buyer caps).
 """
 
 from __future__ import annotations
@@ -102,12 +104,20 @@ _SQLITE_V1 = [
 _POSTGRES_V2 = ["ALTER TABLE events ADD COLUMN idempotency_key text"]
 _SQLITE_V2 = ["ALTER TABLE events ADD COLUMN idempotency_key TEXT"]
 
+# Version 3: a ``reserved`` event under buyer caps keeps the identity, device and network the caps
+# counted ('' for a dimension not capped), so ``recover`` and ``reconcile`` can rebuild and compare
+# the buyers hash. Rows stored before it, and events of campaigns without buyer caps, have NULL.
+_POSTGRES_V3 = ["ALTER TABLE events ADD COLUMN buyer_identity text, ADD COLUMN buyer_device text, "
+                "ADD COLUMN buyer_network text"]
+_SQLITE_V3 = ["ALTER TABLE events ADD COLUMN buyer_identity TEXT", "ALTER TABLE events ADD COLUMN buyer_device TEXT",
+              "ALTER TABLE events ADD COLUMN buyer_network TEXT"]
+
 #: version -> statements, per dialect. Append a migration here to change the schema; never edit one.
 MIGRATIONS: dict[Dialect, list[tuple[int, list[str]]]] = {
-    "postgres": [(1, _POSTGRES_V1), (2, _POSTGRES_V2)],
-    "sqlite": [(1, _SQLITE_V1), (2, _SQLITE_V2)],
+    "postgres": [(1, _POSTGRES_V1), (2, _POSTGRES_V2), (3, _POSTGRES_V3)],
+    "sqlite": [(1, _SQLITE_V1), (2, _SQLITE_V2), (3, _SQLITE_V3)],
 }
-SCHEMA_VERSION = 2  # the newest version this flashsale knows
+SCHEMA_VERSION = 3  # the newest version this flashsale knows
 
 VERSION_TABLE: dict[Dialect, str] = {
     "postgres": "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, "

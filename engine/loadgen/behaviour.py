@@ -22,6 +22,7 @@ class Mix:
     replay: float = 0.02  # resend the same reserve with the same Idempotency-Key
     key_reuse: float = 0.01  # same Idempotency-Key, different body: 409 IDEMPOTENCY_KEY_REUSED
     cap_probe: float = 0.02  # then ask for more than the cap allows: 409 USER_CAP_EXCEEDED
+    token_probe: float = 0.02  # queue mode: first reserve without the token, or with another's: 403
     bad: float = 0.005  # of buyers: one deliberately bad request instead of a purchase
     max_cap_share: float = 0.3  # of buyers asking for their whole cap at once
 

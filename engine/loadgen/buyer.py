@@ -1,7 +1,15 @@
 """One simulated buyer's visit: reserve, maybe replay or probe, then pay, cancel or walk away.
 
+In queue mode the visit starts in the waiting room: join (``POST …/queue`` with the buyer
+signals), poll as told (``poll_after_ms``, never longer than ``Shelf.poll_cap_s`` at a time) until
+admitted, then reserve with the ``Admission-Token`` header. A few buyers first try without their
+token, or with someone else's (both must be refused); an account whose join was answered with
+another account's ticket (one ticket per identity under an identity cap) tries that ticket's
+token, as a scalper would.
+
 Everything the server grants goes into the record the moment it is granted, with what the buyer
-then did to it, so the verdict can account for every unit.
+then did to it (and which token and signals the reserve carried), so the verdict can account for
+every unit.
 """
 
 from __future__ import annotations
@@ -16,7 +24,8 @@ import orjson
 
 from engine.loadgen.behaviour import Mix, bad_requests
 from engine.loadgen.calls import Caller, now_ms
-from engine.loadgen.http import Connection, Response
+from engine.loadgen.crowd import Signals
+from engine.loadgen.http import Requester, Response
 from engine.loadgen.record import (
     CANCEL_DOUBT,
     CANCELLED,
@@ -28,6 +37,7 @@ from engine.loadgen.record import (
     Grant,
     Probe,
     Replay,
+    TicketSeen,
 )
 
 DEFAULT_CAP = 10  # units a buyer asks for at most when the campaign sets no cap
@@ -43,6 +53,15 @@ class Shelf:
     weights: dict[str, int] = field(default_factory=dict)
     out: set[str] = field(default_factory=set)
     sold_out_ms: float | None = None
+    poll_cap_s: float = 5.0  # queue mode: the longest a buyer waits between two polls
+    send_signals: bool = True  # buyer signals on the reserve (off once the server refuses the field)
+    ticket_owner: dict[str, str] = field(default_factory=dict)  # ticket -> the account that took it (201)
+    last_token: tuple[str, str] | None = None  # (user, token) of the latest admission: for the probes
+
+    @property
+    def queued(self) -> bool:
+        adm = self.definition.get("admission")
+        return isinstance(adm, dict) and adm.get("mode") == "queue"
 
     def __post_init__(self) -> None:
         ccap = self.definition.get("user_cap_units")
@@ -77,6 +96,20 @@ class Shelf:
                     self.out.add(pid)
 
 
+def _saw(seen: TicketSeen, d: dict[str, Any]) -> None:
+    """What one poll (or the join) showed of a ticket."""
+    pos = d.get("position")
+    if isinstance(pos, int):
+        if seen.position is None:
+            seen.position = pos
+        elif pos != seen.position:
+            seen.moved = True
+    seen.state = str(d["state"])
+    if seen.state == "admitted" and seen.admitted_ms is None:
+        seen.admitted_ms = now_ms()
+        seen.token_expires_ms = _ms(str(d["token_expires_at"]))
+
+
 def _ms(rfc3339: str) -> int:
     return int(datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp() * 1000)
 
@@ -84,19 +117,37 @@ def _ms(rfc3339: str) -> int:
 class Buyer:
     """A storefront session for one virtual user: one keep-alive connection, many buyers in turn."""
 
-    def __init__(self, caller: Caller, shelf: Shelf, mix: Mix, conn: Connection, rng: random.Random,
-                 bad_conns: tuple[Connection, Connection]) -> None:
+    def __init__(self, caller: Caller, shelf: Shelf, mix: Mix, conn: Requester, rng: random.Random,
+                 bad_conns: tuple[Requester, Requester]) -> None:
         self.c = caller
         self.shelf = shelf
         self.mix = mix
         self.conn = conn
         self.rng = rng
         self.bad_conns = bad_conns  # (no token, wrong token)
+        self.signals: Signals | None = None  # this visit's buyer signals
+        self.token: str | None = None  # this visit's admission token (queue mode)
+        self.token_user: str | None = None  # whose token it is ("": none; None: open mode)
 
-    async def visit(self, uid: str) -> None:
+    async def visit(self, uid: str, signals: Signals | None = None) -> None:
+        self.signals, self.token, self.token_user = signals, None, None
         if self.rng.random() < self.mix.bad:
             await self.bad(uid)
             return
+        if self.shelf.queued:
+            admitted = await self.wait_in_queue(uid)
+            if admitted is None:
+                return
+            self.token, self.token_user = admitted
+            if self.token_user != uid:  # another account's ticket (one per identity): a scalper tries it
+                await self.token_probe("another account's token", uid, "ADMISSION_INVALID")
+                return
+            other = self.shelf.last_token
+            self.shelf.last_token = (uid, self.token)
+            if self.rng.random() < self.mix.token_probe:
+                await self.token_probe("no admission token", uid, "ADMISSION_REQUIRED", token=("", None))
+            if other is not None and other[0] != uid and self.rng.random() < self.mix.token_probe:
+                await self.token_probe("another user's token", uid, "ADMISSION_INVALID", token=other)
         grant = await self.reserve_any(uid)
         if grant is None:
             return
@@ -113,17 +164,85 @@ class Buyer:
         elif fate == "cancel":
             await self.cancel(grant)
 
+    # -- the waiting room ----------------------------------------------------------------------
+
+    async def wait_in_queue(self, uid: str) -> tuple[str, str] | None:
+        """Join and poll as told until admitted: (the token, the account whose ticket it is); None
+        when the ticket ends sold out or expired, or the run stops first."""
+        body: dict[str, Any] = {"user_id": uid}
+        if self.signals is not None:
+            body["buyer"] = self.signals.body()
+        while True:
+            resp = await self.c.call(self.conn, "join", b"POST", self.c.base + "/queue", orjson.dumps(body))
+            if resp is None:
+                return None
+            if resp.status in (200, 201):
+                break
+            code = resp.error_code()
+            self.c.record.rejections[f"join {code}"] += 1
+            if code != "QUEUE_NOT_OPEN" or self.c.stopping:
+                return None
+            await asyncio.sleep(self.rng.uniform(*NOT_OPEN_POLL_S))
+        d = resp.json()
+        tid = str(d["ticket"])
+        if resp.status == 201:
+            self.shelf.ticket_owner[tid] = uid
+        rec = self.c.record
+        seen = rec.tickets.get(tid)
+        if seen is None:
+            t = now_ms()
+            seen = rec.tickets[tid] = TicketSeen(tid, self.shelf.ticket_owner.get(tid, "?"), t, t < rec.opens_ms)
+        while True:
+            _saw(seen, d)
+            state = d["state"]
+            if state == "admitted":
+                return str(d["admission_token"]), self.shelf.ticket_owner.get(tid, "?")
+            if state in ("sold_out", "expired") or self.c.stopping:
+                return None
+            await asyncio.sleep(min(max(int(d.get("poll_after_ms") or 0), 0) / 1000.0, self.shelf.poll_cap_s))
+            resp = await self.c.call(self.conn, "poll", b"GET", f"{self.c.base}/queue/{tid}", None)
+            if resp is None or resp.status != 200:
+                return None
+            d = resp.json()
+
+    async def token_probe(self, name: str, uid: str, expect: str,
+                          token: tuple[str, str | None] | None = None) -> None:
+        """A reserve with no token or another's, which must be refused with ``expect``."""
+        pid = self.shelf.pick(self.rng)
+        mine = self.token, self.token_user
+        if token is not None:
+            self.token_user, self.token = token
+        try:
+            await self._probe(name, uid, f"{uid}-tok{len(name)}", pid, 1, expect, [])
+        finally:
+            self.token, self.token_user = mine
+
     # -- reserve -----------------------------------------------------------------------------
 
     def _body(self, uid: str, pid: str, units: int) -> bytes:
-        return orjson.dumps({"user_id": uid, "product_id": pid, "units": units})
+        d: dict[str, Any] = {"user_id": uid, "product_id": pid, "units": units}
+        if self.signals is not None and self.shelf.send_signals:
+            d["buyer"] = self.signals.body()
+        return orjson.dumps(d)
 
     async def _reserve(self, key: str, body: bytes) -> Response | None:
         headers = f"Idempotency-Key: {key}\r\n".encode()
+        if self.token:
+            headers += f"Admission-Token: {self.token}\r\n".encode()
         while True:
             resp = await self.c.call(self.conn, "reserve", b"POST", self.c.base + "/reservations", body, headers)
             if resp is None:
                 return None
+            if resp.status == 422 and resp.details().get("field") == "buyer" and b'"buyer"' in body:
+                # a server before v1.1's buyer caps: send without (and so does every buyer from now on)
+                if self.shelf.send_signals:
+                    self.shelf.send_signals = False
+                    self.c.record.notes.append("the server refused buyer signals on reserve (422 buyer): "
+                                               "sent without, buyer caps not judged")
+                d = orjson.loads(body)
+                d.pop("buyer", None)
+                body = orjson.dumps(d)
+                continue
             code = resp.error_code() if resp.status >= 400 else None
             if code is not None:
                 self.c.record.rejections[code] += 1
@@ -133,9 +252,13 @@ class Buyer:
 
     def _grant(self, resp: Response, key: str, fallback_units: int) -> Grant:
         d = resp.json()
+        sig = self.signals if self.shelf.send_signals else None
         g = Grant(rid=d["reservation_id"], key=key, user=d["user_id"], product=d["product_id"],
                   units=int(d.get("units", fallback_units)), amount=int(d["amount"]),
-                  expires_ms=_ms(d["expires_at"]), granted_ms=now_ms())
+                  expires_ms=_ms(d["expires_at"]), granted_ms=now_ms(),
+                  token_user=None if not self.shelf.queued else (self.token_user or "") if self.token else "",
+                  identity=sig.identity if sig else None, device=sig.device if sig else None,
+                  network=sig.network if sig else None)
         self.c.record.grants.append(g)
         return g
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from time import perf_counter
 
-from engine.loadgen.http import Connection, Response, TransportError
+from engine.loadgen.http import Requester, Response, TransportError
 from engine.loadgen.record import Record
 
 
@@ -46,7 +46,7 @@ class Caller:
     retries: int = 5
     stopping: bool = False  # set at the hard time bound: no more retries
 
-    async def call(self, conn: Connection, op: str, method: bytes, path: str, body: bytes | None,
+    async def call(self, conn: Requester, op: str, method: bytes, path: str, body: bytes | None,
                    headers: bytes = b"") -> Response | None:
         attempt = 0
         while True:

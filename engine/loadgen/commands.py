@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 
 from engine.loadgen.behaviour import Mix
+from engine.loadgen.crowd import Scalpers
 from engine.loadgen.generator import LoadConfig
 from engine.loadgen.observe import Api
 from engine.loadgen.record import Record
@@ -24,6 +25,24 @@ def default_token() -> str | None:
     except ValueError as exc:  # engine.tokens.TokenError: one line, no traceback
         raise click.UsageError(str(exc)) from None
     return tokens[0][1] if tokens else None
+
+
+def parse_scalpers(farms: str | None, spread: str) -> Scalpers | None:
+    """``--scalpers 20x100`` and ``--scalper-spread 3,5,2``; a usage error naming the flag otherwise."""
+    if not farms:
+        return None
+    try:
+        ops, accounts = (int(x) for x in farms.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter("use OPERATORSxACCOUNTS, e.g. 20x100", param_hint="--scalpers") from None
+    try:
+        identities, devices, networks = (int(x) for x in spread.split(","))
+    except ValueError:
+        raise click.BadParameter("use IDENTITIES,DEVICES,NETWORKS, e.g. 3,5,2", param_hint="--scalper-spread") from None
+    try:
+        return Scalpers(ops, accounts, identities, devices, networks)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--scalpers") from None
 
 
 @click.command("loadgen")
@@ -49,12 +68,31 @@ def default_token() -> str | None:
 @click.option("--record-out", type=click.Path(dir_okay=False), default=None, help="save the run's record (JSON)")
 @click.option("--judge", "judge_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="send nothing: judge a saved record against the live state")
+@click.option("--arrive", "arrive_s", type=click.FloatRange(min=0.1), default=None,
+              help="instead of the spike: the --buyers arrive at random over this many seconds")
+@click.option("--arrive-from", "arrive_from_s", type=float, default=0.0, show_default=True,
+              help="with --arrive: seconds after the opening the arrivals start (negative: before it)")
+@click.option("--pool", type=click.IntRange(1, 4096), default=64, show_default=True,
+              help="with --arrive: connections the arriving buyers share")
+@click.option("--scalpers", default=None, metavar="OPERATORSxACCOUNTS",
+              help="scalper farms firing at the opening (of the pre-queue in queue mode), e.g. 20x100")
+@click.option("--scalper-spread", default="3,5,2", show_default=True, metavar="IDENTITIES,DEVICES,NETWORKS",
+              help="per operator: how many identities, devices and /24 networks its accounts share")
+@click.option("--poll-cap", type=click.FloatRange(min=0.05), default=5.0, show_default=True,
+              help="queue mode: the longest wait between two polls, whatever poll_after_ms says")
+@click.option("--token-probe-share", type=click.FloatRange(0, 1), default=0.02, show_default=True,
+              help="queue mode: share of admitted buyers who first try without their token or with another's")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def loadgen(url: str, campaign_id: str, users: int, duration: float, buyers: int, rate: float | None,
             token: str | None, database_url: str | None, redis_url: str | None, trickle: float, decay: float,
             keep_going: bool, bad_share: float, timeout: float, seed: int | None, record_out: str | None,
-            judge_path: str | None, progress: bool) -> None:
-    """Launch-day spike against a running API; checks every invariant at the end (exit 1 if one broke)."""
+            judge_path: str | None, arrive_s: float | None, arrive_from_s: float, pool: int,
+            scalpers: str | None, scalper_spread: str, poll_cap: float, token_probe_share: float,
+            progress: bool) -> None:
+    """Launch-day spike against a running API; checks every invariant at the end (exit 1 if one broke).
+
+    Queue-mode campaigns are driven through the waiting room (join, poll, reserve with the admission
+    token); every buyer sends their own buyer signals, --scalpers adds farms of accounts."""
     token = token or default_token()
     if not token:
         raise click.UsageError("no storefront token: pass --token or set FLASHSALE_STOREFRONT_TOKENS")
@@ -70,8 +108,10 @@ def loadgen(url: str, campaign_id: str, users: int, duration: float, buyers: int
                                  redis_url=redis_url)
     else:
         cfg = LoadConfig(url=url, campaign_id=campaign_id, token=token, users=users, duration_s=duration,
-                         buyers=buyers, rate=rate, mix=Mix(bad=bad_share), trickle_s=trickle, decay_s=decay,
-                         timeout_s=timeout, stop_at_sellout=not keep_going, seed=seed)
+                         buyers=buyers, rate=rate, mix=Mix(bad=bad_share, token_probe=token_probe_share),
+                         trickle_s=trickle, decay_s=decay, timeout_s=timeout, stop_at_sellout=not keep_going,
+                         seed=seed, arrive_s=arrive_s, arrive_from_s=arrive_from_s, pool=pool,
+                         scalpers=parse_scalpers(scalpers, scalper_spread), poll_cap_s=poll_cap)
         coro = run_load(cfg, console=console, database_url=database_url, redis_url=redis_url,
                         progress=progress, record_out=record_out)
     try:
@@ -95,15 +135,19 @@ def loadgen(url: str, campaign_id: str, users: int, duration: float, buyers: int
 @click.option("--serve", is_flag=True, help="keep the API and the dashboard up afterwards")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--seed", type=int, default=None)
+@click.option("--queue", is_flag=True, help="a queued launch: waiting room, pre-queue draw, admission, scalper farms")
+@click.option("--admit-per-second", type=click.IntRange(1, 1_000_000), default=2000, show_default=True,
+              help="with --queue: positions admitted per second")
 def demo(buyers: int, units: int | None, users: int, time_bound: float, opens_in: float, workers: int,
-         campaign_file: str | None, database_url: str | None, serve: bool, progress: bool, seed: int | None) -> None:
+         campaign_file: str | None, database_url: str | None, serve: bool, progress: bool, seed: int | None,
+         queue: bool, admit_per_second: int) -> None:
     """Launch day on this machine: private Redis, API, writer, the Yulebao spike, and the verdict."""
     from engine.demo import DemoConfig, run_demo
     from engine.loadgen.campaigns import YULEBAO_P1
 
     cfg = DemoConfig(buyers=buyers, units=units, users=users, time_bound_s=time_bound, opens_in_s=opens_in,
                      workers=workers, campaign_file=campaign_file or str(YULEBAO_P1), database_url=database_url,
-                     serve=serve, progress=progress, seed=seed)
+                     serve=serve, progress=progress, seed=seed, queue=queue, admit_per_second=admit_per_second)
     console = Console(highlight=False)
     try:
         code = run_demo(cfg, console)

@@ -5,6 +5,12 @@ a fresh user id). A controller sets how many virtual users are active from the `
 a poller reads the campaign's stats twice a second (for the progress bar, for restocking
 cancelled units, and to see the sell-out). The run ends when the spike has decayed after the
 sell-out, when every buyer has been served, or at the time bound, whichever comes first.
+
+Every buyer is a person with their own buyer signals (``engine.loadgen.crowd``). Instead of the
+spike, ``arrive_s`` lets the people arrive at random instants over a window (each a task of its
+own on a shared pool of connections: in a waiting room most of them wait). ``scalpers`` adds
+farms of accounts that all fire at the first millisecond of the opening (in queue mode, of the
+pre-queue), each farm on a few connections of its own.
 """
 
 from __future__ import annotations
@@ -15,18 +21,21 @@ import gc
 import random
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from engine.loadgen.behaviour import Mix
 from engine.loadgen.buyer import Buyer, Shelf
 from engine.loadgen.calls import Caller, Pacer, now_ms
-from engine.loadgen.http import Connection, TransportError, split_url
+from engine.loadgen.crowd import Scalpers, person, scalper, scalper_user
+from engine.loadgen.http import Connection, Pool, TransportError, split_url
 from engine.loadgen.profile import SpikeProfile
 from engine.loadgen.record import Record
 
 STATS_POLL_S = 0.5
 TICK_S = 0.05
+SCALPER_CONNS = 4  # connections per scalper operator
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +56,11 @@ class LoadConfig:
     stop_at_sellout: bool = True
     seed: int | None = None
     user_prefix: str = ""  # default: a fresh random prefix, so runs never share a buyer
+    arrive_s: float | None = None  # people arrive at random over this many seconds (None: the spike)
+    arrive_from_s: float = 0.0  # ... from this long after the opening (negative: before it)
+    pool: int = 64  # connections the arriving people share (with ``arrive_s``)
+    scalpers: Scalpers | None = None
+    poll_cap_s: float = 5.0  # queue mode: the longest wait between two polls, whatever poll_after_ms says
 
     def profile(self) -> SpikeProfile:
         decay = self.decay_s if self.stop_at_sellout else 0.0
@@ -63,6 +77,10 @@ class Live:
     phase: str = "waiting"
 
 
+def _ms(rfc3339: str) -> float:
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp() * 1000.0
+
+
 class Generator:
     def __init__(self, cfg: LoadConfig, definition: dict[str, Any], opens_ms: float) -> None:
         self.cfg = cfg
@@ -72,7 +90,10 @@ class Generator:
         self.record.opens_ms = opens_ms
         self.caller = Caller(self.record, base, Pacer(cfg.rate) if cfg.rate else None,
                              cfg.timeout_s, cfg.retries)
-        self.shelf = Shelf(definition)
+        self.shelf = Shelf(definition, poll_cap_s=cfg.poll_cap_s)
+        self.record.queued = self.shelf.queued
+        adm = definition.get("admission") or {}
+        self.fire_ms = _ms(adm["queue_opens_at"]) if self.shelf.queued else opens_ms  # when the farms fire
         self.profile = cfg.profile()
         self.live = Live()
         self._target = 0
@@ -98,13 +119,75 @@ class Generator:
                 n = self._take_buyer()
                 if n is None:
                     return
-                try:
-                    await buyer.visit(f"{self.record.user_prefix}{n}")
-                except (KeyError, TypeError, ValueError) as exc:  # an answer not shaped as docs/API.md says
-                    self.record.server_errors.append(f"buyer {n}: unexpected answer: {exc!r}")
+                await self._visit(buyer, n)
         finally:
             for c in conns:
                 c.close()
+
+    async def _visit(self, buyer: Buyer, n: int) -> None:
+        prefix = self.record.user_prefix
+        self.record.people += 1
+        try:
+            await buyer.visit(f"{prefix}{n}", person(prefix, n))
+        except (KeyError, TypeError, ValueError) as exc:  # an answer not shaped as docs/API.md says
+            self.record.server_errors.append(f"buyer {n}: unexpected answer: {exc!r}")
+
+    async def _sleep_until(self, at_ms: float) -> bool:
+        """Until ``at_ms`` (wall clock); False if the run ends first."""
+        while not self._done.is_set():
+            left = at_ms - now_ms()
+            if left <= 0:
+                return True
+            await asyncio.sleep(min(left / 1000.0, TICK_S))
+        return False
+
+    async def _arrivals(self, arrive_s: float) -> None:
+        """People at random instants over the window, each a task on the shared pool."""
+        pool = Pool(self.host, self.port, self.cfg.pool, token=self.cfg.token)
+        bad = (Pool(self.host, self.port, 2), Pool(self.host, self.port, 2, token="not-a-token"))
+        start = self.record.opens_ms + self.cfg.arrive_from_s * 1000.0
+        times = sorted(start + self._rng.random() * arrive_s * 1000.0 for _ in range(self.cfg.buyers))
+        tasks: list[asyncio.Future[None]] = []
+        try:
+            for at in times:
+                if not await self._sleep_until(at):
+                    break
+                n = self._take_buyer()
+                if n is None:
+                    break
+                self.record.arrivals[f"{self.record.user_prefix}{n}"] = now_ms()
+                buyer = Buyer(self.caller, self.shelf, self.cfg.mix, pool, random.Random(self._rng.random()), bad)
+                tasks.append(asyncio.ensure_future(self._visit(buyer, n)))
+            if tasks:
+                await asyncio.wait(tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for p in (pool, *bad):
+                p.close()
+
+    async def _scalpers(self, s: Scalpers) -> None:
+        """Every account of every farm fires at ``fire_ms``, each farm on its own few connections."""
+        prefix = self.record.user_prefix
+        pools = [Pool(self.host, self.port, SCALPER_CONNS, token=self.cfg.token) for _ in range(s.operators)]
+        bad = (Pool(self.host, self.port, 1), Pool(self.host, self.port, 1, token="not-a-token"))
+
+        async def account(o: int, j: int) -> None:
+            # a farm asks no more than the cap, and never sends malformed requests
+            mix = replace(self.cfg.mix, bad=0.0, cap_probe=0.0, key_reuse=0.0, replay=0.0)
+            buyer = Buyer(self.caller, self.shelf, mix, pools[o], random.Random(self._rng.random()), bad)
+            self.record.scalpers += 1
+            try:
+                await buyer.visit(scalper_user(prefix, o, j), scalper(prefix, s, o, j))
+            except (KeyError, TypeError, ValueError) as exc:
+                self.record.server_errors.append(f"scalper {o}-{j}: unexpected answer: {exc!r}")
+
+        try:
+            if await self._sleep_until(self.fire_ms):
+                await asyncio.gather(*(account(o, j) for o in range(s.operators) for j in range(s.accounts)))
+        finally:
+            for p in (*pools, *bad):
+                p.close()
 
     async def _poll_stats(self) -> None:
         conn = Connection(self.host, self.port, token=self.cfg.token)
@@ -133,10 +216,12 @@ class Generator:
             t = (now - self.record.opens_ms) / 1000.0
             sold_out = self.shelf.sold_out_ms
             sold_t = (sold_out - self.record.opens_ms) / 1000.0 if sold_out and self.cfg.stop_at_sellout else None
-            self._target = self.profile.users_at(t, sold_t)
+            self._target = 0 if self.cfg.arrive_s is not None else self.profile.users_at(t, sold_t)
             self.live.active = min(self._target, self.cfg.users)
             self.live.phase = ("before the opening" if t < 0 else "sold out" if sold_out else "open")
-            if now >= deadline or self.profile.finished(t, sold_t) or self._next_buyer >= self.cfg.buyers:
+            spike_over = self.cfg.arrive_s is None and (self.profile.finished(t, sold_t)
+                                                        or self._next_buyer >= self.cfg.buyers)
+            if now >= deadline or spike_over:
                 if now >= deadline:
                     self.caller.stopping = True
                 self._done.set()
@@ -149,11 +234,18 @@ class Generator:
         rec = self.record
         rec.started_ms = now_ms()
         deadline = rec.started_ms + self.cfg.duration_s * 1000.0
-        start_at = rec.opens_ms - self.cfg.trickle_s * 1000.0
+        start_at = min(rec.opens_ms - self.cfg.trickle_s * 1000.0, self.fire_ms - 1000.0)
+        if self.cfg.arrive_s is not None:
+            start_at = min(rec.opens_ms + self.cfg.arrive_from_s * 1000.0, self.fire_ms) - 1000.0
         if start_at > rec.started_ms:  # nobody is around until the trickle starts
             await asyncio.sleep(min(start_at, deadline) / 1000.0 - rec.started_ms / 1000.0)
         gc.disable()  # a run allocates ~10^5 long-lived grants: generational scans would only slow it
-        workers = [asyncio.ensure_future(self._worker(i)) for i in range(self.cfg.users)]
+        if self.cfg.arrive_s is None:
+            workers = [asyncio.ensure_future(self._worker(i)) for i in range(self.cfg.users)]
+        else:
+            workers = [asyncio.ensure_future(self._arrivals(self.cfg.arrive_s))]
+        if self.cfg.scalpers is not None:
+            workers.append(asyncio.ensure_future(self._scalpers(self.cfg.scalpers)))
         helpers = [asyncio.ensure_future(self._poll_stats()),
                    asyncio.ensure_future(self._control(deadline, on_tick))]
         try:

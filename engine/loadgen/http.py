@@ -18,7 +18,7 @@ request opens a new one (an answer arriving late must never be read as the next 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import httptools
 import orjson
@@ -129,6 +129,38 @@ class _Protocol(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
+
+
+class Requester(Protocol):
+    """A ``Connection``, or a ``Pool`` of them."""
+
+    async def request(self, method: bytes, path: str, body: bytes | None = None, *,
+                      headers: bytes = b"", timeout_s: float = 10.0) -> Response: ...
+
+    def close(self) -> None: ...
+
+
+class Pool:
+    """A few keep-alive connections shared by many callers, one request each at a time: for crowds
+    that mostly wait (a waiting room) and need no connection of their own."""
+
+    def __init__(self, host: str, port: int, size: int, *, token: str | None = None) -> None:
+        self._all = [Connection(host, port, token=token) for _ in range(size)]
+        self._free: asyncio.Queue[Connection] = asyncio.Queue()
+        for c in self._all:
+            self._free.put_nowait(c)
+
+    async def request(self, method: bytes, path: str, body: bytes | None = None, *,
+                      headers: bytes = b"", timeout_s: float = 10.0) -> Response:
+        conn = await self._free.get()
+        try:
+            return await conn.request(method, path, body, headers=headers, timeout_s=timeout_s)
+        finally:
+            self._free.put_nowait(conn)
+
+    def close(self) -> None:
+        for c in self._all:
+            c.close()
 
 
 class Connection:

@@ -35,6 +35,12 @@ class Grant:
     granted_ms: float  # when the 201 arrived (the hold began at or before this)
     state: str = HELD
     released_ms: float | None = None  # when the cancel was sent (the hold ended at or after this)
+    # queue mode: the user whose admission token the reserve carried ("": none); None: open mode
+    token_user: str | None = None
+    # the buyer signals the reserve carried (None: not sent); network is the /24 or /48 of the ip
+    identity: str | None = None
+    device: str | None = None
+    network: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +75,21 @@ class Probe:
     expect: str
 
 
+@dataclass(slots=True)
+class TicketSeen:
+    """A waiting-room ticket as the generator saw it (one per ticket, however many accounts poll it)."""
+
+    ticket: str
+    user: str  # the account that took it (its join was answered 201)
+    joined_ms: float  # when the 201 arrived
+    pre_queue: bool  # taken before the opening (by this clock)
+    position: int | None = None  # the first position polled
+    state: str = "waiting"  # the last state polled
+    admitted_ms: float | None = None  # when it was first polled admitted
+    token_expires_ms: int | None = None  # the admission token's expiry, as the poll said
+    moved: bool = False  # a later poll showed another position (positions are fixed at the opening)
+
+
 @dataclass(frozen=True, slots=True)
 class BadResult:
     name: str
@@ -93,6 +114,12 @@ class Record:
     replays: list[Replay] = field(default_factory=list)
     probes: list[Probe] = field(default_factory=list)
     bad: list[BadResult] = field(default_factory=list)
+    queued: bool = False  # the campaign was in queue mode: every reserve needed an admission token
+    tickets: dict[str, TicketSeen] = field(default_factory=dict)  # ticket id -> what was seen of it
+    people: int = 0  # ordinary buyers who came (each their own identity, device and network)
+    scalpers: int = 0  # scalper accounts that fired (user ids "<prefix>s<operator>-<account>")
+    notes: list[str] = field(default_factory=list)  # what the generator had to adapt to
+    arrivals: dict[str, float] = field(default_factory=dict)  # with --arrive: person -> when they came
     requests: Counter[str] = field(default_factory=Counter)  # "reserve 201", "confirm 503" ...
     rejections: Counter[str] = field(default_factory=Counter)  # reserve refusals by error code
     server_errors: list[str] = field(default_factory=list)  # 5xx other than 503, with the body
@@ -113,12 +140,19 @@ class Record:
     def units_in(self, *states: str) -> int:
         return sum(g.units for g in self.grants if g.state in states)
 
+    def operator_of(self, uid: str) -> int | None:
+        """The scalper operator behind an account (``<prefix>s<operator>-<account>``); None for a person."""
+        rest = uid[len(self.user_prefix):] if uid.startswith(self.user_prefix) else ""
+        head, sep, _ = rest.partition("-")
+        return int(head[1:]) if sep and head[:1] == "s" and head[1:].isdigit() else None
+
     # -- persistence (``flashsale loadgen --record-out`` / ``--judge``) --------------------------
 
     def to_json(self) -> bytes:
         data: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for name in ("grants", "doubts", "replays", "probes", "bad"):
             data[name] = [dataclasses.astuple(x) for x in data[name]]
+        data["tickets"] = [dataclasses.astuple(x) for x in self.tickets.values()]
         data["requests"] = dict(self.requests)
         data["rejections"] = dict(self.rejections)
         return orjson.dumps(data)
@@ -135,6 +169,10 @@ class Record:
         rec.replays = [Replay(*x) for x in d["replays"]]
         rec.probes = [Probe(*x) for x in d["probes"]]
         rec.bad = [BadResult(x[0], x[1], x[2], x[3], tuple(x[4])) for x in d["bad"]]
+        for name in ("queued", "people", "scalpers", "notes", "arrivals"):
+            if name in d:
+                setattr(rec, name, d[name])
+        rec.tickets = {x[0]: TicketSeen(*x) for x in d.get("tickets", [])}
         rec.requests = Counter(d["requests"])
         rec.rejections = Counter(d["rejections"])
         return rec

@@ -90,7 +90,14 @@ def print_report(console: Console, record: Record, observed: Observed, verdict: 
     for code, n in record.rejections.most_common():
         t.add_row(f"rejected {code}", f"{n:,}", "")
     t.add_row("bad requests sent", f"{len(record.bad):,}", "")
+    if record.scalpers:
+        t.add_row("people / scalper accounts", f"{record.people:,} / {record.scalpers:,}", "")
+    if record.queued:
+        admitted = sum(1 for x in record.tickets.values() if x.admitted_ms is not None)
+        t.add_row("queue tickets taken / admitted", f"{len(record.tickets):,} / {admitted:,}", "")
     console.print(t)
+    for note in dict.fromkeys(record.notes):
+        console.print(f"[yellow]note: {note}[/yellow]")
     lat = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     for col in ("latency", "p50", "p99", "max", "n"):
         lat.add_column(col, justify="right" if col != "latency" else "left")

@@ -3,13 +3,16 @@
 ``judge(record, observed)`` is a pure function (no I/O): ``engine.loadgen.observe`` gathers the
 ``Observed`` state, a test can build one by hand. Each check names the invariant of docs/API.md it
 guards (1 never oversold · 2 caps · 3 ledger exactly once · 4 released units come back ·
-5 idempotency · 6 bad input changes nothing). A check fails only on certain evidence: where the
+5 idempotency · 6 bad input changes nothing; v1.1: 2 also the buyer caps per identity, device and
+network, and 7 queue mode: a reserve needs its own user's admission token, admission follows the
+positions). A check fails only on certain evidence: where the
 record cannot know (a request that never got an answer, a hold at the edge of its deadline) the
 expected value becomes a range, and only a value outside it is a violation.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,6 +31,11 @@ from engine.loadgen.record import (
 
 INF = float("inf")
 PROBE_TOLERATED = frozenset({"RATE_LIMITED", "PAUSED", "CLOSED", "UNAVAILABLE"})
+# a reserve with no token or another's may also meet an empty shelf first: refused all the same
+TOKEN_PROBE_TOLERATED = PROBE_TOLERATED | {"SOLD_OUT", "INSUFFICIENT_STOCK", "USER_CAP_EXCEEDED",
+                                           "BUYER_CAP_EXCEEDED", "NOT_REGISTERED"}
+SIGNALS = ("identity", "device", "network")
+QUEUE = 7  # the v1.1 queue-mode checks
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +90,7 @@ class Verdict:
 def judge(record: Record, observed: Observed) -> Verdict:
     """Every invariant of docs/API.md, judged from the record against the observed state."""
     checks: list[Check] = [_made_requests(record)]
-    for part in (_oversold, _caps, _ledger, _returned, _idempotency, _bad_input):
+    for part in (_oversold, _caps, _buyer_caps, _ledger, _returned, _idempotency, _bad_input, _queue):
         checks.extend(part(record, observed))
     return Verdict(tuple(checks))
 
@@ -375,4 +383,85 @@ def _bad_input(r: Record, o: Observed) -> list[Check]:
     out.append(_check(6, "never a 5xx other than 503", r.server_errors[:5] + (
         [f"{len(r.server_errors)} in all"] if len(r.server_errors) > 5 else []),
         f"{r.attempts()} requests"))
+    return out
+
+
+# -- 2. buyer caps (v1.1): per identity, device and network ------------------------------------
+
+def _buyer_caps(r: Record, o: Observed) -> list[Check]:
+    caps = {kind: int(o.definition[f"{kind}_cap_units"]) for kind in SIGNALS
+            if o.definition.get(f"{kind}_cap_units") is not None}
+    if not caps:
+        return []
+    signed = [g for g in r.grants if g.identity is not None or g.device is not None or g.network is not None]
+    name = "record: no identity, device or network held more than its cap"
+    if not signed:
+        out = [Check(2, name, None, "no reserve carried buyer signals")]
+    else:
+        problems = []
+        for kind, cap in caps.items():
+            groups: dict[str, list[Grant]] = defaultdict(list)
+            for g in signed:
+                value = getattr(g, kind)
+                if value is not None:
+                    groups[value].append(g)
+            problems += [f"{kind} {v}: {peak} units at once (cap {cap})" for v, gs in groups.items()
+                         if (peak := _peak(gs)) > cap]
+        out = [_check(2, name, problems, f"{len(signed)} reservations with signals")]
+    signals = {g.user: g for g in signed}  # an account's signals never change within a run
+    if o.ledger is not None and signals:
+        per: Counter[tuple[str, str]] = Counter()
+        for row in o.ledger:
+            sg = signals.get(row.user)
+            for kind in caps:
+                value = getattr(sg, kind) if sg is not None else None
+                if value is not None:
+                    per[kind, value] += row.units
+        problems = [f"{kind} {v}: {n} units confirmed in the ledger (cap {caps[kind]})"
+                    for (kind, v), n in per.items() if n > caps[kind]]
+        out.append(_check(2, "ledger: no identity, device or network confirmed over its cap", problems,
+                          f"{len(per)} signals"))
+    if o.users and signals:
+        held: Counter[tuple[str, str]] = Counter()
+        for uid, h in o.users.items():
+            sg = signals.get(uid)
+            for kind in caps:
+                value = getattr(sg, kind) if sg is not None else None
+                if value is not None:
+                    held[kind, value] += int(h["held_units"]) + int(h["confirmed_units"])
+        problems = [f"{kind} {v}: looked-up users hold {n} units (cap {caps[kind]})"
+                    for (kind, v), n in held.items() if n > caps[kind]]
+        out.append(_check(2, "API: looked-up users of one identity, device or network within its cap",
+                          problems, f"{len(held)} signals"))
+    return out
+
+
+# -- 7. queue mode (v1.1) ----------------------------------------------------------------------
+
+def _queue(r: Record, o: Observed) -> list[Check]:
+    adm = o.definition.get("admission")
+    if not r.queued and not (isinstance(adm, dict) and adm.get("mode") == "queue"):
+        return []
+    wrong = [f"{g.rid} ({g.user}): " + ("no admission token" if not g.token_user else f"{g.token_user}'s token")
+             for g in r.grants if g.token_user != g.user]
+    out = [_check(QUEUE, "queue: every reservation carried its own user's admission token", wrong,
+                  f"{len(r.grants)} reservations, each with its own token")]
+    probes = [p for p in r.probes if p.expect.startswith("ADMISSION_")]
+    name = "queue: a reserve without a token, or with another user's, is refused (403)"
+    problems = [f"{p.name} ({p.user}): {p.status} {p.code}" for p in probes
+                if p.status < 400 or (p.code != p.expect and p.code not in TOKEN_PROBE_TOLERATED)]
+    out.append(_check(QUEUE, name, problems, f"{len(probes)} probes") if probes
+               else Check(QUEUE, name, None, "no probes sent"))
+    seen = sorted((t for t in r.tickets.values() if t.position is not None), key=lambda t: t.position or 0)
+    problems = [f"ticket {t.ticket}: its position changed after the opening" for t in r.tickets.values() if t.moved]
+    problems += [f"tickets {a.ticket} and {b.ticket} share position {a.position}"
+                 for a, b in itertools.pairwise(seen) if a.position == b.position]
+    admitted = [t for t in seen if t.token_expires_ms is not None]
+    problems += [f"position {b.position} admitted before position {a.position} (token expiries "
+                 f"{b.token_expires_ms} < {a.token_expires_ms})"
+                 for a, b in itertools.pairwise(admitted)
+                 if (b.token_expires_ms or 0) < (a.token_expires_ms or 0)]
+    name = "queue: positions fixed, distinct, admitted in position order"
+    out.append(_check(QUEUE, name, problems, f"{len(admitted)} of {len(seen)} positioned tickets admitted")
+               if seen else Check(QUEUE, name, None, "no ticket got a position"))
     return out

@@ -5,6 +5,7 @@
 
   KEYS[1] counters hash  KEYS[2] users hash  KEYS[3] reservations hash  KEYS[4] holds zset
   KEYS[5] events stream  KEYS[6] damaged hash (reservation id -> 'unreadable' | 'malformed')
+  KEYS[7] buyers hash (units per identity, device, network: what a hold's buyer signals return)
   ARGV[1] n, requests in the batch (int, 1..4096)
   then 3 values per request: reservation id · the calling storefront's name (non-empty, no '|') ·
     payment reference (1..128 characters)

@@ -7,6 +7,7 @@
 
   KEYS[1] counters hash  KEYS[2] users hash  KEYS[3] reservations hash  KEYS[4] holds zset
   KEYS[5] events stream  KEYS[6] damaged hash (reservation id -> 'unreadable' | 'malformed')
+  KEYS[7] buyers hash (units per identity, device, network: what a hold's buyer signals return)
   ARGV[1] limit, most holds to expire in this call (int, 1..10000)
 
   Returns {expired, more, damaged id...}: holds expired now; 1 when more past-deadline holds are

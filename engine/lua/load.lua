@@ -8,6 +8,10 @@
   ARGV[6] total units of the campaign   ARGV[7] per-user campaign cap (units; 0 = none)
   ARGV[8] rate limit, attempts per user per second   ARGV[9] rate limit burst (attempts)
   ARGV[10] number of products p; then 3 values per product: id, total units, cap (0 = none)
+  then, optionally (v1.1; absent: none of them), 5 values: identity cap, device cap, network cap
+    (units; 0 = none) · eligibility ('anyone' | 'registered') · admission mode ('open' | 'queue').
+    The meta hash keeps what reserve.lua checks: 'icap', 'dcap', 'ncap' (only those set),
+    'elig' = 'registered', 'queue' = '1' (queue mode).
 
   Returns {0, 1} created, {0, 0} replaced, or {ALREADY_OPEN, state} ('open' or 'closed') when
   the campaign it would replace has opened (by Redis TIME) or been closed.
@@ -39,7 +43,26 @@ for i = 2, 10 do
   end
 end
 local np = nums[10]
-if np < 1 or #ARGV ~= 10 + 3 * np then return bad('one or more products, 3 values each') end
+local nv = 10 + 3 * np  -- ARGV values before the optional v1.1 block
+if np < 1 or (#ARGV ~= nv and #ARGV ~= nv + 5) then
+  return bad('one or more products, 3 values each, then none or 5 values')
+end
+local v11 = {}
+if #ARGV == nv + 5 then
+  for i = 1, 3 do
+    local cap = tonumber(ARGV[nv + i])
+    if not cap or cap < 0 or cap > MAX_UNITS or cap ~= math.floor(cap) then
+      return bad('a buyer cap must be an integer in 0..10^12')
+    end
+    if cap > 0 then v11[#v11 + 1] = ({'icap', 'dcap', 'ncap'})[i]; v11[#v11 + 1] = ARGV[nv + i] end
+  end
+  local elig, mode = ARGV[nv + 4], ARGV[nv + 5]
+  if (elig ~= 'anyone' and elig ~= 'registered') or (mode ~= 'open' and mode ~= 'queue') then
+    return bad('eligibility is anyone or registered, admission mode open or queue')
+  end
+  if elig == 'registered' then v11[#v11 + 1] = 'elig'; v11[#v11 + 1] = 'registered' end
+  if mode == 'queue' then v11[#v11 + 1] = 'queue'; v11[#v11 + 1] = '1' end
+end
 if nums[3] <= nums[2] or nums[4] < 1 or nums[5] < 1 or nums[6] < 1 or nums[8] < 1 or nums[9] < 1 then
   return bad('window, hold, price, total and rate limit must be positive')
 end
@@ -72,6 +95,7 @@ local fields = {'def', ARGV[1], 'opens', ARGV[2], 'closes', ARGV[3], 'hold', ARG
   'price', ARGV[5], 'total', ARGV[6], 'flag', 'active', 'rl_rate', ARGV[8], 'rl_burst', ARGV[9],
   'products', np}
 if nums[7] > 0 then fields[#fields + 1] = 'cap'; fields[#fields + 1] = ARGV[7] end
+for i = 1, #v11 do fields[#fields + 1] = v11[i] end
 for i = 0, np - 1 do
   local pid = ARGV[11 + 3 * i]
   fields[#fields + 1] = 'total|' .. pid; fields[#fields + 1] = ARGV[12 + 3 * i]

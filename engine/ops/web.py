@@ -29,6 +29,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from engine.admission.service import queue_stats
 from engine.campaign import ID_PATTERN, ms_to_rfc3339
 from engine.core import Engine
 from engine.errors import NotFound, StorageUnavailable
@@ -88,6 +89,8 @@ async def dashboard_snapshot(engine: Engine, campaign_id: str | None) -> dict[st
         lg = co.ledger
         s["writer"] = {"stream_entries": lg.stream_length, "undelivered_entries": lg.undelivered,
                        "pending_entries": lg.pending, "dead_letters": lg.dead_letters}
+        if definition.queued:  # the waiting room: waiting, admitted, the admission rate in force
+            s["queue"] = await queue_stats(engine, definition, co.counters.view.now_ms)
         campaigns.append(s)
     now = max((co.counters.view.now_ms for co in o.campaigns), default=None)
     return {"as_of": None if now is None else ms_to_rfc3339(now), "campaigns": campaigns,

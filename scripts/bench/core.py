@@ -87,9 +87,9 @@ def redis_benchmark(server: RedisServer, requests: int, concurrency: int) -> Fig
     client = redis.Redis(port=server.port)
     sha = client.script_load(source("reserve"))
     k = keys.CampaignKeys(CAMPAIGN)
-    cmd = ["EVALSHA", sha, "9", k.meta, k.counters, k.users, k.reservations, k.idempotency, k.holds,
-           k.events, k.rate, k.ratelimit,
-           "1", "r__rand_int__", "bench", "k__rand_int__", "u__rand_int__", PRODUCT, "1"]
+    cmd = ["EVALSHA", sha, "11", k.meta, k.counters, k.users, k.reservations, k.idempotency, k.holds,
+           k.events, k.rate, k.ratelimit, k.registrations, k.buyers,
+           "1", "r__rand_int__", "bench", "k__rand_int__", "u__rand_int__", PRODUCT, "1", ""]
     before = redis_cpu(client)
     out = subprocess.run(
         ["redis-benchmark", "-h", "127.0.0.1", "-p", str(server.port), "-c", str(concurrency),

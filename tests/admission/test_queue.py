@@ -153,7 +153,9 @@ async def test_sold_out_and_back(engine: Engine, admission: AdmissionService) ->
     cid = await load(engine, opens_in_ms=-1000, admit_per_second=0, total_units=1)
     ticket, _ = await admission.join(cid, "u1", Buyer(), "shop-a")
     assert (await admission.poll(cid, ticket, "shop-a"))["state"] == "waiting"
-    held = await engine.reserve(cid, ReserveRequest("buyer", "p1", 1, "k1", "shop-a"))
+    ring = Keyring.parse(KEYS)  # queue mode: the reserve needs an admission token of its user
+    token = ring.verify(ring.sign(cid, "buyer", int(time.time() * 1000) + 60_000), cid, "buyer")
+    held = await engine.reserve(cid, ReserveRequest("buyer", "p1", 1, "k1", "shop-a", None, token))
     await settle()
     assert (await admission.poll(cid, ticket, "shop-a"))["state"] == "sold_out"
     await engine.cancel(cid, held.reservation.reservation_id, storefront="shop-a")

@@ -15,6 +15,7 @@ import asyncio
 import gc
 import io
 import logging
+import os
 import threading
 import time
 import uuid
@@ -27,9 +28,11 @@ import pytest
 import uvicorn
 
 from engine import fastpath
+from engine.admission.tokens import KEYS_ENV, Keyring
 from engine.api import logs
 from engine.api.app import FlashsaleApp, create_app
 from engine.api.lane import ReserveLane
+from engine.campaign import ms_to_rfc3339
 from engine.settings import Settings
 from tests.api.conftest import definition, new_id
 from tests.api.rawhttp import read_answer
@@ -92,19 +95,30 @@ class InProcessServer:
         gc.set_threshold(*self._gc)
 
 
+ADMISSION_KEYS = "k1:" + "q" * 32  # the server's admission keyring (FLASHSALE_ADMISSION_KEYS)
+RING = Keyring.parse(ADMISSION_KEYS)
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[InProcessServer]:
     redis = RedisServer().start()
+    before = os.environ.get(KEYS_ENV)
+    os.environ[KEYS_ENV] = ADMISSION_KEYS  # read once, as `flashsale serve` reads it, when the app is made
     try:
         with InProcessServer(redis.url) as s:
             yield s
     finally:
+        if before is None:
+            os.environ.pop(KEYS_ENV, None)
+        else:
+            os.environ[KEYS_ENV] = before
         redis.stop()
 
 
-def campaign(server: InProcessServer, **kw: Any) -> str:
+def campaign(server: InProcessServer, extra: dict[str, Any] | None = None, **kw: Any) -> str:
     cid = new_id()
-    r = httpx.put(f"{server.url}/v1/campaigns/{cid}", json=definition(cid, **kw), headers=admin_headers(), timeout=10)
+    r = httpx.put(f"{server.url}/v1/campaigns/{cid}", json={**definition(cid, **kw), **(extra or {})},
+                  headers=admin_headers(), timeout=10)
     assert r.status_code == 201, r.text
     return cid
 
@@ -399,3 +413,82 @@ async def test_tricky_headers_answer_alike_on_both_paths(server: InProcessServer
     by_lane, by_asgi = answers
     assert by_lane[0] == status, (case, by_lane)
     assert _comparable(by_lane) == _comparable(by_asgi), case
+
+
+def _queued(server: InProcessServer) -> str:
+    now = int(time.time() * 1000)
+    return campaign(server, {"admission": {"mode": "queue", "queue_opens_at": ms_to_rfc3339(now - 7_200_000),
+                                           "admit_per_second": 1000, "token_seconds": 600}})
+
+
+async def _both_ways(server: InProcessServer, cid: str, headers: dict[str, str], body: bytes) -> tuple[Answer, Answer]:
+    path = f"/v1/campaigns/{cid}/reservations"
+    answers = []
+    for encode in (with_length, chunked):
+        before = server.lane.served
+        [answer] = await exchange(server, encode(path, {**headers, "Idempotency-Key": _key()}, body))
+        assert server.lane.served - before == (LANE and encode is with_length)
+        answers.append(answer)
+    return answers[0], answers[1]
+
+
+async def test_queue_mode_answers_alike_on_both_paths(server: InProcessServer) -> None:
+    """The Admission-Token header, read by the lane's parser as by ASGI: missing, forged, another
+    user's, another campaign's, of an unknown key, expired, and valid (then again: the same user)."""
+    cid, other = _queued(server), _queued(server)
+    shop = storefront_headers("shop-a", "")
+    later = int(time.time() * 1000) + 600_000
+    good = RING.sign(cid, "u1", later)
+    stranger = Keyring.parse("k9:" + "z" * 32)
+    cases: list[tuple[str, str | None, int, str | None]] = [
+        ("missing", None, 403, "ADMISSION_REQUIRED"),
+        ("forged", good[:-2] + ("AA" if not good.endswith("AA") else "BB"), 403, "ADMISSION_INVALID"),
+        ("not a token", "hello", 403, "ADMISSION_INVALID"),
+        ("another user's", RING.sign(cid, "u2", later), 403, "ADMISSION_INVALID"),
+        ("another campaign's", RING.sign(other, "u1", later), 403, "ADMISSION_INVALID"),
+        ("an unknown key", stranger.sign(cid, "u1", later), 403, "ADMISSION_INVALID"),
+        ("expired", RING.sign(cid, "u1", int(time.time() * 1000) - 1), 403, "ADMISSION_EXPIRED"),
+        ("valid", good, 201, None),
+        ("valid again", good, 201, None),
+    ]
+    for case, token, status, code in cases:
+        headers = {**shop, **({"Admission-Token": token} if token is not None else {})}
+        lane, asgi = await _both_ways(server, cid, headers, orjson.dumps(RESERVE))
+        assert lane[0] == status, (case, lane)
+        if code is not None:
+            assert orjson.loads(lane[2])["error"]["code"] == code, case
+        assert _comparable(lane) == _comparable(asgi), case
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        r = await client.get(f"/v1/campaigns/{cid}/stats", headers=admin_headers())
+    assert r.json()["held_units"] == 4  # the valid token twice, both ways; nothing else held
+    # a token is nobody else's: u2 presenting u1's token is refused on both paths
+    lane, asgi = await _both_ways(server, cid, {**shop, "Admission-Token": good},
+                                  orjson.dumps({**RESERVE, "user_id": "u2"}))
+    assert lane[0] == asgi[0] == 403 and orjson.loads(lane[2])["error"]["code"] == "ADMISSION_INVALID"
+
+
+async def test_buyer_signals_and_caps_answer_alike_on_both_paths(server: InProcessServer) -> None:
+    cid = campaign(server, {"identity_cap_units": 2, "network_cap_units": 100})
+    shop = storefront_headers("shop-a", "")
+    buyer = {"identity": "person-1", "ip": "203.0.113.9"}
+    cases: list[tuple[str, dict[str, Any], int, str | None, str | None]] = [
+        ("no buyer", RESERVE, 422, "INVALID", "buyer.identity"),
+        ("no ip", {**RESERVE, "buyer": {"identity": "p"}}, 422, "INVALID", "buyer.ip"),
+        ("bad ip", {**RESERVE, "buyer": {**buyer, "ip": "203.0.113"}}, 422, "INVALID", "buyer.ip"),
+        ("bad identity", {**RESERVE, "buyer": {**buyer, "identity": ""}}, 422, "INVALID", "buyer.identity"),
+        ("unknown signal", {**RESERVE, "buyer": {**buyer, "phone": "1"}}, 422, "INVALID", "buyer.phone"),
+        ("not an object", {**RESERVE, "buyer": "p"}, 422, "INVALID", "buyer"),
+        ("granted", {**RESERVE, "buyer": buyer}, 201, None, None),  # both ways: 2 units, the cap
+        ("over the identity cap", {**RESERVE, "user_id": "u7", "buyer": buyer}, 409, "BUYER_CAP_EXCEEDED", None),
+    ]
+    for case, body, status, code, field in cases:
+        lane, asgi = await _both_ways(server, cid, shop, orjson.dumps(body))
+        assert lane[0] == status, (case, lane)
+        if code is not None:
+            error = orjson.loads(lane[2])["error"]
+            assert error["code"] == code, case
+            if field is not None:
+                assert error["details"]["field"] == field, case
+        assert _comparable(lane) == _comparable(asgi), case
+    error = orjson.loads(lane[2])["error"]
+    assert error["details"] == {"dimension": "identity", "allowed": 0}

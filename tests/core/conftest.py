@@ -75,12 +75,12 @@ async def redis_ms(r: aioredis.Redis) -> int:
 def reserve_keys(cid: str) -> list[str]:
     k = keys.CampaignKeys(cid)
     return [k.meta, k.counters, k.users, k.reservations, k.idempotency, k.holds, k.events, k.rate,
-            k.ratelimit]
+            k.ratelimit, k.registrations, k.buyers]
 
 
 def transition_keys(cid: str) -> list[str]:
     k = keys.CampaignKeys(cid)
-    return [k.counters, k.users, k.reservations, k.holds, k.events, k.damaged]
+    return [k.counters, k.users, k.reservations, k.holds, k.events, k.damaged, k.buyers]
 
 
 async def run_script(r: aioredis.Redis, name: str, keys_: list[str], args: list[Any]) -> Any:

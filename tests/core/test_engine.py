@@ -293,13 +293,13 @@ async def test_engine_on_another_database(redis_url: str, aredis: aioredis.Redis
 async def test_batches_through_redis_py_when_there_is_no_wire(engine: Engine, aredis: aioredis.Redis) -> None:
     """The fallback for clients the lean wire does not serve (TLS, Cluster): same script, same batches."""
     await engine.load_campaign(campaign())
-    batched = BatchedScript(engine.scripts.reserve, None, _reserve_keys, stride_in=6, stride_out=4,
+    batched = BatchedScript(engine.scripts.reserve, None, _reserve_keys, stride_in=7, stride_out=4,
                             max_batch=64, max_inflight=2)
-    futs = [batched.submit("c1", (f"r{i}", "sf", f"k{i}", f"u{i}", "p2", 1)) for i in range(10)]
+    futs = [batched.submit("c1", (f"r{i}", "sf", f"k{i}", f"u{i}", "p2", 1, "")) for i in range(10)]
     out = await asyncio.gather(*futs)
     assert [o[1] for o in out] == [f"r{i}".encode() for i in range(10)]
     await aredis.script_flush()
-    assert (await batched.submit("c1", ("r99", "sf", "k99", "u99", "p2", 1)))[0] == 0  # NOSCRIPT reloads
+    assert (await batched.submit("c1", ("r99", "sf", "k99", "u99", "p2", 1, "")))[0] == 0  # NOSCRIPT reloads
 
 
 async def test_ready_loads_scripts(engine: Engine, aredis: aioredis.Redis) -> None:

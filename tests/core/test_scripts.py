@@ -48,10 +48,11 @@ async def dump(r: aioredis.Redis) -> dict[str, Any]:
 
 
 async def reserve(r: aioredis.Redis, *requests: tuple[Any, ...], cid: str = "c1") -> list[list[Any]]:
-    """reserve.lua with (rid, storefront, key, user, product, units) per request; 4 values each."""
+    """reserve.lua with (rid, storefront, key, user, product, units[, gate]) per request; 4 values
+    each. The gate (buyer signals, admission) is '' unless given."""
     args: list[Any] = [len(requests)]
     for req in requests:
-        args += list(req)
+        args += list(req) if len(req) == 7 else [*req, ""]
     out = await run_script(r, "reserve", reserve_keys(cid), args)
     return [out[i : i + 4] for i in range(0, len(out), 4)]
 

@@ -20,7 +20,7 @@ CID = "ct-c1"
 STREAM = "fs:{c:ct-c1}:events"
 COMMON = [b"e", b"rid", b"pid", b"uid", b"units", b"amount", b"at"]
 EXTRA = {"cancelled": [], "expired": [], "confirmed": [b"ref"], "reserved": [b"sf", b"exp", b"key"],
-         "reserved-v1": [b"sf", b"exp"]}
+         "reserved-v1": [b"sf", b"exp"], "reserved-buyer": [b"sf", b"exp", b"key", b"bi", b"bd", b"bn"]}
 INTS = {b"units", b"amount", b"at", b"exp"}
 ODD = [b"", b" 7", b"+7", b"-3", b"1_000", b"1" * 19, b"\t", b"a\tb", b"a\nb", b"a\rb", b"a\\b", b"\\N", b"\x00",
        b"\x7f", b"\xc3\xa9", b"\xff", b"\xef\xbb\xbf1", b"\xd9\xa3"]  # ... "é", bad UTF-8, a BOM, an Arabic-Indic 3
@@ -39,9 +39,11 @@ def flat(fields: dict[bytes, bytes]) -> list[bytes]:
 
 def entry(kind: str, i: int, **odd: bytes) -> tuple[bytes, dict[bytes, bytes]]:
     names = COMMON + EXTRA[kind]
-    values = {b"e": kind.removesuffix("-v1").encode(), b"rid": b"r%d" % i, b"pid": b"p-1", b"uid": b"u %d" % i,
+    values = {b"e": kind.removesuffix("-v1").removesuffix("-buyer").encode(), b"rid": b"r%d" % i, b"pid": b"p-1",
+              b"uid": b"u %d" % i,
               b"units": b"2", b"amount": b"020000", b"at": b"1700000000000", b"ref": b"pay-%d" % i,
-              b"sf": b"shop", b"exp": b"1700000900000", b"key": b"k%d" % i}
+              b"sf": b"shop", b"exp": b"1700000900000", b"key": b"k%d" % i,
+              b"bi": b"person %d" % i, b"bd": b"", b"bn": b"203.0.113.0/24"}
     values.update({k.encode(): v for k, v in odd.items()})
     return b"1700000000000-%d" % i, {n: values[n] for n in names}
 
@@ -69,10 +71,11 @@ def test_each_script_layout_is_one_line(kind: str) -> None:
 
 
 @pytest.mark.parametrize("value", ODD)
-@pytest.mark.parametrize("name", [b"rid", b"uid", b"units", b"at", b"ref", b"sf", b"exp", b"key"])
+@pytest.mark.parametrize("name", [b"rid", b"uid", b"units", b"at", b"ref", b"sf", b"exp", b"key", b"bi", b"bn"])
 def test_odd_bytes_go_the_slow_way(name: bytes, value: bytes) -> None:
     """A number that is not plain digits, a string beyond printable ASCII or with a backslash."""
-    kind = {b"ref": "confirmed", b"sf": "reserved", b"exp": "reserved", b"key": "reserved"}.get(name, "cancelled")
+    kind = {b"ref": "confirmed", b"sf": "reserved", b"exp": "reserved", b"key": "reserved", b"bi": "reserved-buyer",
+            b"bn": "reserved-buyer"}.get(name, "cancelled")
     items = [entry(kind, 0), entry(kind, 1, **{name.decode(): value}), entry(kind, 2)]
     ids, _, _, rest = encode_run(CID, [[eid, flat(f)] for eid, f in items])
     plain = re.fullmatch(rb"[\x20-\x5b\x5d-\x7e]*", value) is not None  # a string as it is in COPY text
@@ -87,7 +90,7 @@ def test_an_unusual_campaign_id_sends_every_entry_the_slow_way() -> None:
 
 
 NAMES = st.sampled_from([b"e", b"rid", b"pid", b"uid", b"units", b"amount", b"at", b"sf", b"exp", b"ref", b"key",
-                         b"x"])
+                         b"bi", b"bd", b"bn", b"x"])
 VALUES = st.one_of(st.sampled_from([b"reserved", b"confirmed", b"cancelled", b"expired", b"12", b"0", *ODD]),
                    st.binary(max_size=6))
 

@@ -48,7 +48,7 @@ async def test_entries_the_scripts_write_decode_the_same(engine: Engine, aredis:
 
 
 NAMES = st.sampled_from([b"e", b"rid", b"pid", b"uid", b"units", b"amount", b"at", b"sf", b"exp", b"ref", b"key",
-                         b"x"])
+                         b"bi", b"bd", b"bn", b"x"])
 VALUES = st.one_of(st.sampled_from([b"reserved", b"confirmed", b"cancelled", b"expired", b"12", b"-3", b" 7",
                                     b"", b"1.5", b"\xff"]), st.binary(max_size=6))
 
@@ -58,17 +58,21 @@ def test_any_entry_decodes_the_same_or_is_malformed_the_same(fields: dict[bytes,
     assert fast(fields, flat) == reference(fields)
 
 
-@pytest.mark.parametrize("kind", ["cancelled", "confirmed", "reserved", "reserved-v1"])
+@pytest.mark.parametrize("kind", ["cancelled", "confirmed", "reserved", "reserved-v1", "reserved-buyer"])
 def test_the_script_layouts_take_the_positional_path(kind: str) -> None:
-    e = kind.removesuffix("-v1")
+    e = kind.removesuffix("-v1").removesuffix("-buyer")
     common = [b"e", e.encode(), b"rid", b"r1", b"pid", b"p", b"uid", b"u", b"units", b"2", b"amount", b"20",
               b"at", b"5"]
     extra = {"cancelled": [], "confirmed": [b"ref", b"pay"], "reserved": [b"sf", b"shop", b"exp", b"9", b"key", b"k1"],
-             "reserved-v1": [b"sf", b"shop", b"exp", b"9"]}[kind]  # v1: written before events carried the key
+             "reserved-v1": [b"sf", b"shop", b"exp", b"9"],  # v1: written before events carried the key
+             "reserved-buyer": [b"sf", b"shop", b"exp", b"9", b"key", b"k1", b"bi", b"p1", b"bd", b"",
+                                b"bn", b"203.0.113.0/24"]}[kind]  # under buyer caps: the signals they counted
     row = row_of(CID, "3-4", common + extra)
     assert row[:10] == (CID, 3, 4, e, "r1", "p", "u", 2, 20, 5)
-    assert row[10:] == {"cancelled": (None, None, None, None), "confirmed": (None, None, "pay", None),
-                        "reserved": ("shop", 9, None, "k1"), "reserved-v1": ("shop", 9, None, None)}[kind]
+    nobody = (None, None, None)
+    assert row[10:] == {"cancelled": (None, None, None, None, *nobody), "confirmed": (None, None, "pay", None, *nobody),
+                        "reserved": ("shop", 9, None, "k1", *nobody), "reserved-v1": ("shop", 9, None, None, *nobody),
+                        "reserved-buyer": ("shop", 9, None, "k1", "p1", "", "203.0.113.0/24")}[kind]
     assert row == event_row(decode(CID, "3-4", dict(zip(common[0::2] + extra[0::2], common[1::2] + extra[1::2],
                                                          strict=True))))
 

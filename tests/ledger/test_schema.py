@@ -78,8 +78,8 @@ async def test_the_writer_command_refuses_a_newer_schema(db_url: str, redis_url:
 
 
 async def test_a_version_1_ledger_migrates_in_place(db_url: str) -> None:
-    """A ledger written by flashsale before events kept the Idempotency-Key: its rows stay, with
-    no key; new rows keep theirs."""
+    """A ledger written by flashsale before events kept the Idempotency-Key (and the buyer signals):
+    its rows stay, with neither; new rows keep theirs."""
     dialect: Dialect = "sqlite" if db_url.startswith("sqlite") else "postgres"
     [v1] = [sql for version, sql in MIGRATIONS[dialect] if version == 1]
     await execute(db_url, VERSION_TABLE[dialect], *v1, "INSERT INTO schema_version (version) VALUES (1)",
@@ -87,16 +87,17 @@ async def test_a_version_1_ledger_migrates_in_place(db_url: str) -> None:
                   "units, amount, at_ms, storefront, expires_at_ms) "
                   "VALUES ('mig-c1', 1000, 0, 'reserved', 'r-old', 'p0', 'u1', 2, 20000, 1000, 'shop-a', 901000)")
     sink = sink_for(db_url)
-    assert await sink.open() == SCHEMA_VERSION == 2
-    assert await sink.schema_version() == 2
+    assert await sink.open() == SCHEMA_VERSION == 3
+    assert await sink.schema_version() == 3
     new = Event("mig-c1", "2000-0", "reserved", "r-new", "p0", "u2", 1, 10000, 2000, storefront="shop-a",
-                expires_at_ms=902000, idempotency_key="k-new")
+                expires_at_ms=902000, idempotency_key="k-new", identity="person-1", device="",
+                network="203.0.113.0/24")
     await sink.write([event_row(new)])
     snap = await sink.snapshot("mig-c1")
     await sink.close()
     assert [(e.reservation_id, e.storefront, e.idempotency_key) for e in snap.events] == [
         ("r-old", "shop-a", None), ("r-new", "shop-a", "k-new")]
-    assert snap.events[1] == new
+    assert snap.events[1] == new and snap.events[0].identity is None
     again = sink_for(db_url)
-    assert await again.open() == 2  # migrated once: nothing left to do
+    assert await again.open() == 3  # migrated once: nothing left to do
     await again.close()

@@ -17,6 +17,7 @@ from tests.support.processes import ADMIN_TOKEN, FLASHSALE, STOREFRONT_TOKENS, A
 from tests.support.servers import RedisServer
 
 TOKEN = STOREFRONT_TOKENS["shop-a"]
+ADMISSION_KEYS = "lg1:" + "k" * 40  # queue-mode campaigns need the server to sign admission tokens
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,12 @@ class Stack:
     database_url: str
 
     def campaign(self, campaign_id: str, *, units: int, opens_in_s: float = 2.0, hold_seconds: int | None = None,
-                 rate_limit: tuple[int, int] | None = None) -> dict[str, Any]:
-        """The Yulebao phase-1 campaign under another id, scaled, opening shortly."""
+                 rate_limit: tuple[int, int] | None = None, **extra: Any) -> dict[str, Any]:
+        """The Yulebao phase-1 campaign under another id, scaled, opening shortly (``extra``: more
+        fields, e.g. ``admission``)."""
         d = shifted(read_definition(), opens_in_s=opens_in_s, campaign_id=campaign_id, units=units,
                     hold_seconds=hold_seconds, rate_limit=rate_limit)
+        d.update(extra)
         asyncio.run(put_campaign(self.api.url, ADMIN_TOKEN, d))
         return d
 
@@ -41,7 +44,7 @@ def stack() -> Iterator[Stack]:
     redis = RedisServer().start()
     workdir = tempfile.mkdtemp(prefix="fs-loadgen-")
     database_url = f"sqlite:///{Path(workdir) / 'ledger.db'}"
-    api = ApiServer(redis.url, workers=2)
+    api = ApiServer(redis.url, workers=2, FLASHSALE_ADMISSION_KEYS=ADMISSION_KEYS)
     writer = Process([FLASHSALE, "writer", "--database-url", database_url, "--allow-volatile-redis"],
                      base_env(redis.url, FLASHSALE_DATABASE_URL=database_url))
     try:

@@ -212,6 +212,10 @@ async def exported(engine: Engine, sold: str) -> set[str]:
     d = EngineDriver(engine, "exported")
     await d.load(definition("exported"))
     await run_sale(d)
+    from engine.campaign import parse
+    from tests.admission.conftest import definition as queued
+
+    await engine.load_campaign(parse(queued("exported-queue")))  # the waiting room's series
     metrics.observe_request("/x", "GET", 200, 0.001)
     metrics.count_outcome("reserve", "OK", 0.001)
     metrics.observe_sweep(SweepTick(at_s=1.0, expired=0, failed=0, completed=True))

@@ -3,7 +3,7 @@
 --
 -- A record is the msgpack of
 --   {state, product, user, units, amount, expires_ms, created_ms, storefront, key, ref, confirmed_ms}
--- (layout: reserve.lua). One that cmsgpack cannot read, or whose fields have the wrong type or
+-- and, under buyer caps, {..., identity, device, network} (layout: reserve.lua). One that cmsgpack cannot read, or whose fields have the wrong type or
 -- shape, is damaged: it is named (DAMAGED_RECORD), never raised, so it cannot fail the batch.
 local fmt = string.format
 local CHUNK = 2000  -- fields per HMGET at most: unpack() of more overflows Lua's C stack
@@ -37,6 +37,8 @@ local function well_formed(r)
     and whole(r[4], 1, MAX_UNITS) and whole(r[5], 0, MAX_EXACT) and whole(r[6], 0, MAX_EXACT)
     and whole(r[7], 0, MAX_EXACT) and type(r[8]) == 'string' and type(r[9]) == 'string'
     and type(r[10]) == 'string' and whole(r[11], 0, MAX_EXACT)
+    and (r[12] == nil or (type(r[12]) == 'string' and type(r[13]) == 'string'
+      and type(r[14]) == 'string' and r[15] == nil))
 end
 
 -- The entry of one stored value: false when there is none; {r = record, packed = its msgpack};

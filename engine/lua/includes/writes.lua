@@ -2,13 +2,15 @@
 -- planned while its requests are judged and made only once every one of them is.
 --
 -- KEYS[1] counters hash  KEYS[2] users hash  KEYS[3] reservations hash  KEYS[4] holds zset
--- KEYS[5] events stream  KEYS[6] damaged hash
+-- KEYS[5] events stream  KEYS[6] damaged hash  KEYS[7] buyers hash (units per identity, device,
+-- network: reserve.lua)
 -- Counters and users move by deltas summed per field: flush() reads each field once, then
 -- writes it once (one HMGET and one HSET per hash for the whole batch); records are written
 -- once per id, the holds zset and the damaged hash once, events in the order they happened.
 local plan_counters, plan_users = {}, {}  -- field -> delta
 local plan_records, plan_zrem, plan_damaged = {}, {}, {}  -- rid -> packed; rid -> true; rid -> why
 local plan_buyers = {}  -- uid -> true: confirmed units were added for this user
+local plan_signals, nplan_signals = {}, 0  -- buyers hash field -> delta (buyer caps)
 local plan_events, nplan_events = {}, 0  -- each a list of XADD field, value pairs
 
 local function add(t, field, delta) t[field] = (t[field] or 0) + delta end
@@ -28,6 +30,11 @@ local function release_hold(rid, e, state, now)
   add(plan_counters, 'held', -units); add(plan_counters, 'held|' .. pid, -units)
   add(plan_users, 't|' .. uid, -units); add(plan_users, fup, -units)
   add(plan_users, fup .. '|' .. r[8], -units)
+  if r[12] then  -- the buyer signals the caps counted for this hold (reserve.lua)
+    if r[12] ~= '' then add(plan_signals, 'i|' .. r[12], -units); nplan_signals = nplan_signals + 1 end
+    if r[13] ~= '' then add(plan_signals, 'd|' .. r[13], -units); nplan_signals = nplan_signals + 1 end
+    if r[14] ~= '' then add(plan_signals, 'n|' .. r[14], -units); nplan_signals = nplan_signals + 1 end
+  end
   plan_zrem[rid] = true
   r[1] = state
   e.packed = cmsgpack.pack(r)
@@ -68,6 +75,8 @@ local function flush()
   end
   local cf = fields_of(plan_counters)
   local cv = #cf > 0 and hmget(KEYS[1], cf) or {}
+  local sf = nplan_signals > 0 and fields_of(plan_signals) or {}
+  local sv = #sf > 0 and hmget(KEYS[7], sf) or {}
   local args = {}
   for i = 1, #cf do
     args[2 * i - 1] = cf[i]; args[2 * i] = fmt('%d', (tonumber(cv[i]) or 0) + plan_counters[cf[i]])
@@ -78,6 +87,11 @@ local function flush()
     args[2 * i - 1] = uf[i]; args[2 * i] = fmt('%d', (tonumber(uv[i]) or 0) + plan_users[uf[i]])
   end
   call_chunked('HSET', KEYS[2], args)
+  args = {}
+  for i = 1, #sf do
+    args[2 * i - 1] = sf[i]; args[2 * i] = fmt('%d', (tonumber(sv[i]) or 0) + plan_signals[sf[i]])
+  end
+  call_chunked('HSET', KEYS[7], args)
   args = {}
   for rid, packed in pairs(plan_records) do args[#args + 1] = rid; args[#args + 1] = packed end
   call_chunked('HSET', KEYS[3], args)

@@ -147,6 +147,16 @@
     $('[data-field="lag_orders"]', el).classList.toggle("alert", s.ledger.lag_orders > 1000);
     setField(el, "undelivered_entries", s.writer.undelivered_entries);
     setField(el, "pending_entries", s.writer.pending_entries);
+    const q = s.queue; // queue mode only: the waiting room
+    $(".queue", el).hidden = !q;
+    if (q) {
+      setField(el, "queue_waiting", q.waiting);
+      setField(el, "queue_admitted", q.admitted);
+      const paused = q.admit_per_second === 0;
+      setField(el, "queue_admit_per_second", q.admit_per_second, paused ? "paused" : fmt.format(q.admit_per_second));
+      // admission paused while stock remains: people wait for units that are there
+      $('[data-field="queue_admit_per_second"]', el).classList.toggle("alert", paused && s.remaining_units > 0);
+    }
     for (const p of s.products) {
       const tr = el.querySelector('tr[data-product="' + CSS.escape(p.product_id) + '"]');
       for (const f of ["sold_units", "held_units", "remaining_units", "total_units"]) setField(tr, f, p[f]);
