@@ -224,7 +224,7 @@ def _order_check(c: sqlite3.Connection, campaign_id: str) -> OrderCheck:
     confirmed_sql, extra_sql = order_check_sql("?")
     c.execute("BEGIN")  # one read transaction: orders and events as of the same commit
     confirmed = c.execute(confirmed_sql, (campaign_id,)).fetchall()
-    extra = c.execute(extra_sql, (campaign_id, campaign_id)).fetchall()
+    extra = c.execute(extra_sql, (campaign_id,) * 3).fetchall()
     count = int(c.execute("SELECT COUNT(*) FROM orders WHERE campaign_id = ?", (campaign_id,)).fetchone()[0])
     persisted = _persisted(c, campaign_id)
     c.execute("COMMIT")
