@@ -31,7 +31,15 @@ from engine.ledger.rows import (
     event_of_row,
     order_of_row,
 )
-from engine.ledger.sink import Holder, LedgerSnapshot, LedgerUnavailable, RowRejected
+from engine.ledger.sink import (
+    Holder,
+    LedgerSnapshot,
+    LedgerUnavailable,
+    OrderCheck,
+    RowRejected,
+    order_check_of,
+    order_check_sql,
+)
 
 MIGRATION_LOCK = 0x666C_6564  # pg_advisory_xact_lock key: one migrator at a time
 CONNECT_TIMEOUT_S = 5.0
@@ -259,19 +267,34 @@ class PostgresSink:
         result: str | None = await self._call("reading the ledger", get)
         return result
 
-    async def snapshot(self, campaign_id: str) -> LedgerSnapshot:
+    async def snapshot(self, campaign_id: str, *, orders: bool = True) -> LedgerSnapshot:
         async def get(conn: asyncpg.Connection) -> LedgerSnapshot:
             sql = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE campaign_id = $1 ORDER BY entry_ms, entry_seq"
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 events = await conn.fetch(sql, campaign_id)
-                orders = await conn.fetch(
-                    f"SELECT {', '.join(ORDER_COLUMNS)} FROM orders WHERE campaign_id = $1", campaign_id)
+                rows = await conn.fetch(f"SELECT {', '.join(ORDER_COLUMNS)} FROM orders WHERE campaign_id = $1",
+                                        campaign_id) if orders else []
+                count = await conn.fetchval("SELECT COUNT(*) FROM orders WHERE campaign_id = $1", campaign_id)
                 persisted = await conn.fetchval(
                     "SELECT persisted_orders FROM ledger_progress WHERE campaign_id = $1", campaign_id)
-            return LedgerSnapshot(tuple(event_of_row(r) for r in events), tuple(order_of_row(r) for r in orders),
-                                  int(persisted or 0))
+            return LedgerSnapshot(tuple(event_of_row(r) for r in events), tuple(order_of_row(r) for r in rows),
+                                  int(persisted or 0), int(count))
 
         result: LedgerSnapshot = await self._call("reading the ledger", get)
+        return result
+
+    async def order_check(self, campaign_id: str) -> OrderCheck:
+        async def get(conn: asyncpg.Connection) -> OrderCheck:
+            confirmed_sql, extra_sql = order_check_sql("$1", ' COLLATE "C"')
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                confirmed = await conn.fetch(confirmed_sql, campaign_id)
+                extra = await conn.fetch(extra_sql, campaign_id)
+                count = await conn.fetchval("SELECT COUNT(*) FROM orders WHERE campaign_id = $1", campaign_id)
+                persisted = await conn.fetchval(
+                    "SELECT persisted_orders FROM ledger_progress WHERE campaign_id = $1", campaign_id)
+            return order_check_of(confirmed, extra, int(count), int(persisted or 0))
+
+        result: OrderCheck = await self._call("checking the ledger's orders", get)
         return result
 
     async def holders(self, campaign_id: str) -> list[Holder]:

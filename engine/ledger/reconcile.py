@@ -25,7 +25,7 @@ from engine import keys
 from engine.campaign import Campaign, parse
 from engine.ledger.history import ResState, Totals, merge, replay, totals
 from engine.ledger.redisview import PAGE, RedisView, archived_record, read_view, scan_stream
-from engine.ledger.sink import LedgerSnapshot, Sink, entry_key
+from engine.ledger.sink import OrderCheck, Sink, entry_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,19 +118,15 @@ def compare_idempotency(states: dict[str, ResState], view: RedisView, examples: 
                        f"{len(want)} known")]
 
 
-def ledger_self_check(ledger: LedgerSnapshot) -> list[Difference]:
-    """``orders`` against the confirmed events of the same ledger, and the published count."""
-    confirmed = {e.reservation_id: (e.product_id, e.user_id, e.units, e.amount, e.payment_ref or "")
-                 for e in ledger.events if e.type == "confirmed"}
-    orders = {o.reservation_id: (o.product_id, o.user_id, o.units, o.amount, o.payment_ref) for o in ledger.orders}
-    out = [Difference(f"ledger order {rid}", "(orders row missing)", confirmed[rid])
-           for rid in sorted(confirmed.keys() - orders.keys())]
-    out += [Difference(f"ledger order {rid}", orders[rid], "(no confirmed event)")
-            for rid in sorted(orders.keys() - confirmed.keys())]
-    out += [Difference(f"ledger order {rid}", orders[rid], confirmed[rid])
-            for rid in sorted(orders.keys() & confirmed.keys()) if orders[rid] != confirmed[rid]]
-    if ledger.persisted_orders != len(orders):
-        out.append(Difference("ledger persisted_orders against rows in orders", ledger.persisted_orders, len(orders)))
+def ledger_self_check(check: OrderCheck) -> list[Difference]:
+    """``orders`` against the confirmed events of the same ledger, and the published count (the
+    database compares: ``Sink.order_check``)."""
+    out = [Difference(f"ledger order {rid}", "(orders row missing)", event) for rid, event in check.missing]
+    out += [Difference(f"ledger order {rid}", order, "(no confirmed event)") for rid, order in check.extra]
+    out += [Difference(f"ledger order {rid}", order, event) for rid, order, event in check.differing]
+    if check.persisted_orders != check.order_rows:
+        out.append(Difference("ledger persisted_orders against rows in orders", check.persisted_orders,
+                              check.order_rows))
     return out
 
 
@@ -149,11 +145,12 @@ async def definition(view: RedisView, sink: Sink) -> Campaign | None:
 async def reconcile_archived(sink: Sink, campaign_id: str, record: dict[str, Any]) -> Reconciliation:
     """An archived campaign: Redis no longer has it; the ledger is checked alone, and against the
     orders Redis counted when it was archived."""
-    ledger = await sink.snapshot(campaign_id)
-    diffs = ledger_self_check(ledger)
-    if int(record.get("orders", -1)) != len(ledger.orders):
-        diffs.append(Difference("confirmed orders (Redis: when archived)", record.get("orders"), len(ledger.orders)))
-    return Reconciliation(campaign_id, tuple(diffs), len(ledger.events), 0, len(ledger.orders), record)
+    check = await sink.order_check(campaign_id)
+    diffs = ledger_self_check(check)
+    if int(record.get("orders", -1)) != check.order_rows:
+        diffs.append(Difference("confirmed orders (Redis: when archived)", record.get("orders"), check.order_rows))
+    ledger = await sink.snapshot(campaign_id, orders=False)
+    return Reconciliation(campaign_id, tuple(diffs), len(ledger.events), 0, check.order_rows, record)
 
 
 async def reconcile(redis: aioredis.Redis, sink: Sink, campaign_id: str, *, page: int = PAGE) -> Reconciliation:
@@ -165,7 +162,7 @@ async def reconcile(redis: aioredis.Redis, sink: Sink, campaign_id: str, *, page
             return await reconcile_archived(sink, campaign_id, record)
     ledger_last = await sink.last_entry(campaign_id)  # before Redis: what the ledger surely held
     view = await read_view(redis, campaign_id, idempotency=True, page=page)
-    ledger = await sink.snapshot(campaign_id)
+    ledger = await sink.snapshot(campaign_id, orders=False)
     upto = max(entry_key(view.last_id), entry_key(ledger_last or "0-0"))
     ledger_events = list(ledger.events)  # in stream order: what lies past ``upto`` is at the end
     while ledger_events and entry_key(ledger_events[-1].entry_id) > upto:
@@ -181,7 +178,7 @@ async def reconcile(redis: aioredis.Redis, sink: Sink, campaign_id: str, *, page
             diffs.append(Difference("campaign definition", "(missing: run flashsale recover)", "(kept)"))
         diffs += compare(campaign, view, want)
         diffs += compare_idempotency(states, view)
-    diffs += ledger_self_check(ledger)
+    diffs += ledger_self_check(await sink.order_check(campaign_id))
     diffs += [Difference(f"stream entry {eid}", "(not a flashsale event)", "(skipped)") for eid in view.malformed]
     diffs += await dead_letters(redis, campaign_id, page)
     return Reconciliation(campaign_id, tuple(diffs), len(ledger_events), len(view.events), want.orders)

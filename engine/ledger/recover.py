@@ -207,10 +207,10 @@ async def recover(engine: Engine, sink: Sink, campaign_id: str, *, page: int = P
     while True:
         attempts += 1
         view = await read_view(redis, campaign_id, records=True, idempotency=True, page=page)
-        ledger = await sink.snapshot(campaign_id)
+        ledger = await sink.snapshot(campaign_id, orders=False)
         p = plan(campaign, view, ledger)
         last = ledger.events[-1].entry_id if ledger.events else "0-0"
-        if await _apply(redis, campaign_id, view, p, last, len(ledger.orders), page):
+        if await _apply(redis, campaign_id, view, p, last, ledger.order_rows, page):
             break
         if attempts >= MAX_ATTEMPTS:
             raise LedgerError(f"campaign {campaign_id!r} kept changing during recovery ({attempts} plans); "

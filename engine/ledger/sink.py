@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.errors import LedgerError
 from engine.events import Event
@@ -61,8 +61,53 @@ class LedgerSnapshot:
     """A campaign's ledger as one read transaction saw it."""
 
     events: tuple[Event, ...]  # in stream order
-    orders: tuple[Order, ...]
+    orders: tuple[Order, ...]  # empty when read with ``orders=False``
     persisted_orders: int
+    order_rows: int = -1  # rows in ``orders`` for the campaign (-1: not counted)
+
+
+OrderLine = tuple[str, str, int, int, str]  # product, user, units, amount, payment reference
+
+
+@dataclass(frozen=True, slots=True)
+class OrderCheck:
+    """``orders`` against the confirmed events of the same ledger, as one read transaction saw
+    them: only the rows that disagree, each list ordered by reservation id."""
+
+    missing: tuple[tuple[str, OrderLine], ...]  # a confirmed event without its orders row
+    extra: tuple[tuple[str, OrderLine], ...]  # an orders row without a confirmed event
+    differing: tuple[tuple[str, OrderLine, OrderLine], ...]  # (id, orders row, confirmed event)
+    order_rows: int
+    persisted_orders: int
+
+
+def order_check_sql(p: str, c: str = "") -> tuple[str, str]:
+    """The two queries of ``Sink.order_check`` (``p``: the placeholder of the campaign id, used
+    three times in the second; ``c``: a collation clause making ORDER BY compare code points, as Python does).
+    The first gives each confirmed event whose orders row is missing or differs, the second each
+    orders row without a confirmed event: the database compares, Python sees only differences."""
+    confirmed = ("SELECT e.reservation_id, e.product_id, e.user_id, e.units, e.amount, COALESCE(e.payment_ref, ''), "
+                 "o.reservation_id, o.product_id, o.user_id, o.units, o.amount, o.payment_ref "
+                 "FROM events e LEFT JOIN orders o ON o.reservation_id = e.reservation_id "
+                 f"AND o.campaign_id = e.campaign_id WHERE e.campaign_id = {p} AND e.type = 'confirmed' "
+                 "AND (o.reservation_id IS NULL OR o.product_id <> e.product_id OR o.user_id <> e.user_id "
+                 "OR o.units <> e.units OR o.amount <> e.amount OR o.payment_ref <> COALESCE(e.payment_ref, '')) "
+                 f"ORDER BY e.reservation_id{c}")
+    extra = ("SELECT o.reservation_id, o.product_id, o.user_id, o.units, o.amount, o.payment_ref FROM orders o "
+             f"WHERE o.campaign_id = {p} AND o.reservation_id IN (SELECT reservation_id FROM orders WHERE "
+             f"campaign_id = {p} EXCEPT SELECT reservation_id FROM events WHERE campaign_id = {p} "
+             f"AND type = 'confirmed') ORDER BY o.reservation_id{c}")  # EXCEPT: no index on events' ids needed
+    return confirmed, extra
+
+
+def order_check_of(confirmed: Sequence[Sequence[Any]], extra: Sequence[Sequence[Any]], order_rows: int,
+                   persisted: int) -> OrderCheck:
+    """An ``OrderCheck`` from the rows of ``order_check_sql``'s queries."""
+    missing = tuple((r[0], (r[1], r[2], int(r[3]), int(r[4]), r[5])) for r in confirmed if r[6] is None)
+    differing = tuple((r[0], (r[7], r[8], int(r[9]), int(r[10]), r[11]), (r[1], r[2], int(r[3]), int(r[4]), r[5]))
+                      for r in confirmed if r[6] is not None)
+    others = tuple((r[0], (r[1], r[2], int(r[3]), int(r[4]), r[5])) for r in extra)
+    return OrderCheck(missing, others, differing, order_rows, persisted)
 
 
 def entry_key(entry_id: str) -> tuple[int, int]:
@@ -108,8 +153,14 @@ class Sink(Protocol):
         """Every campaign's persisted_orders."""
         ...
 
-    async def snapshot(self, campaign_id: str) -> LedgerSnapshot:
-        """The campaign's whole history and orders, as of one commit."""
+    async def snapshot(self, campaign_id: str, *, orders: bool = True) -> LedgerSnapshot:
+        """The campaign's whole history and orders, as of one commit (``orders=False``: the
+        orders are only counted, into ``order_rows``)."""
+        ...
+
+    async def order_check(self, campaign_id: str) -> OrderCheck:
+        """``orders`` against the confirmed events, compared by the database in one read
+        transaction: only the disagreeing rows reach Python."""
         ...
 
     async def last_entry(self, campaign_id: str) -> str | None:

@@ -27,7 +27,15 @@ from engine.ledger.rows import (
     order_of_row,
     order_rows,
 )
-from engine.ledger.sink import Holder, LedgerSnapshot, LedgerUnavailable, RowRejected
+from engine.ledger.sink import (
+    Holder,
+    LedgerSnapshot,
+    LedgerUnavailable,
+    OrderCheck,
+    RowRejected,
+    order_check_of,
+    order_check_sql,
+)
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 5000  # how long a writer waits for another's write lock before retrying
@@ -137,8 +145,11 @@ class SqliteSink:
 
         return await self._run(get)
 
-    async def snapshot(self, campaign_id: str) -> LedgerSnapshot:
-        return await self._run(lambda c: _snapshot(c, campaign_id))
+    async def snapshot(self, campaign_id: str, *, orders: bool = True) -> LedgerSnapshot:
+        return await self._run(lambda c: _snapshot(c, campaign_id, orders))
+
+    async def order_check(self, campaign_id: str) -> OrderCheck:
+        return await self._run(lambda c: _order_check(c, campaign_id))
 
     async def last_entry(self, campaign_id: str) -> str | None:
         def get(c: sqlite3.Connection) -> str | None:
@@ -191,13 +202,30 @@ def _write(c: sqlite3.Connection, groups: dict[str, list[EventRow]]) -> dict[str
     return totals
 
 
-def _snapshot(c: sqlite3.Connection, campaign_id: str) -> LedgerSnapshot:
+def _snapshot(c: sqlite3.Connection, campaign_id: str, with_orders: bool) -> LedgerSnapshot:
     c.execute("BEGIN")  # one read transaction: events and orders as of the same commit
     events = tuple(event_of_row(r) for r in c.execute(
         f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE campaign_id = ? ORDER BY entry_ms, entry_seq",
         (campaign_id,)))
     orders = tuple(order_of_row(r) for r in c.execute(
-        f"SELECT {', '.join(ORDER_COLUMNS)} FROM orders WHERE campaign_id = ?", (campaign_id,)))
-    row = c.execute("SELECT persisted_orders FROM ledger_progress WHERE campaign_id = ?", (campaign_id,)).fetchone()
+        f"SELECT {', '.join(ORDER_COLUMNS)} FROM orders WHERE campaign_id = ?", (campaign_id,))) if with_orders else ()
+    count = int(c.execute("SELECT COUNT(*) FROM orders WHERE campaign_id = ?", (campaign_id,)).fetchone()[0])
+    persisted = _persisted(c, campaign_id)
     c.execute("COMMIT")
-    return LedgerSnapshot(events, orders, int(row[0]) if row else 0)
+    return LedgerSnapshot(events, orders, persisted, count)
+
+
+def _persisted(c: sqlite3.Connection, campaign_id: str) -> int:
+    row = c.execute("SELECT persisted_orders FROM ledger_progress WHERE campaign_id = ?", (campaign_id,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _order_check(c: sqlite3.Connection, campaign_id: str) -> OrderCheck:
+    confirmed_sql, extra_sql = order_check_sql("?")
+    c.execute("BEGIN")  # one read transaction: orders and events as of the same commit
+    confirmed = c.execute(confirmed_sql, (campaign_id,)).fetchall()
+    extra = c.execute(extra_sql, (campaign_id,) * 3).fetchall()
+    count = int(c.execute("SELECT COUNT(*) FROM orders WHERE campaign_id = ?", (campaign_id,)).fetchone()[0])
+    persisted = _persisted(c, campaign_id)
+    c.execute("COMMIT")
+    return order_check_of(confirmed, extra, count, persisted)

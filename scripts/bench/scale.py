@@ -82,7 +82,7 @@ async def build(url: str, db_url: str, n: int) -> tuple[int, float, float]:
         out = await engine.reserve(CAMPAIGN, ReserveRequest(f"user-{i:07d}", f"film-{i % 3}", 1 + i % 3,
                                                             f"idem-{i:07d}", "shop-a"))
         if i % 2 == 0:
-            await engine.confirm(CAMPAIGN, out.reservation.reservation_id, f"pay-{i:07d}")
+            await engine.confirm(CAMPAIGN, out.reservation.reservation_id, f"pay-{i:07d}", storefront="shop-a")
             confirmed += 1
 
     try:

@@ -80,7 +80,7 @@ async def test_a_persisted_campaign_leaves_redis_and_its_ledger_stays(engine: En
     sale = await sell(engine, CID, 60, confirm_every=2, cancel_every=3)
     await sell(engine, "other", 10)
     for rid in sale.held:
-        await engine.cancel(CID, rid)
+        await engine.cancel(CID, rid, storefront="shop-a")
     await drain(redis_url, db_url)
     await engine.close_campaign(CID)
     before = await ledger(db_url, CID)

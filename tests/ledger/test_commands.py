@@ -197,3 +197,57 @@ async def test_reconcile_counts_each_storefronts_units(engine: Engine, aredis: a
     assert dirty.returncode == 1
     assert any(line.startswith("user u-b: units taken (held + confirmed), product p0, through storefront shop-b:")
                for line in dirty.stdout.splitlines()), dirty.stdout
+
+
+async def _execute(db_url: str, *statements: str) -> None:
+    """Run SQL on the test's ledger, behind the sink's back (the corruption a test needs)."""
+    if db_url.startswith("sqlite:"):
+        import sqlite3
+
+        conn = sqlite3.connect(db_url[len("sqlite:///"):])
+        with conn:
+            for sql in statements:
+                conn.execute(sql)
+        conn.close()
+        return
+    import asyncpg
+
+    pg = await asyncpg.connect(db_url)
+    try:
+        for sql in statements:
+            await pg.execute(sql)
+    finally:
+        await pg.close()
+
+
+async def test_reconcile_lists_orders_rows_that_disagree_with_the_confirmed_events(
+        engine: Engine, redis_url: str, db_url: str) -> None:
+    """The database compares ``orders`` with the confirmed events (only differences reach Python):
+    a missing row, a row without a confirmed event and a row that differs are each one line, by id."""
+    await engine.load_campaign(campaign(CID))
+    sale = await sell(engine, CID, 40, confirm_every=2)
+    env = base_env(redis_url, FLASHSALE_DATABASE_URL=db_url)
+    assert (await flashsale("writer", "--burst", env=env)).returncode == 0
+    gone, changed = sorted(sale.confirmed)[:2]
+    await _execute(db_url, f"DELETE FROM orders WHERE reservation_id = '{gone}'",
+                   f"UPDATE orders SET amount = amount + 1 WHERE reservation_id = '{changed}'",
+                   "INSERT INTO orders (reservation_id, campaign_id, product_id, user_id, units, amount, payment_ref, "
+                   f"confirmed_at) SELECT 'zz-extra', campaign_id, product_id, user_id, units, amount, payment_ref, "
+                   f"confirmed_at FROM orders WHERE reservation_id = '{changed}'")
+    sink = sink_for(db_url)
+    await sink.open(readonly=True)
+    try:
+        check = await sink.order_check(CID)
+    finally:
+        await sink.close()
+    assert [rid for rid, _ in check.missing] == [gone] and [rid for rid, _ in check.extra] == ["zz-extra"]
+    ((rid, order, event),) = check.differing
+    assert rid == changed and order[3] == event[3] + 1 and order[:3] == event[:3]
+    assert (check.order_rows, check.persisted_orders) == (len(sale.confirmed), len(sale.confirmed))
+    dirty = await flashsale("reconcile", CID, env=env)
+    assert dirty.returncode == 1
+    lines = dirty.stdout.splitlines()
+    assert f"ledger order {gone}: Redis (orders row missing), ledger + stream {check.missing[0][1]}" in lines
+    assert f"ledger order zz-extra: Redis {check.extra[0][1]}, ledger + stream (no confirmed event)" in lines
+    assert f"ledger order {changed}: Redis {order}, ledger + stream {event}" in lines
+    assert "3 difference(s)" in lines[-1]  # one row deleted, one added: the count still matches
