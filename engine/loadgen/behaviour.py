@@ -82,7 +82,9 @@ def bad_requests(user_id: str, product_id: str) -> list[BadRequest]:
         BadRequest("body over 4 KiB", b"POST", res, body(**ok, units=1, note="x" * 5000), True, "ok",
                    frozenset({413})),
         BadRequest("unknown product", b"POST", res,
-                   body(user_id=user_id, product_id="no-such-product", units=1), True, "ok", frozenset({404})),
+                   body(user_id=user_id, product_id="no-such-product", units=1), True, "ok",
+                   # 404; or 422 where the campaign caps buyers, since this probe carries no buyer signal
+                   frozenset({404}) | _INVALID),
         BadRequest("no token", b"POST", res, body(**ok, units=1), True, "none", frozenset({401})),
         BadRequest("wrong token", b"POST", res, body(**ok, units=1), True, "wrong", frozenset({401, 403})),
         BadRequest("unknown campaign", b"POST", "//v1/campaigns/no-such-campaign/reservations",
