@@ -134,11 +134,11 @@ def serve(host: str | None, port: int | None, workers: int | None, server: str |
     if not settings.storefront_tokens or not settings.admin_token:
         click.echo("flashsale serve: warning: no storefront tokens or no admin token configured "
                    "(FLASHSALE_STOREFRONT_TOKENS, FLASHSALE_ADMIN_TOKEN); those calls will all be 401", err=True)
-    _check_port(settings.host, settings.port)
-    clash = _ops_port_free(settings)
+    clash = _ops_port_free(settings)  # first: a wrong --ops-port is a usage error (2) whatever holds the API port
     if clash is not None:
         click.echo(f"flashsale serve: --ops-port {settings.ops_port}: {clash}", err=True)
         sys.exit(2)
+    _check_port(settings.host, settings.port)
     from engine.admission.commands import serve_problem
 
     problem = asyncio.run(serve_problem(settings))
