@@ -18,7 +18,7 @@ from pathlib import Path
 
 import redis
 
-from tests.support.servers import redis_server_binary
+from tests.support.servers import redis_server_binary, wait_for_ping
 
 NODE_TIMEOUT_MS = 1000
 
@@ -61,20 +61,7 @@ class ClusterNode:
                 "--appendonly", "yes", "--appendfsync", "always", "--save", "",
                 "--maxmemory-policy", "noeviction", "--logfile", str(Path(self.dir) / "redis.log")]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
-        try:
-            while True:
-                try:
-                    if client.ping():
-                        return
-                except redis.exceptions.RedisError:
-                    pass
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"cluster node on port {self.port} did not start; see {self.dir}/redis.log")
-                time.sleep(0.02)
-        finally:
-            client.close()
+        wait_for_ping(self.proc, self.port, self.dir)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
