@@ -360,11 +360,14 @@ RECORD = ("state", "product", "user", "units", "amount", "expires_ms", "created_
           "ref", "confirmed_ms")
 RECORD_BUYER = ("identity", "device", "network")
 STATES = ("held", "confirmed", "cancelled", "expired")  # the values of ``state``
+_N = len(RECORD)
+_ARITIES = (_N, _N + len(RECORD_BUYER))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Record:
-    """One reservation record, as stored (field order: ``RECORD``, ``RECORD_BUYER``)."""
+    """One reservation record, as stored (field order: ``RECORD``, ``RECORD_BUYER``). Not frozen:
+    every reservation reply decodes one, and a frozen dataclass costs twice as much to build."""
 
     state: str
     product: str
@@ -386,12 +389,11 @@ def unpack_record(packed: bytes) -> Record:
     """A stored record; ``ValueError`` (``msgpack``'s errors included) or ``TypeError`` for one
     that is not a record of 11 or 14 values."""
     r: Any = msgpack.unpackb(packed, raw=False)
-    if not isinstance(r, list) or len(r) not in (len(RECORD), len(RECORD) + len(RECORD_BUYER)):
+    if type(r) is not list or len(r) not in _ARITIES:
         raise ValueError(f"a reservation record has 11 or 14 values, not {len(r) if isinstance(r, list) else r!r}")
-    st, pid, uid, units, amount, exp, created, sf, key, ref, confirmed = r[: len(RECORD)]
-    signals = r[len(RECORD) :] or [None, None, None]
+    st, pid, uid, units, amount, exp, created, sf, key, ref, confirmed = r[:_N]
     return Record(st, pid, uid, int(units), int(amount), int(exp), int(created), sf, key or "", ref or "",
-                  int(confirmed), *signals)
+                  int(confirmed), *r[_N:])
 
 
 def pack_record(r: Record) -> bytes:

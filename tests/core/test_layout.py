@@ -245,8 +245,9 @@ def test_every_record_position_is_in_the_layout() -> None:
 @pytest.mark.parametrize("capped", [False, True])
 async def test_python_reads_and_writes_the_record_reserve_lua_writes(engine: Engine, aredis: aioredis.Redis,
                                                                      capped: bool) -> None:
-    await engine.load_campaign(campaign(identity_cap_units=5) if capped else campaign())
-    buyer = Buyer(identity="person-A") if capped else None
+    caps = {"identity_cap_units": 5, "device_cap_units": 5, "network_cap_units": 5} if capped else {}
+    await engine.load_campaign(campaign(**caps))
+    buyer = Buyer(identity="person-A", device="dev-1", ip="203.0.113.7") if capped else None
     out = await engine.reserve("c1", ReserveRequest("u1", "p1", 2, "key-1", "shop", buyer))
     rid = out.reservation.reservation_id
     packed = await aredis.hget(keys.CampaignKeys("c1").reservations, rid)
@@ -254,7 +255,8 @@ async def test_python_reads_and_writes_the_record_reserve_lua_writes(engine: Eng
     assert (r.state, r.product, r.user, r.units, r.amount, r.storefront, r.key, r.ref, r.confirmed_ms) == \
         ("held", "p1", "u1", 2, 20000, "shop", "key-1", "", 0)
     assert r.expires_ms - r.created_ms == 900_000
-    assert (r.identity, r.device, r.network) == (("person-A", "", "") if capped else (None, None, None))
+    assert (r.identity, r.device, r.network) == \
+        (("person-A", "dev-1", "203.0.113.0/24") if capped else (None, None, None))
     assert keys.pack_record(r) == packed  # byte for byte what the script writes
     assert msgpack.unpackb(packed)[keys.RECORD.index("storefront")] == "shop"
     assert keys.record_owner(packed) == "shop"
