@@ -225,8 +225,6 @@ class Meta:
     QUEUE = "queue"  # ``1`` in queue mode (absent: open)
     PRODUCT_TOTAL = "total|"  # + product id: the product's units
     PRODUCT_CAP = "cap|"  # + product id: its per-user cap (absent: none)
-    ELIG_REGISTERED = "registered"  # the value of ``elig``
-    QUEUE_ON = "1"  # the value of ``queue``
 
 
 class Flag:
@@ -236,6 +234,13 @@ class Flag:
     PAUSED = "paused"
     CLOSED = "closed"
     RECOVERING = "recovering"
+
+
+class MetaValue:
+    """The values of meta ``elig`` and ``queue`` when set."""
+
+    ELIG_REGISTERED = "registered"
+    QUEUE_ON = "1"
 
 
 class Counters:
@@ -342,7 +347,7 @@ class Damaged:
 
 HASH_FIELDS: tuple[type, ...] = (Meta, Counters, Users, Buyers, Ledger, Rate, Registrations, QueueUsers,
                                  Admission)
-"""The classes that name hash fields (and ``Flag``, ``Damaged``: values of fields)."""
+"""The classes that name hash fields (``Flag``, ``MetaValue``, ``Damaged``: values of fields)."""
 
 
 def names(namespace: type) -> dict[str, str]:

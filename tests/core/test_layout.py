@@ -93,7 +93,8 @@ def literals(name: str) -> set[str]:
 
 
 def declared() -> set[str]:
-    out = {v for ns in (*keys.HASH_FIELDS, keys.Flag, keys.Damaged, keys.EventField) for v in keys.names(ns).values()}
+    out = {v for ns in (*keys.HASH_FIELDS, keys.Flag, keys.MetaValue, keys.Damaged,
+                                                 keys.EventField) for v in keys.names(ns).values()}
     return out | set(keys.STATES) | set(keys.EVENT_TYPES)
 
 
