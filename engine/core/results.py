@@ -105,12 +105,12 @@ class Holdings:
 
 
 def campaign_state(flag: str, opens_ms: int, closes_ms: int, now_ms: int) -> str:
-    """The public state, by the same rule as ``reserve.lua``."""
-    if flag == "closed" or now_ms >= closes_ms:
+    """The public state, by the same rule as ``reserve.lua`` (``flag``: meta's, ``keys.Flag``)."""
+    if flag == keys.Flag.CLOSED or now_ms >= closes_ms:
         return "closed"
     if now_ms < opens_ms:
         return "scheduled"
-    if flag in ("paused", "recovering"):
+    if flag in (keys.Flag.PAUSED, keys.Flag.RECOVERING):
         return "paused"
     return "open"
 
