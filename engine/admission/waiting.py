@@ -155,7 +155,7 @@ class WaitingRoom:
 
         async def admission() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as p:
-                p.hmget(k.admission, ["seed_sha", "rates"])
+                p.hmget(k.admission, [keys.Admission.SEED_SHA, keys.Admission.RATES])
                 p.zcard(k.queue)
                 return await p.execute()  # type: ignore[no-any-return]
 

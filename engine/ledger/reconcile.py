@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 
 from engine import keys
 from engine.campaign import Campaign, parse
+from engine.core import reads
 from engine.ledger.history import ResState, Totals, merge, replay, totals
 from engine.ledger.redisview import PAGE, RedisView, archived_record, read_view, scan_stream
 from engine.ledger.sink import OrderCheck, Sink, entry_key
@@ -62,34 +63,33 @@ class Reconciliation:
 
 
 def _user_field(name: str) -> str:
-    kind, _, rest = name.partition("|")
+    _, _, rest = name.partition("|")
     uid, _, rest = rest.partition("|")
     pid, _, storefront = rest.partition("|")
-    what = "units taken (held + confirmed)" if kind == "t" else "units confirmed"
+    what = "units taken (held + confirmed)" if name.startswith(keys.Users.TAKEN) else "units confirmed"
     return (f"user {uid}: {what}" + (f", product {pid}" if pid else "")
             + (f", through storefront {storefront}" if storefront else ""))
 
 
 def compare(campaign: Campaign, view: RedisView, want: Totals) -> list[Difference]:
     """Counters and per-user totals in Redis against what the history says."""
-    c = view.counters
+    c = reads.counter_figures(view.counters)
     out: list[Difference] = []
 
     def check(what: str, have: int, should: int) -> None:
         if have != should:
             out.append(Difference(what, have, should))
 
-    check("sold units", c.get("sold", 0), want.sold)
-    check("held units", c.get("held", 0), want.held)
-    check("remaining units", campaign.total_units - c.get("sold", 0) - c.get("held", 0),
-          campaign.total_units - want.sold - want.held)
-    check("confirmed orders", c.get("orders", 0), want.orders)
-    check("buyers", c.get("buyers", 0), want.buyers)
+    check("sold units", c.sold, want.sold)
+    check("held units", c.held, want.held)
+    check("remaining units", campaign.total_units - c.sold - c.held, campaign.total_units - want.sold - want.held)
+    check("confirmed orders", c.orders, want.orders)
+    check("buyers", c.buyers, want.buyers)
     pids = [p.id for p in campaign.products]
     pids += sorted((set(want.product_sold) | set(want.product_held)) - set(pids))
     for p in pids:
         total = next((x.total_units for x in campaign.products if x.id == p), 0)
-        sold, held = c.get(f"sold|{p}", 0), c.get(f"held|{p}", 0)
+        sold, held = c.product_sold(p), c.product_held(p)
         check(f"product {p}: sold units", sold, want.product_sold.get(p, 0))
         check(f"product {p}: held units", held, want.product_held.get(p, 0))
         check(f"product {p}: remaining units", total - sold - held,
@@ -107,7 +107,7 @@ def compare_idempotency(states: dict[str, ResState], view: RedisView, examples: 
     want: dict[str, set[str]] = {}
     for r in states.values():
         if r.idempotency_key:
-            want.setdefault(f"{r.storefront}|{r.idempotency_key}", set()).add(r.reservation_id)
+            want.setdefault(keys.idempotency_field(r.storefront, r.idempotency_key), set()).add(r.reservation_id)
     missing = [f for f in want if f not in view.idempotency]
     elsewhere = [f for f in want if f in view.idempotency and view.idempotency[f] not in want[f]]
     if not missing and not elsewhere:

@@ -15,17 +15,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-import msgpack
 import orjson
 import redis.asyncio as aioredis
 
 from engine import keys
 from engine.campaign import Campaign, parse
-from engine.core import Engine
+from engine.core import Engine, reads
 from engine.core.engine import load_args
 from engine.core.scripts import source
 from engine.errors import LedgerError
@@ -64,21 +62,20 @@ class Recovery:
 
 def stage_keys(campaign_id: str) -> list[str]:
     """``flashsale recover``'s scratch keys of a campaign (consumed by each run; archive removes leftovers)."""
-    tag = keys.CampaignKeys(campaign_id).tag
-    return [f"{tag}:restore:counters", f"{tag}:restore:users", f"{tag}:restore:res", f"{tag}:restore:idem"]
+    return keys.CampaignKeys(campaign_id).staged()
 
 
 def _record(r: ResState, state: str) -> bytes:
-    """A reservation record in the layout of ``engine/lua/reserve.lua``."""
-    packed: bytes = msgpack.packb([state, r.product_id, r.user_id, r.units, r.amount, r.expires_ms, r.created_ms,
-                                   r.storefront, r.idempotency_key, r.payment_ref, r.confirmed_ms])
-    return packed
+    """A reservation record (``engine.keys.Record``), without buyer signals."""
+    return keys.pack_record(keys.Record(state, r.product_id, r.user_id, r.units, r.amount, r.expires_ms,
+                                        r.created_ms, r.storefront, r.idempotency_key, r.payment_ref,
+                                        r.confirmed_ms))
 
 
 def _from_record(rid: str, packed: bytes) -> ResState:
-    st, pid, uid, units, amount, exp, created, sf, key, ref, confirmed = msgpack.unpackb(packed, raw=False)[:11]
-    return ResState(rid, pid, uid, int(units), int(amount), st, int(created), int(exp), sf, ref or "",
-                    int(confirmed or 0), key or "")
+    r = keys.unpack_record(packed)
+    return ResState(rid, r.product, r.user, r.units, r.amount, r.state, r.created_ms, r.expires_ms, r.storefront,
+                    r.ref, r.confirmed_ms, r.key)
 
 
 def plan(campaign: Campaign, view: RedisView, ledger: LedgerSnapshot) -> Plan:
@@ -114,13 +111,14 @@ def plan(campaign: Campaign, view: RedisView, ledger: LedgerSnapshot) -> Plan:
             records[rid] = _record(r, r.state)
     idem = {f: rid for f, rid in idempotency(states.values()).items() if f not in view.idempotency}
     want = totals(states.values())
+    C = keys.Counters
     counters: dict[str, Any] = {f: v for f, v in view.counters.items()
-                                if not f.startswith(("sold|", "held|"))}
+                                if not f.startswith((C.PRODUCT_SOLD, C.PRODUCT_HELD))}
     pids = {p.id for p in campaign.products} | set(want.product_sold)
-    counters.update({"sold": want.sold, "held": 0, "orders": want.orders, "buyers": want.buyers})
+    counters.update({C.SOLD: want.sold, C.HELD: 0, C.ORDERS: want.orders, C.BUYERS: want.buyers})
     for p in pids:
-        counters[f"sold|{p}"] = want.product_sold.get(p, 0)
-        counters[f"held|{p}"] = 0
+        counters[C.sold(p)] = want.product_sold.get(p, 0)
+        counters[C.held(p)] = 0
     return Plan(counters, want.users, records, idem, tuple(dropped), want.orders)
 
 
@@ -178,7 +176,7 @@ async def refuse(engine: Engine, sink: Sink, campaign_id: str) -> tuple[Campaign
     Returns (the campaign, whether it was reloaded)."""
     redis = engine.redis
     k = keys.CampaignKeys(campaign_id)
-    raw = await cast("Awaitable[bytes | None]", redis.hget(k.meta, "def"))
+    raw = await reads.definition(campaign_id).run(redis)
     if raw is not None:
         await engine.set_recovering(campaign_id, True)
         return parse(orjson.loads(raw)), False

@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from engine import keys
+from engine.core import reads
 from engine.errors import LedgerError
 from engine.events import Event, MalformedEvent, decode
 
@@ -108,7 +109,7 @@ async def _read_once(redis: aioredis.Redis, campaign_id: str, records: bool, ide
                      page: int) -> RedisView | None:
     k = keys.CampaignKeys(campaign_id)
     before = await last_id(redis, k.events)
-    definition, flag = await redis.hmget(k.meta, ["def", "flag"])  # type: ignore[misc]
+    meta = await reads.meta_state(campaign_id).run(redis)
     counters = await scan_hash(redis, k.counters, page)
     users = await scan_hash(redis, k.users, page)
     entries = await scan_stream(redis, k.events, before, page) if before != NO_STREAM else []
@@ -124,7 +125,7 @@ async def _read_once(redis: aioredis.Redis, campaign_id: str, records: bool, ide
         except MalformedEvent:
             malformed.append(_text(eid))
     return RedisView(
-        campaign_id, definition, None if flag is None else _text(flag),
+        campaign_id, meta.definition, meta.flag,
         {_text(f): int(v) for f, v in counters.items()}, {_text(f): int(v) for f, v in users.items()},
         tuple(events), tuple(malformed), before, {_text(r): v for r, v in recs.items()},
         {_text(f): _text(r) for f, r in idem.items()},

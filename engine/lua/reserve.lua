@@ -16,6 +16,8 @@
     The gate is read only for a campaign whose meta sets 'queue', 'elig', 'icap', 'dcap' or
     'ncap' (engine/lua/load.lua): a campaign without them pays nothing per request for it.
 
+  Hash fields, the record and the event fields: engine/keys.py (tests/core/test_layout.py).
+
   Returns 4 values per request:
     {0, reservation id, packed record, replayed (0 new | 1 replay)}   the record is msgpack:
       {state, product, user, units, amount, expires_ms, created_ms, storefront, key, ref, confirmed_ms}

@@ -3,8 +3,10 @@
 --
 -- A record is the msgpack of
 --   {state, product, user, units, amount, expires_ms, created_ms, storefront, key, ref, confirmed_ms}
--- and, under buyer caps, {..., identity, device, network} (layout: reserve.lua). One that cmsgpack cannot read, or whose fields have the wrong type or
--- shape, is damaged: it is named (DAMAGED_RECORD), never raised, so it cannot fail the batch.
+-- and, under buyer caps, {..., identity, device, network} (layout: engine/keys.py RECORD; the
+-- field and event names these scripts write out: engine/keys.py, checked by tests/core/test_layout.py).
+-- One that cmsgpack cannot read, or whose fields have the wrong type or shape, is damaged: it is
+-- named (DAMAGED_RECORD), never raised, so it cannot fail the batch.
 local fmt = string.format
 local CHUNK = 2000  -- fields per HMGET at most: unpack() of more overflows Lua's C stack
 local MAX_UNITS = 1e12  -- engine/campaign.py MAX_UNITS
