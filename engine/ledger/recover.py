@@ -5,8 +5,10 @@
    table and is loaded already refused, in one MULTI, so no reserve slips in between.
 2. Plan: replay the ledger's history plus whatever the stream kept (and the reservation records
    that survived): every confirmed order counts, every hold never confirmed is dropped and its
-   units return. The plan is the new counters, users and changed reservation records.
-3. Stage the plan as complete copies of the counters, users, records and idempotency hash
+   units return. The plan is the new counters, users, buyers hash (the units each capped buyer
+   signal has confirmed, from the ``reserved`` events' ``bi``/``bd``/``bn``) and changed
+   reservation records (which keep the buyer signals the caps counted).
+3. Stage the plan as complete copies of the counters, users, buyers, records and idempotency hash
    (``fs:{c:ID}:restore:*``), a page of fields per call; then ``restore.lua`` swaps them in, in
    one short atomic step, if the campaign has not moved since it was read (its stream's last id
    is unchanged; else plan again), and appends the dropped holds' events in bounded calls.
@@ -45,6 +47,7 @@ STALE = 1  # restore.lua: the campaign moved since the plan was read
 class Plan:
     counters: dict[str, Any]
     users: dict[str, int]
+    buyers: dict[str, int]  # the buyers hash: i|ID, d|DEVICE, n|NETWORK -> units confirmed
     records: dict[str, bytes]  # reservation id -> packed record to write
     idempotency: dict[str, str]  # ``<storefront>|<key>`` -> reservation id, fields Redis lacks
     dropped: tuple[ResState, ...]  # holds never confirmed
@@ -65,20 +68,31 @@ class Recovery:
 def stage_keys(campaign_id: str) -> list[str]:
     """``flashsale recover``'s scratch keys of a campaign (consumed by each run; archive removes leftovers)."""
     tag = keys.CampaignKeys(campaign_id).tag
-    return [f"{tag}:restore:counters", f"{tag}:restore:users", f"{tag}:restore:res", f"{tag}:restore:idem"]
+    return [f"{tag}:restore:counters", f"{tag}:restore:users", f"{tag}:restore:res", f"{tag}:restore:idem",
+            f"{tag}:restore:buyers"]
 
 
-def _record(r: ResState, state: str) -> bytes:
-    """A reservation record in the layout of ``engine/lua/reserve.lua``."""
-    packed: bytes = msgpack.packb([state, r.product_id, r.user_id, r.units, r.amount, r.expires_ms, r.created_ms,
-                                   r.storefront, r.idempotency_key, r.payment_ref, r.confirmed_ms])
+def _record(r: ResState, state: str, capped: bool) -> bytes:
+    """A reservation record in the layout of ``engine/lua/reserve.lua``: under buyer caps
+    (``capped``) with the three signals the caps counted, as cancel and expire read them."""
+    fields: list[Any] = [state, r.product_id, r.user_id, r.units, r.amount, r.expires_ms, r.created_ms,
+                         r.storefront, r.idempotency_key, r.payment_ref, r.confirmed_ms]
+    if capped:
+        fields += [r.identity, r.device, r.network]
+    packed: bytes = msgpack.packb(fields)
     return packed
 
 
 def _from_record(rid: str, packed: bytes) -> ResState:
-    st, pid, uid, units, amount, exp, created, sf, key, ref, confirmed = msgpack.unpackb(packed, raw=False)[:11]
+    values = msgpack.unpackb(packed, raw=False)
+    st, pid, uid, units, amount, exp, created, sf, key, ref, confirmed = values[:11]
+    identity, device, network = (str(v or "") for v in values[11:14]) if len(values) >= 14 else ("", "", "")
     return ResState(rid, pid, uid, int(units), int(amount), st, int(created), int(exp), sf, ref or "",
-                    int(confirmed or 0), key or "")
+                    int(confirmed or 0), key or "", identity, device, network)
+
+
+def _buyer_capped(c: Campaign) -> bool:
+    return any(cap is not None for cap in (c.identity_cap_units, c.device_cap_units, c.network_cap_units))
 
 
 def plan(campaign: Campaign, view: RedisView, ledger: LedgerSnapshot) -> Plan:
@@ -104,14 +118,15 @@ def plan(campaign: Campaign, view: RedisView, ledger: LedgerSnapshot) -> Plan:
             known.storefront, known.idempotency_key = rec.storefront, rec.idempotency_key
     records: dict[str, bytes] = {}
     dropped: list[ResState] = []
+    capped = _buyer_capped(campaign)
     for rid, r in states.items():
         before = had.get(rid)
         if r.state == "held":
             dropped.append(r)
             r.state = "expired"
-            records[rid] = _record(r, "expired")
+            records[rid] = _record(r, "expired", capped)
         elif before is None or before.state != r.state or (r.idempotency_key and not before.idempotency_key):
-            records[rid] = _record(r, r.state)
+            records[rid] = _record(r, r.state, capped)
     idem = {f: rid for f, rid in idempotency(states.values()).items() if f not in view.idempotency}
     want = totals(states.values())
     counters: dict[str, Any] = {f: v for f, v in view.counters.items()
@@ -121,7 +136,7 @@ def plan(campaign: Campaign, view: RedisView, ledger: LedgerSnapshot) -> Plan:
     for p in pids:
         counters[f"sold|{p}"] = want.product_sold.get(p, 0)
         counters[f"held|{p}"] = 0
-    return Plan(counters, want.users, records, idem, tuple(dropped), want.orders)
+    return Plan(counters, want.users, want.buyer_units, records, idem, tuple(dropped), want.orders)
 
 
 async def _stage(redis: aioredis.Redis, campaign_id: str, view: RedisView, p: Plan, page: int) -> None:
@@ -131,7 +146,7 @@ async def _stage(redis: aioredis.Redis, campaign_id: str, view: RedisView, p: Pl
     for key in stage:
         await redis.unlink(key)
     mappings: list[dict[str, Any]] = [p.counters, p.users, {**view.records, **p.records},
-                                      {**view.idempotency, **p.idempotency}]
+                                      {**view.idempotency, **p.idempotency}, p.buyers]
     for key, mapping in zip(stage, mappings, strict=True):
         items = list(mapping.items())
         for lo in range(0, len(items), page * STAGE_CALLS):
@@ -155,7 +170,7 @@ async def _apply(redis: aioredis.Redis, campaign_id: str, view: RedisView, p: Pl
         for r in chunk:
             args += [r.reservation_id, r.product_id, r.user_id, r.units, r.amount]
         code, _n, now = await script(keys=[k.counters, k.users, k.reservations, k.holds, k.events, k.ledger,
-                                           k.idempotency, *stage_keys(campaign_id)], args=args)
+                                           k.idempotency, k.buyers, *stage_keys(campaign_id)], args=args)
         if int(code) == STALE:
             if step == 0:
                 for key in stage_keys(campaign_id):
