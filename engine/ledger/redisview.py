@@ -51,6 +51,7 @@ class RedisView:
     last_id: str  # the stream's last-generated-id
     records: dict[str, bytes] = field(default_factory=dict)  # reservation id -> packed record
     idempotency: dict[str, str] = field(default_factory=dict)  # ``<storefront>|<key>`` -> reservation id
+    buyers: dict[str, int] = field(default_factory=dict)  # the buyers hash: i|ID, d|DEVICE, n|NETWORK -> units
 
 
 async def archived_record(redis: aioredis.Redis, campaign_id: str) -> dict[str, Any] | None:
@@ -111,6 +112,7 @@ async def _read_once(redis: aioredis.Redis, campaign_id: str, records: bool, ide
     definition, flag = await redis.hmget(k.meta, ["def", "flag"])  # type: ignore[misc]
     counters = await scan_hash(redis, k.counters, page)
     users = await scan_hash(redis, k.users, page)
+    buyers = await scan_hash(redis, k.buyers, page)
     entries = await scan_stream(redis, k.events, before, page) if before != NO_STREAM else []
     recs = await scan_hash(redis, k.reservations, page) if records else {}
     idem = await scan_hash(redis, k.idempotency, page) if idempotency else {}
@@ -127,5 +129,5 @@ async def _read_once(redis: aioredis.Redis, campaign_id: str, records: bool, ide
         campaign_id, definition, None if flag is None else _text(flag),
         {_text(f): int(v) for f, v in counters.items()}, {_text(f): int(v) for f, v in users.items()},
         tuple(events), tuple(malformed), before, {_text(r): v for r, v in recs.items()},
-        {_text(f): _text(r) for f, r in idem.items()},
+        {_text(f): _text(r) for f, r in idem.items()}, {_text(f): int(v) for f, v in buyers.items()},
     )

@@ -15,6 +15,7 @@ from engine.core import Engine, ReserveRequest
 from engine.errors import BuyerCapExceeded, NotRegistered
 from engine.ledger import sink_for
 from engine.ledger.history import replay, totals
+from engine.ledger.reconcile import reconcile
 from engine.ledger.recover import recover, refuse
 from tests.core.conftest import make_overdue
 from tests.ledger.sale import campaign, drain, ledger
@@ -137,3 +138,13 @@ async def test_buyer_caps_hold_exactly_after_redis_is_flushed_and_recovered(
     await make_overdue(aredis, cid, again)
     assert await engine.expire_due(cid) == (1, False)
     assert {f: v for f, v in (await buyers(aredis, k)).items() if v} == want
+    await drain(redis_url, db_url)
+    await aredis.hincrby(k.buyers, "d|d2", 1)  # a buyers hash that drifted: reconcile names it
+    sink = sink_for(db_url)
+    await sink.open()
+    try:
+        report = await reconcile(aredis, sink, cid)
+    finally:
+        await sink.close()
+    assert [(d.what, d.redis, d.ledger) for d in report.differences] == [
+        ("device d2: units taken (held + confirmed)", 3, 2)]
