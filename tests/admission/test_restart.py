@@ -20,6 +20,8 @@ from engine.settings import Settings
 from tests.admission.conftest import KEYS, definition
 from tests.support.servers import RedisServer
 
+pytestmark = pytest.mark.needs_services  # each test starts its own redis-server
+
 
 @pytest.fixture
 def durable() -> Iterator[RedisServer]:
