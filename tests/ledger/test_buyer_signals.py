@@ -113,38 +113,33 @@ async def test_buyer_caps_hold_exactly_after_redis_is_flushed_and_recovered(
     await sink.open()
     try:
         result = await recover(engine, sink, cid)
-    finally:
-        await sink.close()
-    assert result.reconciliation.clean and result.dropped_holds == 2
-    want = {"i|A": 3, "i|B": 2, "i|C": 1, "d|d1": 3, "d|d2": 2, "d|d3": 1,
-            "n|203.0.113.0/24": 5, "n|2001:db8:1::/48": 1}
-    assert {f: v for f, v in (await buyers(aredis, k)).items() if v} == want
-    for rid in confirmed:  # a record recover wrote keeps the signals the caps counted
-        assert len(msgpack.unpackb(await aredis.hget(k.reservations, rid), raw=False)) == 14
+        assert result.reconciliation.clean and result.dropped_holds == 2
+        want = {"i|A": 3, "i|B": 2, "i|C": 1, "d|d1": 3, "d|d2": 2, "d|d3": 1,
+                "n|203.0.113.0/24": 5, "n|2001:db8:1::/48": 1}
+        assert {f: v for f, v in (await buyers(aredis, k)).items() if v} == want
+        for rid in confirmed:  # a record recover wrote keeps the signals the caps counted
+            assert len(msgpack.unpackb(await aredis.hget(k.reservations, rid), raw=False)) == 14
 
-    # every cap binds exactly where the confirmed units left it
-    for user, units, signals, dimension, allowed in (
-            ("v1", 2, ("A", "e1", "192.0.2.1"), "identity", 1),
-            ("v2", 1, ("D", "d1", "192.0.2.2"), "device", 0),
-            ("v3", 1, ("D", "e3", "203.0.113.9"), "network", 0)):
-        with pytest.raises(BuyerCapExceeded) as refused:
-            await reserve(user, units, *signals)
-        assert (refused.value.dimension, refused.value.allowed) == (dimension, allowed)
-    late = await reserve("v4", 1, "A", "e4", "192.0.2.4")  # A's last unit
-    with pytest.raises(BuyerCapExceeded):
-        await reserve("v5", 1, "A", "e5", "192.0.2.5")
-    await engine.cancel(cid, late, storefront="shop")  # released: A has a unit again
-    again = await reserve("v6", 1, "A", "e6", "2001:db8:1::9")
-    await make_overdue(aredis, cid, again)
-    assert await engine.expire_due(cid) == (1, False)
-    assert {f: v for f, v in (await buyers(aredis, k)).items() if v} == want
-    await drain(redis_url, db_url)
-    await aredis.hincrby(k.buyers, "d|d2", 1)  # a buyers hash that drifted: reconcile names it
-    sink = sink_for(db_url)
-    await sink.open()
-    try:
+        # every cap binds exactly where the confirmed units left it
+        for user, units, signals, dimension, allowed in (
+                ("v1", 2, ("A", "e1", "192.0.2.1"), "identity", 1),
+                ("v2", 1, ("D", "d1", "192.0.2.2"), "device", 0),
+                ("v3", 1, ("D", "e3", "203.0.113.9"), "network", 0)):
+            with pytest.raises(BuyerCapExceeded) as refused:
+                await reserve(user, units, *signals)
+            assert (refused.value.dimension, refused.value.allowed) == (dimension, allowed)
+        late = await reserve("v4", 1, "A", "e4", "192.0.2.4")  # A's last unit
+        with pytest.raises(BuyerCapExceeded):
+            await reserve("v5", 1, "A", "e5", "192.0.2.5")
+        await engine.cancel(cid, late, storefront="shop")  # released: A has a unit again
+        again = await reserve("v6", 1, "A", "e6", "2001:db8:1::9")
+        await make_overdue(aredis, cid, again)
+        assert await engine.expire_due(cid) == (1, False)
+        assert {f: v for f, v in (await buyers(aredis, k)).items() if v} == want
+        await drain(redis_url, db_url)
+        await aredis.hincrby(k.buyers, "d|d2", 1)  # a buyers hash that drifted: reconcile names it
         report = await reconcile(aredis, sink, cid)
+        assert [(d.what, d.redis, d.ledger) for d in report.differences] == [
+            ("device d2: units taken (held + confirmed)", 3, 2)]
     finally:
         await sink.close()
-    assert [(d.what, d.redis, d.ledger) for d in report.differences] == [
-        ("device d2: units taken (held + confirmed)", 3, 2)]
