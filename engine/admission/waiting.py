@@ -11,7 +11,7 @@ The answer is pure arithmetic on those (``answer``): the frontier from the sched
 token, and ``poll_after_ms``: the time until the ticket's turn (between 2 s and 5 minutes), so a
 ticket polls a handful of times however long it waits; before the opening, when no position is
 known, the opening itself, plus a random point within half the time the pre-queue takes to admit
-(at most a minute), so that the pre-queue hears its positions early but does not poll in step.
+(at most 2 minutes), so that the pre-queue hears its positions early but does not poll in step.
 
 Admission goes by position alone: a position is admitted at its instant (``Schedule.admitted_at``)
 whoever polls when. Its token expires ``token_seconds`` after the later of that instant and the
@@ -43,7 +43,7 @@ REFRESH_S = 0.2  # a campaign's snapshot is read again after this long
 MAX_TICKETS = 200_000  # tickets kept per worker (LRU)
 MIN_POLL_MS = 2000  # nobody is told to come back sooner
 MAX_POLL_MS = 300_000  # nor later, while waiting: far back, a poll every 5 minutes
-OPENING_SPREAD_MS = 60_000  # at most: the pre-queue's first polls after the opening, spread at random
+OPENING_SPREAD_MS = 120_000  # at most: the pre-queue's first polls after the opening, spread at random
 OPENING_POLL_MS = 250  # at least, once the opening is near: the snapshot's clock may lag Redis's
 PAUSED_POLL_MS = 30_000  # while admission is paused (it may resume any moment)
 SOLD_OUT_POLL_MS = 60_000  # while nothing is left (units come back only as holds lapse)
