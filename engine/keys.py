@@ -51,6 +51,9 @@ Each key, its type, what it holds, and (after the arrow) when it goes away:
   arrival sequence -> archive.
 - ``fs:{c:ID}:qusers`` hash: ``u|UID`` -> ticket; ``i|IDENTITY`` -> ticket under an identity cap
   -> archive.
+- ``fs:{c:ID}:qseen`` hash: ticket id -> Redis TIME (ms) of its first poll from the opening on
+  (``queue_seen.lua``; a token's expiry counts from the later of the admission and it): one field
+  per ticket at most -> archive.
 - ``fs:campaigns`` set: every campaign id in Redis (outside any tag: read by the writer, ops and
   the sweeper) -> a member leaves at archive.
 - ``fs:archived`` hash: archived campaign id -> JSON (when, orders, units sold) -> kept: one
@@ -174,12 +177,16 @@ class CampaignKeys:
 
     def staged(self) -> list[str]:
         """``flashsale recover``'s staged copies of the counters, users, records and idempotency
-        hash (``restore.lua`` renames them into place)."""
-        return [f"{self.tag}:restore:{name}" for name in ("counters", "users", "res", "idem")]
+        hash and the buyers hash (``restore.lua`` renames them into place)."""
+        return [f"{self.tag}:restore:{name}" for name in ("counters", "users", "res", "idem", "buyers")]
+
+    @property
+    def first_polls(self) -> str:
+        return f"{self.tag}:qseen"
 
     def admission_keys(self) -> list[str]:
         """The admission part's keys (they go with the campaign's, on archive)."""
-        return [self.registrations, self.admission, self.tickets, self.queue, self.queue_users]
+        return [self.registrations, self.admission, self.tickets, self.queue, self.queue_users, self.first_polls]
 
     def all(self) -> list[str]:
         """Every key of the campaign (for recovery, the archive and tests)."""

@@ -7,6 +7,7 @@ Redis was read: those are transitions Redis has lost. Every difference is report
 
 - sold, held, remaining, orders and buyers, for the campaign and each product;
 - each user's units taken (held + confirmed) and confirmed, in all and per product;
+- under buyer caps, the buyers hash: units taken per identity, device and network;
 - the idempotency hash: every Idempotency-Key the history knows (``reserved`` events carry it;
   those stored under ledger schema version 1 do not) must lead to its reservation (one line);
 - inside the ledger: ``orders`` against the confirmed events, and ``persisted_orders``;
@@ -98,6 +99,11 @@ def compare(campaign: Campaign, view: RedisView, want: Totals) -> list[Differenc
         have, should = view.users.get(f, 0), want.users.get(f, 0)
         if have != should:
             out.append(Difference(_user_field(f), have, should))
+    for f in sorted(set(view.buyers) | set(want.buyer_units)):
+        have, should = view.buyers.get(f, 0), want.buyer_units.get(f, 0)
+        if have != should:
+            dimension = {"i": "identity", "d": "device", "n": "network"}.get(f[:1], "signal")
+            out.append(Difference(f"{dimension} {f[2:]}: units taken (held + confirmed)", have, should))
     return out
 
 

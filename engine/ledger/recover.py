@@ -5,8 +5,10 @@
    table and is loaded already refused, in one MULTI, so no reserve slips in between.
 2. Plan: replay the ledger's history plus whatever the stream kept (and the reservation records
    that survived): every confirmed order counts, every hold never confirmed is dropped and its
-   units return. The plan is the new counters, users and changed reservation records.
-3. Stage the plan as complete copies of the counters, users, records and idempotency hash
+   units return. The plan is the new counters, users, buyers hash (the units each capped buyer
+   signal has confirmed, from the ``reserved`` events' ``bi``/``bd``/``bn``) and changed
+   reservation records (which keep the buyer signals the caps counted).
+3. Stage the plan as complete copies of the counters, users, buyers, records and idempotency hash
    (``fs:{c:ID}:restore:*``), a page of fields per call; then ``restore.lua`` swaps them in, in
    one short atomic step, if the campaign has not moved since it was read (its stream's last id
    is unchanged; else plan again), and appends the dropped holds' events in bounded calls.
@@ -43,6 +45,7 @@ STALE = 1  # restore.lua: the campaign moved since the plan was read
 class Plan:
     counters: dict[str, Any]
     users: dict[str, int]
+    buyers: dict[str, int]  # the buyers hash: i|ID, d|DEVICE, n|NETWORK -> units confirmed
     records: dict[str, bytes]  # reservation id -> packed record to write
     idempotency: dict[str, str]  # ``<storefront>|<key>`` -> reservation id, fields Redis lacks
     dropped: tuple[ResState, ...]  # holds never confirmed
@@ -65,17 +68,23 @@ def stage_keys(campaign_id: str) -> list[str]:
     return keys.CampaignKeys(campaign_id).staged()
 
 
-def _record(r: ResState, state: str) -> bytes:
-    """A reservation record (``engine.keys.Record``), without buyer signals."""
+def _record(r: ResState, state: str, capped: bool) -> bytes:
+    """A reservation record (``engine.keys.Record``): under buyer caps (``capped``) with the three
+    signals the caps counted, as cancel and expire read them."""
+    signals = (r.identity, r.device, r.network) if capped else (None, None, None)
     return keys.pack_record(keys.Record(state, r.product_id, r.user_id, r.units, r.amount, r.expires_ms,
                                         r.created_ms, r.storefront, r.idempotency_key, r.payment_ref,
-                                        r.confirmed_ms))
+                                        r.confirmed_ms, *signals))
 
 
 def _from_record(rid: str, packed: bytes) -> ResState:
     r = keys.unpack_record(packed)
     return ResState(rid, r.product, r.user, r.units, r.amount, r.state, r.created_ms, r.expires_ms, r.storefront,
-                    r.ref, r.confirmed_ms, r.key)
+                    r.ref, r.confirmed_ms, r.key, r.identity or "", r.device or "", r.network or "")
+
+
+def _buyer_capped(c: Campaign) -> bool:
+    return any(cap is not None for cap in (c.identity_cap_units, c.device_cap_units, c.network_cap_units))
 
 
 def plan(campaign: Campaign, view: RedisView, ledger: LedgerSnapshot) -> Plan:
@@ -101,14 +110,15 @@ def plan(campaign: Campaign, view: RedisView, ledger: LedgerSnapshot) -> Plan:
             known.storefront, known.idempotency_key = rec.storefront, rec.idempotency_key
     records: dict[str, bytes] = {}
     dropped: list[ResState] = []
+    capped = _buyer_capped(campaign)
     for rid, r in states.items():
         before = had.get(rid)
         if r.state == "held":
             dropped.append(r)
             r.state = "expired"
-            records[rid] = _record(r, "expired")
+            records[rid] = _record(r, "expired", capped)
         elif before is None or before.state != r.state or (r.idempotency_key and not before.idempotency_key):
-            records[rid] = _record(r, r.state)
+            records[rid] = _record(r, r.state, capped)
     idem = {f: rid for f, rid in idempotency(states.values()).items() if f not in view.idempotency}
     want = totals(states.values())
     C = keys.Counters
@@ -119,7 +129,7 @@ def plan(campaign: Campaign, view: RedisView, ledger: LedgerSnapshot) -> Plan:
     for p in pids:
         counters[C.sold(p)] = want.product_sold.get(p, 0)
         counters[C.held(p)] = 0
-    return Plan(counters, want.users, records, idem, tuple(dropped), want.orders)
+    return Plan(counters, want.users, want.buyer_units, records, idem, tuple(dropped), want.orders)
 
 
 async def _stage(redis: aioredis.Redis, campaign_id: str, view: RedisView, p: Plan, page: int) -> None:
@@ -129,7 +139,7 @@ async def _stage(redis: aioredis.Redis, campaign_id: str, view: RedisView, p: Pl
     for key in stage:
         await redis.unlink(key)
     mappings: list[dict[str, Any]] = [p.counters, p.users, {**view.records, **p.records},
-                                      {**view.idempotency, **p.idempotency}]
+                                      {**view.idempotency, **p.idempotency}, p.buyers]
     for key, mapping in zip(stage, mappings, strict=True):
         items = list(mapping.items())
         for lo in range(0, len(items), page * STAGE_CALLS):
@@ -153,7 +163,7 @@ async def _apply(redis: aioredis.Redis, campaign_id: str, view: RedisView, p: Pl
         for r in chunk:
             args += [r.reservation_id, r.product_id, r.user_id, r.units, r.amount]
         code, _n, now = await script(keys=[k.counters, k.users, k.reservations, k.holds, k.events, k.ledger,
-                                           k.idempotency, *stage_keys(campaign_id)], args=args)
+                                           k.idempotency, k.buyers, *stage_keys(campaign_id)], args=args)
         if int(code) == STALE:
             if step == 0:
                 for key in stage_keys(campaign_id):

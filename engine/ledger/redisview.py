@@ -52,6 +52,7 @@ class RedisView:
     last_id: str  # the stream's last-generated-id
     records: dict[str, bytes] = field(default_factory=dict)  # reservation id -> packed record
     idempotency: dict[str, str] = field(default_factory=dict)  # ``<storefront>|<key>`` -> reservation id
+    buyers: dict[str, int] = field(default_factory=dict)  # the buyers hash: i|ID, d|DEVICE, n|NETWORK -> units
 
 
 async def archived_record(redis: aioredis.Redis, campaign_id: str) -> dict[str, Any] | None:
@@ -112,6 +113,7 @@ async def _read_once(redis: aioredis.Redis, campaign_id: str, records: bool, ide
     meta = await reads.meta_state(campaign_id).run(redis)
     counters = await scan_hash(redis, k.counters, page)
     users = await scan_hash(redis, k.users, page)
+    buyers = await scan_hash(redis, k.buyers, page)
     entries = await scan_stream(redis, k.events, before, page) if before != NO_STREAM else []
     recs = await scan_hash(redis, k.reservations, page) if records else {}
     idem = await scan_hash(redis, k.idempotency, page) if idempotency else {}
@@ -128,5 +130,5 @@ async def _read_once(redis: aioredis.Redis, campaign_id: str, records: bool, ide
         campaign_id, meta.definition, meta.flag,
         {_text(f): int(v) for f, v in counters.items()}, {_text(f): int(v) for f, v in users.items()},
         tuple(events), tuple(malformed), before, {_text(r): v for r, v in recs.items()},
-        {_text(f): _text(r) for f, r in idem.items()},
+        {_text(f): _text(r) for f, r in idem.items()}, {_text(f): int(v) for f, v in buyers.items()},
     )

@@ -86,7 +86,7 @@ def test_the_queue_before_and_after_the_opening(client: httpx.Client) -> None:
     assert r.status_code == 201, r.text
     first = r.json()
     assert set(first) == {"ticket", "state", "position", "ahead", "estimated_wait_s", "poll_after_ms",
-                          "admission_token", "token_expires_at"}
+                          "admitted_at", "admission_token", "token_expires_at"}
     assert first["state"] == "waiting" and first["position"] is None and first["ahead"] is None
     assert first["poll_after_ms"] > 0
     again = client.post(queue, json={"user_id": "u1"}, headers=SHOP_A)

@@ -32,7 +32,7 @@ LUA_FILES = sorted(
 REDIS_WORDS = {
     "DEL", "EXISTS", "HDEL", "HEXISTS", "HGET", "HINCRBY", "HMGET", "HSCAN", "HSET", "HSETNX", "RENAME", "TIME",
     "TYPE", "UNLINK", "XADD", "XCLAIM", "XGROUP", "XINFO", "XPENDING", "XSETID", "ZADD", "ZCARD", "ZRANGEBYSCORE",
-    "ZREM", "COUNT", "CREATE", "JUSTID", "LIMIT", "MKSTREAM", "STREAM", "BUSYGROUP", "last-generated-id", "ok",
+    "ZRANK", "ZREM", "COUNT", "CREATE", "JUSTID", "LIMIT", "MKSTREAM", "STREAM", "BUSYGROUP", "last-generated-id", "ok",
     "none", "-inf", "*", "0-0",
 }
 NOT_LAYOUT = REDIS_WORDS | {
@@ -56,9 +56,11 @@ KEY_NAMESPACE: dict[str, type | None] = {
     "queue users hash": keys.QueueUsers, "admission hash": keys.Admission,
     # hashes keyed by ids (reservation, Idempotency-Key, ticket, user), and keys that are not hashes
     "reservations": None, "reservations hash": None, "idempotency hash": None, "damaged hash": None,
-    "rate limiter hash": None, "tickets hash": None, "holds zset": None, "queue zset": None, "events stream": None,
+    "rate limiter hash": None, "tickets hash": None, "first polls hash": None,
+    "holds zset": None, "queue zset": None, "events stream": None,
     "the campaign's events stream": None, "the campaign's rate limiter hash": None, "staged counters": None,
     "staged users": None, "staged reservation records": None, "staged idempotency hash": None,
+    "staged buyers hash": None,
 }
 # ... and the CampaignKeys property each of those words names.
 KEY_PROPERTY = {
@@ -67,7 +69,8 @@ KEY_PROPERTY = {
     "registrations hash": "registrations", "queue users hash": "queue_users", "admission hash": "admission",
     "reservations": "reservations", "reservations hash": "reservations", "idempotency hash": "idempotency",
     "damaged hash": "damaged", "rate limiter hash": "ratelimit", "the campaign's rate limiter hash": "ratelimit",
-    "tickets hash": "tickets", "holds zset": "holds", "queue zset": "queue", "events stream": "events",
+    "tickets hash": "tickets", "first polls hash": "first_polls",
+    "holds zset": "holds", "queue zset": "queue", "events stream": "events",
     "the campaign's events stream": "events",
 }
 HASH_COMMANDS = ("HGET", "HMGET", "HSET", "HSETNX", "HINCRBY", "HEXISTS", "HDEL")
