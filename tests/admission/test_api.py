@@ -210,6 +210,7 @@ def test_serve_refuses_queue_mode_without_keys(redis_server: RedisServer, client
         s.stop()
 
 
+@pytest.mark.needs_services  # starts its own redis-server
 def test_a_server_without_keys_refuses_a_queue_mode_definition() -> None:
     redis = RedisServer().start()
     s = ApiServer(redis.url).start()

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import redis
 
 from tests.support.cluster import RedisClusterServers
+
+pytestmark = pytest.mark.needs_services  # starts its own redis-server: not the fast tier
 
 
 def test_the_cluster_has_three_masters_each_with_a_replica(redis_cluster: RedisClusterServers) -> None:
