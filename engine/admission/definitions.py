@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import cast
 
 import orjson
-import redis.asyncio as aioredis
 
 from engine import keys
 from engine.campaign import Campaign, parse
+from engine.core.redis_client import Client
 from engine.errors import NotFound
 
 MAX_CACHED = 256  # distinct definitions kept parsed per process
@@ -27,7 +27,7 @@ class Definition:
 
 
 class Definitions:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: Client) -> None:
         self.redis = client
         self._parsed: dict[bytes, Definition] = {}
 

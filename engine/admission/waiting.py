@@ -29,6 +29,7 @@ from engine.admission.schedule import Schedule
 from engine.admission.tokens import Keyring
 from engine.campaign import Campaign, ms_to_rfc3339
 from engine.core import Counters, Engine
+from engine.core.redis_client import queue_time
 from engine.errors import NotFound
 
 REFRESH_S = 0.2  # a campaign's snapshot is read again after this long
@@ -190,7 +191,7 @@ class WaitingRoom:
         async with self.redis.pipeline(transaction=False) as p:
             p.hget(k.tickets, ticket_id)
             p.zrank(k.queue, ticket_id)
-            p.time()
+            queue_time(p, k.queue)
             raw, rank, t = await p.execute()
         if raw is None or rank is None:
             raise NotFound("ticket", ticket_id)
