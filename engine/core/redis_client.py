@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -11,6 +14,7 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from engine.errors import StorageUnavailable, UnsafeRedis
@@ -56,6 +60,50 @@ def is_cluster(url: str, timeout_s: float) -> bool:
         probe.close()
 
 
+class _WaitingPipeline(ClusterPipeline):
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        client = cast("WaitingCluster", self.cluster_client)
+        async with client.turn():
+            return await super().execute(raise_on_error, allow_redirections)
+
+
+class WaitingCluster(RedisCluster):
+    """redis-py's cluster client, waiting for a connection as the single-node client does.
+
+    redis-py's cluster client raises ``MaxConnectionsError`` at once when a node's connections are
+    all busy, so a mere burst of reads (or queue joins) would be 503s; ``connect``'s pool waits
+    instead (``BlockingConnectionPool``). This one waits too: at most ``POOL_SIZE`` commands or
+    pipelines are out at once (so never more connections to one node), and a caller waits up to the
+    socket timeout for its turn, then gets ``ConnectionError`` (an outage: 503).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gate = asyncio.Semaphore(int(kwargs.get("max_connections") or POOL_SIZE))
+        self._wait_s = float(kwargs.get("socket_timeout") or 1.0)
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self._wait_s):
+                await self._gate.acquire()
+        except TimeoutError:
+            raise RedisConnectionError(f"no free connection to the cluster within {self._wait_s}s") from None
+        try:
+            yield
+        finally:
+            self._gate.release()
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.turn():
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # refused by redis-py, as it says
+        return _WaitingPipeline(self, transaction)  # type: ignore[abstract]  # as redis-py makes its own
+
+
 def connect_any(url: str, timeout_s: float) -> Client:
     """``connect`` for a single node; for a cluster node, a cluster client that finds every master.
 
@@ -63,7 +111,7 @@ def connect_any(url: str, timeout_s: float) -> Client:
     """
     if not is_cluster(url, timeout_s):
         return connect(url, timeout_s)
-    return RedisCluster.from_url(
+    return WaitingCluster.from_url(
         url,
         require_full_coverage=True,
         max_connections=POOL_SIZE,

@@ -20,6 +20,8 @@ from engine.core.cluster import ClusterWire, slot_of_key
 from engine.core.redis_client import Client, connect_any
 from engine.errors import Rejected, StorageUnavailable
 from engine.settings import Settings
+from tests.admission import test_queue, test_registry, test_reserve_gate
+from tests.admission.conftest import admission
 from tests.core import (
     test_buyer_caps,
     test_concurrency,
@@ -30,6 +32,7 @@ from tests.core import (
 from tests.core.conftest import campaign
 from tests.support.cluster import RedisClusterServers
 
+__all__ = ["admission"]
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -82,6 +85,27 @@ test_only_campaigns_with_a_hold_due_are_swept = test_sweeper.test_only_campaigns
 test_units_return_exactly_once = test_buyer_caps.test_units_return_exactly_once_on_cancel_and_expire
 test_scalpers_race_against_an_identity_cap = test_buyer_caps.test_scalpers_race_against_an_identity_cap
 test_the_sweeper_prunes_as_the_sale_runs = test_prune.test_the_sweeper_prunes_as_the_sale_runs
+
+# the admission machinery (registrations, the waiting room, the reserve gate)
+test_one_ticket_per_user_and_per_identity = test_queue.test_one_ticket_per_user_and_per_identity
+test_queue_not_open_not_registered_closed = test_queue.test_queue_not_open_not_registered_closed
+test_join_time_does_not_predict_position = test_queue.test_join_time_does_not_predict_position_and_the_export_recomputes
+test_admission_follows_positions_at_the_rate = test_queue.test_admission_follows_positions_at_the_rate
+test_a_live_rate_change_and_a_pause = test_queue.test_a_live_rate_change_and_a_pause
+test_sold_out_and_back = test_queue.test_sold_out_and_back
+test_a_token_expires_after_its_time = test_queue.test_a_token_expires_after_its_time
+test_polls_come_from_memory_and_tickets_are_private = test_queue.test_polls_come_from_memory_and_tickets_are_private
+test_register_once_per_user_before_the_opening = test_registry.test_register_once_per_user_before_the_opening
+test_after_the_opening_registration_is_closed = test_registry.test_after_the_opening_registration_is_closed
+test_one_registration_per_identity_under_an_ide = test_registry.test_one_registration_per_identity_under_an_identity_cap
+test_csv_import_good_rows = test_registry.test_csv_import_good_rows
+test_csv_import_names_every_bad_row_and_loads_noth = test_registry.test_csv_import_names_every_bad_row_and_loads_nothing
+test_csv_import_usage_and_refusals = test_registry.test_csv_import_usage_and_refusals
+test_only_registered_users_reserve = test_reserve_gate.test_only_registered_users_reserve
+test_an_open_campaign_needs_no_registration_or = test_reserve_gate.test_an_open_campaign_needs_no_registration_or_token
+test_queue_mode_needs_a_valid_unexpired_token = test_reserve_gate.test_queue_mode_needs_a_valid_unexpired_token
+test_a_token_expires_by_redis_time = test_reserve_gate.test_a_token_expires_by_redis_time
+test_the_script_reads_queue_mode_from_the_stor = test_reserve_gate.test_the_script_reads_queue_mode_from_the_stored_meta
 
 
 # -- what only a cluster has ----------------------------------------------------------------------
