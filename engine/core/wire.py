@@ -140,6 +140,8 @@ class Wire:
         self._wait = command("WAIT", acks, acks_timeout_ms)
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
+        #: the WAIT that will follow the calls written in this loop turn, and its connection
+        self._ack_group: tuple[_Protocol, asyncio.Future[Any]] | None = None
 
     @classmethod
     def for_client(cls, client: aioredis.Redis, timeout_s: float, *, acks: int = 0,
@@ -271,14 +273,58 @@ class Wire:
             if not asking:
                 return await self.call(cmd)
             return (await self.calls(cmd, 2, raise_first=True))[1]
-        cmd.append(self._wait)
-        *_, reply, replicas = await self.calls(cmd, 3 if asking else 2)
-        if isinstance(reply, BaseException):
-            raise reply
-        if isinstance(replicas, BaseException) or int(replicas) < self.acks:
+        proto = await self._protocol()
+        futs = self._send(proto, cmd, 2 if asking else 1)
+        acked = self._acked_after(proto)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                reply = await futs[-1]
+                replicas = await acked
+        except TimeoutError as exc:
+            raise self._dropped(proto) from exc
+        if int(replicas) < self.acks:
             raise ReplicasBehind(f"WAIT {self.acks} {self.acks_timeout_ms}: only {replicas} replica(s) "
                                  "acknowledged the write in time")
         return reply
+
+    def _acked_after(self, proto: _Protocol) -> asyncio.Future[Any]:
+        """The reply of the WAIT that follows what was just written on ``proto``: one WAIT, sent on
+        the next loop turn, serves every call written in this one (it counts every write before it
+        on its connection), so batches in flight together wait for their replicas together."""
+        group = self._ack_group
+        if group is not None and group[0] is proto:
+            return group[1]
+        loop = asyncio.get_running_loop()
+        shared: asyncio.Future[Any] = loop.create_future()
+        self._ack_group = (proto, shared)
+
+        def settle(result: Any = None, error: BaseException | None = None) -> None:
+            if shared.done():
+                return
+            if error is None:
+                shared.set_result(result)
+            else:
+                shared.set_exception(error)
+                shared.exception()  # retrieved: the callers that await it still get it
+
+        def relay(reply: asyncio.Future[Any]) -> None:
+            if reply.cancelled():
+                settle(error=ConnectionError("the WAIT was cancelled"))
+            else:
+                settle(reply.result() if reply.exception() is None else None, reply.exception())
+
+        def send_wait() -> None:
+            if self._ack_group is not None and self._ack_group[1] is shared:
+                self._ack_group = None
+            try:
+                (reply,) = self._send(proto, self._wait)
+            except BaseException as exc:  # the connection is gone: so are the calls before it
+                settle(error=exc)
+                return
+            reply.add_done_callback(relay)
+
+        loop.call_soon(send_wait)
+        return shared
 
     def close(self) -> None:
         if self._proto is not None and self._proto.transport is not None:
