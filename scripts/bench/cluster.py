@@ -33,11 +33,12 @@ from engine import keys
 from engine.campaign import parse
 from engine.core import Engine, ReserveRequest
 from engine.settings import Settings
+from scripts.bench.core import PRODUCT
+from scripts.bench.core import definition as core_definition
 from scripts.bench.report import write_section
 from tests.support.cluster import RedisClusterServers
 from tests.support.servers import RedisServer
 
-PRODUCT = "p1"
 SPREAD = 12  # campaigns of the spread rows
 
 
@@ -52,13 +53,8 @@ class Row:
 
 
 def definition(cid: str) -> dict[str, object]:
-    return {
-        "id": cid, "title": "bench", "currency": "CNY", "unit_price": 100,
-        "opens_at": "2000-01-01T00:00:00Z", "closes_at": "2100-01-01T00:00:00Z",
-        "hold_seconds": 3600, "total_units": 10**12,
-        "rate_limit": {"per_second": 1_000_000, "burst": 1_000_000},
-        "products": [{"id": PRODUCT, "title": "bench product", "total_units": 10**12}],
-    }
+    """The core bench's campaign (a huge tranche, no caps, no rate limit in the way) as ``cid``."""
+    return {**core_definition(), "id": cid}
 
 
 def redis_cpu(ports: list[int]) -> dict[int, float]:

@@ -19,7 +19,6 @@ from engine.core import Engine, ReserveRequest
 from engine.core.cluster import ClusterWire, slot_of_key
 from engine.core.redis_client import Client, connect_any
 from engine.errors import Rejected, StorageUnavailable
-from engine.settings import Settings
 from tests.admission import test_queue, test_registry, test_reserve_gate
 from tests.admission.conftest import admission
 from tests.core import (
@@ -29,10 +28,10 @@ from tests.core import (
     test_prune,
     test_sweeper,
 )
-from tests.core.conftest import campaign
+from tests.core.conftest import campaign, engine, make_engine
 from tests.support.cluster import RedisClusterServers
 
-__all__ = ["admission"]
+__all__ = ["admission", "engine", "make_engine"]  # fixtures, on the cluster by redis_url below
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -46,21 +45,6 @@ async def aredis(redis_cluster_url: str) -> AsyncIterator[Client]:
     client = connect_any(redis_cluster_url, 10.0)
     yield client
     await client.aclose()
-
-
-@pytest.fixture
-async def engine(redis_cluster_url: str) -> AsyncIterator[Engine]:
-    e = Engine.from_settings(Settings(redis_url=redis_cluster_url, redis_timeout_s=10.0))
-    yield e
-    await e.close()
-
-
-@pytest.fixture
-def make_engine(redis_cluster_url: str) -> Callable[..., Engine]:
-    def make(**settings: object) -> Engine:
-        return Engine.from_settings(Settings(redis_url=redis_cluster_url, redis_timeout_s=10.0, **settings))  # type: ignore[arg-type]
-
-    return make
 
 
 # -- the single-node suite, bound here -----------------------------------------------------------
