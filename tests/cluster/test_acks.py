@@ -6,11 +6,8 @@ than N replicas; and the fault run: a master SIGKILLed mid-sale loses no acknowl
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import msgpack
@@ -25,32 +22,12 @@ from engine.settings import Settings
 from tests.api.conftest import definition as api_definition
 from tests.core.conftest import campaign
 from tests.support.cluster import ClusterNode, RedisClusterServers
+from tests.support.failover import in_sync, kill_a_master_mid_sale, replicas_of, wait_for
 from tests.support.processes import FLASHSALE, ApiServer, admin_headers, base_env, storefront_headers
 from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.timeout(180)
 ACKS_TIMEOUT_MS = 300  # short: a WAIT that cannot succeed costs the tests this much per call
-
-
-def wait_for(check: Any, what: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def replicas_of(port: int) -> int:
-    """The replicas of the master on ``port`` that are online (synced, acknowledging offsets)."""
-    client = redis.Redis(port=port, socket_timeout=2)
-    try:
-        info = client.info("replication")
-        return sum(1 for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)
-                   and v.get("state") == "online")
-    except redis.RedisError:
-        return -1
-    finally:
-        client.close()
 
 
 # -- one node and its replica ---------------------------------------------------------------------
@@ -114,12 +91,6 @@ def private_cluster() -> Iterator[RedisClusterServers]:
     in_sync(cluster)
     yield cluster
     cluster.stop()
-
-
-def in_sync(cluster: RedisClusterServers) -> None:
-    """Every master has its replica online (a new one syncs first: WAIT does not count it yet)."""
-    cluster.wait_healthy()
-    wait_for(lambda: all(replicas_of(m.port) == 1 for m in cluster.masters()), "every replica in sync")
 
 
 def replica_node(cluster: RedisClusterServers, master: ClusterNode) -> ClusterNode:
@@ -192,69 +163,18 @@ async def test_a_master_killed_mid_sale_loses_no_acknowledged_write(private_clus
     for cid in ids:
         await engine.load_campaign(campaign(cid, total_units=total, user_cap_units=None, products=[
             {"id": "p1", "title": "t", "total_units": total}]))
-    victim = private_cluster.master_of(keys.CampaignKeys(ids[0]).meta)
-    on_victim = {c for c in ids if private_cluster.master_of(keys.CampaignKeys(c).meta).port == victim.port}
-    loop = asyncio.get_running_loop()
-    reserved: dict[tuple[str, str], str] = {}  # (campaign, key) -> reservation id, acknowledged
-    confirmed: set[tuple[str, str]] = set()
-    refused: list[float] = []  # when a call on the victim's campaigns met a 503
-    answered_after: list[float] = []
-    stop = asyncio.Event()
-
-    async def retried(cid: str, call: Any) -> Any:
-        deadline = loop.time() + 60
-        while True:
-            try:
-                result = await call()
-            except StorageUnavailable:
-                if cid in on_victim:
-                    refused.append(loop.time())
-                if loop.time() > deadline:
-                    raise
-                await asyncio.sleep(0.05)
-                continue
-            if cid in on_victim and refused:
-                answered_after.append(loop.time())
-            return result
-
-    async def client(n: int) -> None:
-        i = 0
-        while not stop.is_set() and i < 5000:
-            cid, key = ids[(n + i) % len(ids)], f"k{n}-{i}"
-            req = ReserveRequest(f"u{n}-{i}", "p1", 1, key, "shop")
-            o = await retried(cid, lambda: engine.reserve(cid, req))  # noqa: B023
-            reserved[(cid, key)] = rid = o.reservation.reservation_id
-            await retried(cid, lambda: engine.confirm(cid, rid, f"pay-{key}", storefront="shop"))  # noqa: B023
-            confirmed.add((cid, rid))
-            i += 1
-
-    clients = asyncio.gather(*(client(n) for n in range(16)))
+    run = await kill_a_master_mid_sale(private_cluster, engine, ids)
+    reserved, confirmed = run.reserved, run.confirmed
     try:
-        await asyncio.sleep(1.0)
-        before = len(confirmed)
-        killed_at = loop.time()
-        await asyncio.to_thread(victim.kill)
-        await asyncio.to_thread(wait_for, lambda: private_cluster.master_of(keys.CampaignKeys(ids[0]).meta).port
-                                != victim.port, "the replica to take over")
-        await asyncio.sleep(1.5)  # the promoted replica serves, with no replica of its own: 503s only
-        restarted_at = loop.time()
-        await asyncio.to_thread(victim.start)  # back as the new master's replica
-        await asyncio.to_thread(in_sync, private_cluster)
-        await asyncio.to_thread(wait_for, lambda: len(answered_after) > 20, "the victim's campaigns to answer again")
-        await asyncio.sleep(0.5)
-    finally:
-        stop.set()
-        await clients
-    try:
-        assert before > 0 and refused and answered_after
+        assert run.confirmed_before_kill > 0 and run.refused and run.answered_after
         # no answer on the victim's campaigns while their master had no replica: from shortly after
         # the first 503 (a reply already on its way may land) until the old master came back
-        assert not [t for t in answered_after if min(refused) + 0.5 < t < restarted_at]
-        window = max(refused) - killed_at
+        assert not [t for t in run.answered_after if min(run.refused) + 0.5 < t < run.restarted_at]
         print(f"\nfault run: {len(reserved)} reservations and {len(confirmed)} confirms acknowledged; "
-              f"503s on the victim's campaigns for {window:.1f} s after the kill ({len(refused)} calls refused)")
+              f"503s on the victim's campaigns for {run.window_s:.1f} s after the kill "
+              f"({len(run.refused)} calls refused)")
         # the first read may meet a connection the failover closed (a 503): read as a client would
-        await retried(ids[0], lambda: engine.counters(ids[0]))
+        await run.retried(ids[0], lambda: engine.counters(ids[0]))
         for (cid, _), rid in reserved.items():
             r = await engine.reservation(cid, rid, storefront="shop")
             assert r.state == ("confirmed" if (cid, rid) in confirmed else "held"), (cid, rid, r.state)
