@@ -123,6 +123,7 @@ async def fault(cluster: RedisClusterServers, acks: int) -> Fault:
         for cid in ids:
             await engine.load_campaign(parse(definition(cid)))
         run = await kill_a_master_mid_sale(cluster, engine, ids)
+        window_s, refused = run.window_s, len(run.refused)  # before the reads below add their own
         lost = 0
         await run.retried(ids[0], lambda: engine.counters(ids[0]))  # a connection the failover closed
         for (cid, _), rid in run.reserved.items():
@@ -132,7 +133,7 @@ async def fault(cluster: RedisClusterServers, acks: int) -> Fault:
                 lost += 1
                 continue
             lost += r.state != ("confirmed" if (cid, rid) in run.confirmed else "held")
-        return Fault(acks, len(run.reserved), len(run.confirmed), lost, run.window_s, len(run.refused))
+        return Fault(acks, len(run.reserved), len(run.confirmed), lost, window_s, refused)
     finally:
         await engine.close()
 
@@ -157,7 +158,11 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     a = ap.parse_args()
     single = RedisServer(durable=True).start()
-    cluster = RedisClusterServers().start()
+    try:
+        cluster = RedisClusterServers().start()
+    except BaseException:
+        single.stop()
+        raise
     best: dict[str, Row] = {}
     rounds: list[dict[str, Row]] = []
     spread: dict[int, float] = {}  # master port -> its CPU seconds in the best spread run
