@@ -26,7 +26,7 @@ from tests.support.failover import in_sync, kill_a_master_mid_sale, replicas_of,
 from tests.support.processes import FLASHSALE, ApiServer, admin_headers, base_env, storefront_headers
 from tests.support.servers import RedisServer
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.needs_services]  # starts its own servers
 ACKS_TIMEOUT_MS = 300  # short: a WAIT that cannot succeed costs the tests this much per call
 
 
