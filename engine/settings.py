@@ -17,6 +17,7 @@ from typing import Any
 from engine import tokens
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_REPLICA_ACKS_TIMEOUT_MS = 1000  # how long a batch's WAIT may wait for its replicas
 DEFAULT_DATABASE_URL = "sqlite:///flashsale-ledger.db"  # the embedded default ledger
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -82,6 +83,8 @@ BOUNDS: dict[str, Bound] = {
     "batch_inflight": Bound("FLASHSALE_BATCH_INFLIGHT", int, 1, 1024),
     "sweep_interval_s": Bound("FLASHSALE_SWEEP_INTERVAL", float, 0, 60, open_low=True),
     "ops_port": Bound("FLASHSALE_OPS_PORT", int, 1, 65535),  # None: no ops listener
+    "replica_acks": Bound("FLASHSALE_REPLICA_ACKS", int, 0, 16),  # replicas every batch waits for
+    "replica_acks_timeout_ms": Bound("FLASHSALE_REPLICA_ACKS_TIMEOUT_MS", int, 1, 60_000),
 }
 
 
@@ -140,6 +143,8 @@ class Settings:
     batch_max: int = DEFAULT_BATCH_MAX
     batch_inflight: int = DEFAULT_BATCH_INFLIGHT
     sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S
+    replica_acks: int = 0  # WAIT for this many replicas after each batch (0: asynchronous replication)
+    replica_acks_timeout_ms: int = DEFAULT_REPLICA_ACKS_TIMEOUT_MS
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -165,6 +170,8 @@ class Settings:
             batch_max=_number(e, "batch_max", DEFAULT_BATCH_MAX),
             batch_inflight=_number(e, "batch_inflight", DEFAULT_BATCH_INFLIGHT),
             sweep_interval_s=_number(e, "sweep_interval_s", DEFAULT_SWEEP_INTERVAL_S),
+            replica_acks=_number(e, "replica_acks", 0),
+            replica_acks_timeout_ms=_number(e, "replica_acks_timeout_ms", DEFAULT_REPLICA_ACKS_TIMEOUT_MS),
             log_level=e.get("FLASHSALE_LOG_LEVEL", "INFO"),
         )
         return (replace(s, **given) if given else s).validate()
@@ -202,5 +209,7 @@ class Settings:
             "FLASHSALE_BATCH_MAX": str(self.batch_max),
             "FLASHSALE_BATCH_INFLIGHT": str(self.batch_inflight),
             "FLASHSALE_SWEEP_INTERVAL": str(self.sweep_interval_s),
+            "FLASHSALE_REPLICA_ACKS": str(self.replica_acks),
+            "FLASHSALE_REPLICA_ACKS_TIMEOUT_MS": str(self.replica_acks_timeout_ms),
             "FLASHSALE_LOG_LEVEL": self.log_level,
         }

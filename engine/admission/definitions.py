@@ -9,10 +9,10 @@ import hashlib
 from dataclasses import dataclass
 
 import orjson
-import redis.asyncio as aioredis
 
 from engine.campaign import Campaign, parse
 from engine.core import reads
+from engine.core.redis_client import Client
 from engine.errors import NotFound
 
 MAX_CACHED = 256  # distinct definitions kept parsed per process
@@ -25,7 +25,7 @@ class Definition:
 
 
 class Definitions:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: Client) -> None:
         self.redis = client
         self._parsed: dict[bytes, Definition] = {}
 

@@ -114,7 +114,9 @@ class Registry:
                 argv: list[Any] = [fingerprint, capped, len(batch)]
                 for user, identity in batch:
                     argv += [user, identity]
-                p.evalsha(sha, 2, k.meta, k.registrations, *argv)
+                # as a command: redis-py's cluster pipeline blocks its evalsha method (it routes
+                # the command by its keys all the same: the campaign's slot)
+                p.execute_command("EVALSHA", sha, 2, k.meta, k.registrations, *argv)
             try:
                 return list(await p.execute())
             except NoScriptError:  # flushed since the preload: load again, the calls did not run

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
+from engine.core.redis_client import Client
 from engine.core.scripts import source
 
 SCRIPT_NAMES = ("register", "queue_join", "queue_seed", "queue_rate", "queue_seen")
@@ -22,10 +22,10 @@ class AdmissionScripts:
     queue_seen: AsyncScript
 
     @classmethod
-    def register_on(cls, client: aioredis.Redis) -> AdmissionScripts:
-        return cls(**{name: client.register_script(source(name)) for name in SCRIPT_NAMES})
+    def register_on(cls, client: Client) -> AdmissionScripts:
+        return cls(**{name: client.register_script(source(name)) for name in SCRIPT_NAMES})  # type: ignore[misc]
 
-    async def preload(self, client: aioredis.Redis) -> None:
+    async def preload(self, client: Client) -> None:
         for name in SCRIPT_NAMES:
             script: AsyncScript = getattr(self, name)
             await client.script_load(script.script)

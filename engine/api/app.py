@@ -59,7 +59,8 @@ async def _durability_checked(engine: Engine, settings: Settings) -> None:
     deadline = loop.time() + STARTUP_WAIT_S
     while True:
         try:
-            profile = await require_durable(engine.redis, allow_volatile=settings.allow_volatile_redis)
+            profile = await require_durable(engine.redis, allow_volatile=settings.allow_volatile_redis,
+                                            replica_acks=settings.replica_acks)
             break
         except StorageUnavailable:
             if loop.time() > deadline:

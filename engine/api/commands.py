@@ -19,11 +19,12 @@ from engine.tokens import TokenError
 
 async def _check_redis(settings: Settings) -> str:
     """Refuse, before any worker starts, a Redis that would lose acknowledged writes."""
-    from engine.core.redis_client import connect, require_durable
+    from engine.core.redis_client import connect_any, require_durable
 
-    client = connect(settings.redis_url, max(settings.redis_timeout_s, 2.0))
+    client = connect_any(settings.redis_url, max(settings.redis_timeout_s, 2.0))
     try:
-        return (await require_durable(client, allow_volatile=settings.allow_volatile_redis)).describe()
+        return (await require_durable(client, allow_volatile=settings.allow_volatile_redis,
+                                      replica_acks=settings.replica_acks)).describe()
     finally:
         await client.aclose()
 
@@ -112,11 +113,14 @@ def _ops_port_free(settings: Settings) -> str | None:
 @click.option("--ops-port", type=click.IntRange(1, 65535), default=None,
               help="also serve /metrics, /dashboard, /healthz, /readyz here, without a token (FLASHSALE_OPS_PORT)")
 @click.option("--ops-host", default=None, help="address of the ops listener (FLASHSALE_OPS_HOST; default 127.0.0.1)")
+@click.option("--replica-acks", type=click.IntRange(0, 16), default=None, metavar="N",
+              help="acknowledge a write only once N replicas have it (WAIT after each batch): a failover then "
+                   "loses no acknowledged reservation or confirm (FLASHSALE_REPLICA_ACKS; default 0)")
 @_log_format
 def serve(host: str | None, port: int | None, workers: int | None, server: str | None, redis_url: str | None,
           allow_volatile_redis: bool, log_level: str | None, storefront_tokens: tuple[str, ...],
           storefront_tokens_file: str | None, admin_token: str | None, ops_port: int | None,
-          ops_host: str | None) -> None:
+          ops_host: str | None, replica_acks: int | None) -> None:
     """The storefront HTTP API (docs/API.md) until SIGTERM, which drains requests in flight."""
     from engine.api import logs
     from engine.api import server as http
@@ -125,7 +129,8 @@ def serve(host: str | None, port: int | None, workers: int | None, server: str |
     try:
         settings = Settings.from_env(host=host, port=port, workers=workers, server=server, redis_url=redis_url,
                                      allow_volatile_redis=True if allow_volatile_redis else None,
-                                     log_level=log_level, ops_port=ops_port, ops_host=ops_host, check_tokens=True,
+                                     log_level=log_level, ops_port=ops_port, ops_host=ops_host,
+                                     replica_acks=replica_acks, check_tokens=True,
                                      **_tokens(storefront_tokens, storefront_tokens_file, admin_token))
     except TokenError as exc:  # one line naming the setting and the fix; never the token itself
         click.echo(f"flashsale serve: {exc}", err=True)
@@ -145,7 +150,13 @@ def serve(host: str | None, port: int | None, workers: int | None, server: str |
     if problem is not None:
         click.echo(f"flashsale serve: {problem}", err=True)
         sys.exit(2)
-    profile = asyncio.run(_check_redis(settings))
+    from engine.core.redis_client import TooFewReplicas
+
+    try:
+        profile = asyncio.run(_check_redis(settings))
+    except TooFewReplicas as exc:  # a usage error: the flag asks what this Redis cannot give
+        click.echo(f"flashsale serve: {exc}", err=True)
+        sys.exit(2)
     logs.configure(settings.log_level)  # the same format as the server's and the workers' lines
     log = logging.getLogger("flashsale.serve")
     log.info("serving with %s, %d worker(s) on http://%s:%d; Redis: %s",

@@ -1,8 +1,9 @@
 """Batched script calls: one queue per (script, campaign), sent over the lean wire.
 
 Each batch is one EVALSHA carrying every request queued when it leaves (``batcher.py``). The
-keys of a campaign are encoded once and kept with its batcher. Without a lean wire (TLS,
-Cluster) the same batches go through redis-py's ``AsyncScript``.
+keys of a campaign are encoded once and kept with its batcher. On a Redis Cluster the lean wire is
+a ``ClusterWire`` (one Wire per master, by the campaign's slot). Without one (TLS) the same
+batches go through redis-py's ``AsyncScript``.
 
 Batchers are made on a campaign's first request and dropped once idle: every campaign id a caller
 sends (most of them unknown, answered CAMPAIGN_NOT_FOUND by the script) makes one, so they must
@@ -21,6 +22,7 @@ from typing import Any
 from redis.commands.core import AsyncScript
 
 from engine.core.batcher import Batcher
+from engine.core.cluster import ClusterWire
 from engine.core.scripts import run
 from engine.core.wire import Arg, Wire, encode
 
@@ -30,7 +32,7 @@ KEEP_BATCHERS = 256  # batchers a table holds before its idle ones are dropped
 class BatchedScript:
     """``submit(campaign_id, args)`` -> a future of that request's ``stride_out`` reply values."""
 
-    def __init__(self, script: AsyncScript, wire: Wire | None, keys_of: Callable[[str], list[str]], *,
+    def __init__(self, script: AsyncScript, wire: Wire | ClusterWire | None, keys_of: Callable[[str], list[str]], *,
                  stride_in: int, stride_out: int, max_batch: int, max_inflight: int) -> None:
         self.script = script
         self.wire = wire

@@ -29,16 +29,18 @@ from typing import Any, cast
 
 import msgpack
 import orjson
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from engine import keys
 from engine.campaign import Campaign, parse
 from engine.core import reads
 from engine.core.calls import BatchedScript
+from engine.core.cluster import ClusterWire
 from engine.core.lru import Lru
 from engine.core.outage import OUTAGE_CLASSES, is_outage
-from engine.core.redis_client import connect
+from engine.core.redis_client import Client, connect_any
+from engine.core.redis_client import queue_time as _time
 from engine.core.requests import (
     ReserveRequest,
     check_payment_ref,
@@ -151,11 +153,19 @@ def _outcome(campaign_id: str, reply: Sequence[Any], subject: str, during: str =
 
 
 class Engine:
-    def __init__(self, client: aioredis.Redis, settings: Settings | None = None) -> None:
+    def __init__(self, client: Client, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self.redis = client
         self.scripts = Scripts.register(client)
-        self.wire = Wire.for_client(client, self.settings.redis_timeout_s)
+        s = self.settings
+        acks = {"acks": s.replica_acks, "acks_timeout_ms": s.replica_acks_timeout_ms}
+        #: the hot path's connection: one lean Wire, or one per master of a cluster
+        self.wire: Wire | ClusterWire | None = (
+            ClusterWire.for_cluster(client, s.redis_timeout_s, **acks) if isinstance(client, RedisCluster)
+            else Wire.for_client(client, s.redis_timeout_s, **acks))
+        if self.wire is None and s.replica_acks:
+            raise ValueError("--replica-acks needs a redis:// or unix:// Redis URL (the WAIT must follow "
+                             "each batch on its own connection)")
         # Only campaigns that exist are cached (a NotFound caches nothing and drops the id), and
         # both caches are bounded: a caller sending random campaign ids costs no memory here.
         self._definitions: Lru[bytes, Campaign] = Lru(DEFINITIONS_KEPT)  # parsed, by stored JSON
@@ -171,7 +181,7 @@ class Engine:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Engine:
-        return cls(connect(settings.redis_url, settings.redis_timeout_s), settings)
+        return cls(connect_any(settings.redis_url, settings.redis_timeout_s), settings)
 
     async def close(self) -> None:
         if self.wire is not None:
@@ -225,7 +235,7 @@ class Engine:
         meta = reads.meta_state(campaign_id)
         async with _storage("reading a campaign"), self.redis.pipeline(transaction=False) as p:
             meta.queue(p)
-            p.time()
+            _time(p, keys.CampaignKeys(campaign_id).meta)
             raw, t = await p.execute()
         m = meta.decode(raw)
         if m.definition is None:
@@ -312,7 +322,7 @@ class Engine:
             return []
         async with _storage("looking for due holds"):
             async with self.redis.pipeline(transaction=False) as p:
-                p.time()
+                _time(p, keys.CampaignKeys(campaign_ids[0]).holds)
                 for cid in campaign_ids:
                     p.zrange(keys.CampaignKeys(cid).holds, 0, 0, withscores=True)
                 t, *firsts = await p.execute(raise_on_error=False)
@@ -328,7 +338,7 @@ class Engine:
         stored = reads.record(campaign_id, reservation_id)
         async with _storage("reading a reservation"), self.redis.pipeline(transaction=False) as p:
             stored.queue(p)
-            p.time()
+            _time(p, keys.CampaignKeys(campaign_id).reservations)
             raw, t = await p.execute()
         packed = stored.decode(raw)
         if packed is None:
@@ -375,7 +385,7 @@ class Engine:
         async with _storage("reading counters"), self.redis.pipeline(transaction=False) as p:
             for r in (meta, counted, ring, ledger):
                 r.queue(p)
-            p.time()
+            _time(p, keys.CampaignKeys(campaign_id).meta)
             raw_meta, raw_counters, raw_ring, raw_persisted, t = await p.execute()
         m = meta.decode(raw_meta)
         if m.definition is None:

@@ -15,10 +15,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from engine import keys
+from engine.core.redis_client import Client
 from engine.core.scripts import source
 
 log = logging.getLogger("flashsale.sweeper")
@@ -36,14 +36,14 @@ class Page:
 
 
 class RateLimitPruner:
-    def __init__(self, redis: aioredis.Redis, *, interval_s: float = PRUNE_INTERVAL_S, count: int = PRUNE_COUNT,
+    def __init__(self, redis: Client, *, interval_s: float = PRUNE_INTERVAL_S, count: int = PRUNE_COUNT,
                  calls: int = PRUNE_CALLS) -> None:
         self.redis = redis
         self.interval_s = interval_s
         self.count = count
         self.calls = calls
         self.deleted_total = 0
-        self._script = redis.register_script(source("prune_ratelimit"))
+        self._script = redis.register_script(source("prune_ratelimit"))  # type: ignore[misc]
         self._cursors: dict[str, str] = {}  # campaign id -> where the pass goes on
         self._due = 0.0
 

@@ -19,9 +19,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
-import redis.asyncio as aioredis
-
 from engine import keys
+from engine.core.redis_client import Client
 from engine.keys import Counters as C
 from engine.keys import Ledger as L
 from engine.keys import Meta as M
@@ -37,7 +36,7 @@ class Read(Generic[T]):
     queue: Callable[[Any], Any]
     decode: Callable[[Any], T]
 
-    async def run(self, redis: aioredis.Redis) -> T:
+    async def run(self, redis: Client) -> T:
         """Alone, in one round trip."""
         return self.decode(await cast("Awaitable[Any]", self.queue(redis)))
 

@@ -15,9 +15,10 @@ from functools import cache
 from importlib import resources
 from typing import Any, cast
 
-import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
+
+from engine.core.redis_client import Client
 
 SCRIPT_NAMES = ("reserve", "confirm", "cancel", "expire", "load", "admin")
 _INCLUDE = re.compile(r"^-- @include (\w+)$", re.MULTILINE)
@@ -41,16 +42,17 @@ class Scripts:
     admin: AsyncScript
 
     @classmethod
-    def register(cls, client: aioredis.Redis) -> Scripts:
-        return cls(**{name: client.register_script(source(name)) for name in SCRIPT_NAMES})
+    def register(cls, client: Client) -> Scripts:
+        # RedisCluster has register_script too (its stub types it for Redis only)
+        return cls(**{name: client.register_script(source(name)) for name in SCRIPT_NAMES})  # type: ignore[misc]
 
-    async def preload(self, client: aioredis.Redis) -> None:
+    async def preload(self, client: Client) -> None:
         """SCRIPT LOAD every script (``/readyz`` checks they are there)."""
         for name in SCRIPT_NAMES:
             script: AsyncScript = getattr(self, name)
             await client.script_load(script.script)
 
-    async def loaded(self, client: aioredis.Redis) -> bool:
+    async def loaded(self, client: Client) -> bool:
         shas = [getattr(self, name).sha for name in SCRIPT_NAMES]
         return all(await client.script_exists(*shas))
 

@@ -3,13 +3,14 @@
 ``instrument(engine)`` wraps two public seams of one Engine instance, the way tracing
 instrumentors wrap a client library, so the core stays free of any metrics code:
 
-- ``engine.wire.evalsha``, which carries every batched reserve / confirm / cancel call:
+- ``engine.wire.evalsha`` (a ``Wire``, or on a cluster a ``ClusterWire``), which carries every
+  batched reserve / confirm / cancel call:
   each call is observed as ``flashsale_script_duration_seconds{script}`` and
   ``flashsale_script_batch_requests{script}``;
 - ``engine.expire_due``, the sweeper's call: its round trip, and the holds it released as
   outcome ``expire``/``OK``.
 
-Without a lean wire (TLS, Cluster: ``engine.wire is None``) batched calls go through redis-py
+Without a lean wire (TLS: ``engine.wire is None``) batched calls go through redis-py
 and only the expiry is observed. Both seams are looked up at each call, so the engine may be
 instrumented after its batchers or its sweeper have started; a second call changes nothing.
 Meant for the API's lifespan: once per worker, right after building the Engine.
