@@ -15,7 +15,12 @@ Redis was read: those are transitions Redis has lost. Every difference is report
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -23,9 +28,24 @@ import redis.asyncio as aioredis
 
 from engine import keys
 from engine.campaign import Campaign, parse
-from engine.ledger.history import ResState, Totals, merge, replay, totals
-from engine.ledger.redisview import PAGE, RedisView, archived_record, read_view, scan_stream
+from engine.events import Event
+from engine.ledger.history import ResState, Tally, by_user, totals
+from engine.ledger.redisview import (
+    ATTEMPTS,
+    PAGE,
+    CampaignMoving,
+    RedisView,
+    archived_record,
+    count_nonzero,
+    hash_pages,
+    hmget,
+    last_id,
+    read_view,
+    stream_pages,
+)
 from engine.ledger.sink import OrderCheck, Sink, entry_key
+
+EXAMPLES = 3  # idempotency keys named in its one line
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +90,9 @@ def _user_field(name: str) -> str:
             + (f", through storefront {storefront}" if storefront else ""))
 
 
-def compare(campaign: Campaign, view: RedisView, want: Totals) -> list[Difference]:
-    """Counters and per-user totals in Redis against what the history says."""
-    c = view.counters
+def compare_counters(campaign: Campaign, counters: dict[str, int], want: Tally) -> list[Difference]:
+    """The counters hash against the totals of the history."""
+    c = counters
     out: list[Difference] = []
 
     def check(what: str, have: int, should: int) -> None:
@@ -94,28 +114,57 @@ def compare(campaign: Campaign, view: RedisView, want: Totals) -> list[Differenc
         check(f"product {p}: held units", held, want.product_held.get(p, 0))
         check(f"product {p}: remaining units", total - sold - held,
               total - want.product_sold.get(p, 0) - want.product_held.get(p, 0))
-    for f in sorted(set(view.users) | set(want.users)):
-        have, should = view.users.get(f, 0), want.users.get(f, 0)
-        if have != should:
-            out.append(Difference(_user_field(f), have, should))
     return out
 
 
-def compare_idempotency(states: dict[str, ResState], view: RedisView, examples: int = 3) -> list[Difference]:
-    """The idempotency hash against the keys the history knows: each ``<storefront>|<key>`` must
-    name a reservation made with it (should a key have made two, either will do). One line."""
-    want: dict[str, set[str]] = {}
-    for r in states.values():
-        if r.idempotency_key:
-            want.setdefault(f"{r.storefront}|{r.idempotency_key}", set()).add(r.reservation_id)
-    missing = [f for f in want if f not in view.idempotency]
-    elsewhere = [f for f in want if f in view.idempotency and view.idempotency[f] not in want[f]]
-    if not missing and not elsewhere:
-        return []
-    shown = ", ".join(repr(f) for f in (missing + elsewhere)[:examples])
-    return [Difference("idempotency keys (<storefront>|<key> -> reservation)",
-                       f"{len(missing)} missing and {len(elsewhere)} naming another reservation (e.g. {shown})",
-                       f"{len(want)} known")]
+def idempotency_fields(states: Iterable[ResState]) -> list[tuple[str, str]]:
+    """``(<storefront>|<key>, reservation id)`` of each reservation whose key the history knows."""
+    return [(f"{r.storefront}|{r.idempotency_key}", r.reservation_id) for r in states if r.idempotency_key]
+
+
+@dataclass(slots=True)
+class _Check:
+    """What reconcile gathers page by page: differences, and what the last steps need."""
+
+    page: int
+    tally: Tally = field(default_factory=Tally)
+    users: list[Difference] = field(default_factory=list)
+    matched: int = 0  # users hash fields the history gives that Redis holds (not 0)
+    known: int = 0  # idempotency keys the history knows
+    missing: list[str] = field(default_factory=list)  # … that Redis lacks (the first few kept)
+    missing_n: int = 0
+    elsewhere: dict[str, str] = field(default_factory=dict)  # field -> the other reservation Redis names
+
+    async def users_page(self, redis: aioredis.Redis, campaign_id: str, states: list[ResState]) -> None:
+        k = keys.CampaignKeys(campaign_id)
+        t = totals(states)
+        self.tally.add(t)
+        fields = list(t.users)
+        for f, v, should in zip(fields, await hmget(redis, k.users, fields, self.page), t.users.values(),
+                                strict=True):
+            have = int(v or 0)
+            self.matched += have != 0
+            if have != should:
+                self.users.append(Difference(_user_field(f), have, should))
+        keyed = dict(idempotency_fields(states))  # a key twice in one page counts once
+        self.known += len(keyed)
+        for (f, rid), v in zip(keyed.items(), await hmget(redis, k.idempotency, list(keyed), self.page), strict=True):
+            if v is None:
+                self.missing_n += 1
+                if len(self.missing) < EXAMPLES:
+                    self.missing.append(f)
+            elif v.decode() != rid:
+                self.elsewhere[f] = v.decode()
+
+    def idempotency(self) -> list[Difference]:
+        """The idempotency hash against the keys the history knows: each ``<storefront>|<key>``
+        must name a reservation made with it (should a key have made two, either will do). One line."""
+        if not self.missing_n and not self.elsewhere:
+            return []
+        shown = ", ".join(repr(f) for f in (self.missing + sorted(self.elsewhere))[:EXAMPLES])
+        return [Difference("idempotency keys (<storefront>|<key> -> reservation)",
+                           f"{self.missing_n} missing and {len(self.elsewhere)} naming another reservation "
+                           f"(e.g. {shown})", f"{self.known} known")]
 
 
 def ledger_self_check(check: OrderCheck) -> list[Difference]:
@@ -131,10 +180,12 @@ def ledger_self_check(check: OrderCheck) -> list[Difference]:
 
 
 async def dead_letters(redis: aioredis.Redis, campaign_id: str, page: int = PAGE) -> list[Difference]:
-    entries = await scan_stream(redis, keys.DEAD_LETTERS, "+", page)
-    return [Difference(f"dead letter {eid.decode()} (entry {f.get(b'id', b'?').decode()})",
-                       f.get(b"reason", b"?").decode(), "(not in the ledger)")
-            for eid, f in entries if f.get(b"campaign") == campaign_id.encode()]
+    out: list[Difference] = []
+    async for entries in stream_pages(redis, keys.DEAD_LETTERS, "+", page):
+        out += [Difference(f"dead letter {eid.decode()} (entry {f.get(b'id', b'?').decode()})",
+                           f.get(b"reason", b"?").decode(), "(not in the ledger)")
+                for eid, f in entries if f.get(b"campaign") == campaign_id.encode()]
+    return out
 
 
 async def definition(view: RedisView, sink: Sink) -> Campaign | None:
@@ -153,22 +204,39 @@ async def reconcile_archived(sink: Sink, campaign_id: str, record: dict[str, Any
     return Reconciliation(campaign_id, tuple(diffs), len(ledger.events), 0, check.order_rows, record)
 
 
-async def reconcile(redis: aioredis.Redis, sink: Sink, campaign_id: str, *, page: int = PAGE) -> Reconciliation:
+async def reconcile(redis: aioredis.Redis, sink: Sink, campaign_id: str, *, page: int = PAGE,
+                    attempts: int = ATTEMPTS) -> Reconciliation:
     """Every difference between Redis and the ledger plus the undrained stream (for an archived
-    campaign: the ledger checked alone, ``Reconciliation.archived`` set)."""
+    campaign: the ledger checked alone, ``Reconciliation.archived`` set). ``page``: hash fields,
+    stream entries or ledger rows per call; Python holds a page of users and the undrained
+    stream, never the campaign. Raises ``CampaignMoving`` if the campaign changed under every
+    one of ``attempts`` reads."""
     if not await redis.exists(keys.CampaignKeys(campaign_id).meta):
         record = await archived_record(redis, campaign_id)
         if record is not None:
             return await reconcile_archived(sink, campaign_id, record)
-    ledger_last = await sink.last_entry(campaign_id)  # before Redis: what the ledger surely held
-    view = await read_view(redis, campaign_id, idempotency=True, page=page)
-    ledger = await sink.snapshot(campaign_id, orders=False)
-    upto = max(entry_key(view.last_id), entry_key(ledger_last or "0-0"))
-    ledger_events = list(ledger.events)  # in stream order: what lies past ``upto`` is at the end
-    while ledger_events and entry_key(ledger_events[-1].entry_id) > upto:
-        ledger_events.pop()
-    states = replay(merge(ledger_events, view.events))
-    want = totals(states.values())
+    for _ in range(attempts):
+        report = await _reconcile_once(redis, sink, campaign_id, page)
+        if report is not None:
+            return report
+    raise CampaignMoving(f"campaign {campaign_id!r} changed while it was reconciled, {attempts} times: run this when "
+                         "it is quiescent (closed, paused, or after the sale)")
+
+
+async def _reconcile_once(redis: aioredis.Redis, sink: Sink, campaign_id: str, page: int) -> Reconciliation | None:
+    """One pass; None if the campaign moved while it was read."""
+    ledger_last = await sink.last_entry(campaign_id) or "0-0"  # before Redis: what the ledger surely held
+    view = await read_view(redis, campaign_id, page=page, users=False)
+    upto = max(view.last_id, ledger_last, key=entry_key)  # the ledger's rows past it came after the read
+    check = _Check(page)
+    ledger_events = await by_user(sink, campaign_id, upto, view.events, page,
+                                  partial(check.users_page, redis, campaign_id))
+    k = keys.CampaignKeys(campaign_id)
+    extra = await count_nonzero(redis, k.users, page) != check.matched
+    unknown = await _unknown(redis, sink, campaign_id, upto, view.events, check, extra) if extra or \
+        check.elsewhere else []
+    if await last_id(redis, k.events) != view.last_id:
+        return None
     diffs: list[Difference] = []
     campaign = await definition(view, sink)
     if campaign is None:
@@ -176,9 +244,39 @@ async def reconcile(redis: aioredis.Redis, sink: Sink, campaign_id: str, *, page
     else:
         if view.definition is None:
             diffs.append(Difference("campaign definition", "(missing: run flashsale recover)", "(kept)"))
-        diffs += compare(campaign, view, want)
-        diffs += compare_idempotency(states, view)
+        diffs += compare_counters(campaign, view.counters, check.tally)
+        diffs += check.users + unknown
+        diffs += check.idempotency()
     diffs += ledger_self_check(await sink.order_check(campaign_id))
     diffs += [Difference(f"stream entry {eid}", "(not a flashsale event)", "(skipped)") for eid in view.malformed]
     diffs += await dead_letters(redis, campaign_id, page)
-    return Reconciliation(campaign_id, tuple(diffs), len(ledger_events), len(view.events), want.orders)
+    return Reconciliation(campaign_id, tuple(diffs), ledger_events, len(view.events), check.tally.orders)
+
+
+async def _unknown(redis: aioredis.Redis, sink: Sink, campaign_id: str, upto: str, stream: Sequence[Event],
+                   check: _Check, extra: bool) -> list[Difference]:
+    """A second pass, only when the first found that Redis holds users fields the history does
+    not give (``extra``), or keys naming another reservation: those fields are set aside in a
+    scratch SQLite file, each the history gives is struck off, and what is left is reported; an
+    idempotency key naming another reservation made with the same key is struck off the same way."""
+    k = keys.CampaignKeys(campaign_id)
+    with tempfile.TemporaryDirectory(prefix="flashsale-reconcile-") as tmp:
+        db = sqlite3.connect(Path(tmp) / "fields.db")
+        try:
+            db.execute("CREATE TABLE f (field TEXT PRIMARY KEY, units INTEGER NOT NULL) WITHOUT ROWID")
+            if extra:
+                async for chunk in hash_pages(redis, k.users, check.page):
+                    db.executemany("INSERT OR REPLACE INTO f VALUES (?, ?)",
+                                   [(f.decode(), int(v)) for f, v in chunk.items() if int(v) != 0])
+
+            async def strike(states: list[ResState]) -> None:
+                if extra:
+                    db.executemany("DELETE FROM f WHERE field = ?", [(f,) for f in totals(states).users])
+                for f, rid in idempotency_fields(states):
+                    if check.elsewhere.get(f) == rid:
+                        del check.elsewhere[f]
+
+            await by_user(sink, campaign_id, upto, stream, check.page, strike)
+            return [Difference(_user_field(f), units, 0) for f, units in db.execute("SELECT * FROM f ORDER BY field")]
+        finally:
+            db.close()

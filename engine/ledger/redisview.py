@@ -14,7 +14,7 @@ acknowledged, so the ledger, read after the view, holds them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -68,49 +68,81 @@ async def last_id(redis: aioredis.Redis, stream: str) -> str:
     return _text(info["last-generated-id"])
 
 
-async def scan_hash(redis: aioredis.Redis, key: str, page: int = PAGE) -> dict[bytes, bytes]:
-    """A whole hash, ``page`` fields per HSCAN call (a field seen twice is kept once)."""
-    out: dict[bytes, bytes] = {}
+async def hash_pages(redis: aioredis.Redis, key: str, page: int = PAGE) -> AsyncIterator[dict[bytes, bytes]]:
+    """A hash, one HSCAN call of ``page`` fields at a time (a field may come twice)."""
     cursor = 0
     while True:
         cursor, chunk = await cast("Awaitable[tuple[int, dict[bytes, bytes]]]",
                                    redis.hscan(key, cursor, count=page))
-        out.update(chunk)
+        yield chunk
         if cursor == 0:
-            return out
+            return
+
+
+async def scan_hash(redis: aioredis.Redis, key: str, page: int = PAGE) -> dict[bytes, bytes]:
+    """A whole hash, ``page`` fields per HSCAN call (a field seen twice is kept once)."""
+    out: dict[bytes, bytes] = {}
+    async for chunk in hash_pages(redis, key, page):
+        out.update(chunk)
+    return out
+
+
+async def hmget(redis: aioredis.Redis, key: str, fields: list[str], page: int = PAGE) -> list[bytes | None]:
+    """``HMGET`` of many fields, ``page`` per call, in one round trip."""
+    if not fields:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for lo in range(0, len(fields), page):
+            pipe.hmget(key, fields[lo : lo + page])
+        pages = await pipe.execute()
+    return [v for chunk in pages for v in chunk]
+
+
+async def count_nonzero(redis: aioredis.Redis, key: str, page: int = PAGE) -> int:
+    """Fields of a hash of counts whose value is not 0, read ``page`` per HSCAN call."""
+    n = 0
+    async for chunk in hash_pages(redis, key, page):
+        n += sum(1 for v in chunk.values() if int(v) != 0)
+    return n
+
+
+async def stream_pages(redis: aioredis.Redis, stream: str, upto: str, page: int = PAGE) -> AsyncIterator[list[Any]]:
+    """Entries of the stream up to ``upto`` (inclusive), one XRANGE call of ``page`` at a time."""
+    start = "-"
+    while True:
+        chunk = await redis.xrange(stream, start, upto, count=page)
+        yield chunk
+        if len(chunk) < page:
+            return
+        start = "(" + _text(chunk[-1][0])
 
 
 async def scan_stream(redis: aioredis.Redis, stream: str, upto: str, page: int = PAGE) -> list[Any]:
     """Entries of the stream up to ``upto`` (inclusive), ``page`` per XRANGE call."""
-    out: list[Any] = []
-    start = "-"
-    while True:
-        chunk = await redis.xrange(stream, start, upto, count=page)
-        out += chunk
-        if len(chunk) < page:
-            return out
-        start = "(" + _text(chunk[-1][0])
+    return [e async for chunk in stream_pages(redis, stream, upto, page) for e in chunk]
 
 
 async def read_view(redis: aioredis.Redis, campaign_id: str, *, records: bool = False,
-                    idempotency: bool = False, page: int = PAGE, attempts: int = ATTEMPTS) -> RedisView:
+                    idempotency: bool = False, users: bool = True, page: int = PAGE,
+                    attempts: int = ATTEMPTS) -> RedisView:
     """Read a campaign's state in pages, as one consistent view (see the module docstring);
-    ``records``: also every reservation record; ``idempotency``: also the idempotency hash."""
+    ``records``: also every reservation record; ``idempotency``: also the idempotency hash;
+    ``users``: the users hash too (reconcile and recover read it page by page instead)."""
     for _ in range(attempts):
-        view = await _read_once(redis, campaign_id, records, idempotency, page)
+        view = await _read_once(redis, campaign_id, records, idempotency, users, page)
         if view is not None:
             return view
     raise CampaignMoving(f"campaign {campaign_id!r} changed while it was read, {attempts} times: run this when it "
                          "is quiescent (closed, paused, or after the sale)")
 
 
-async def _read_once(redis: aioredis.Redis, campaign_id: str, records: bool, idempotency: bool,
+async def _read_once(redis: aioredis.Redis, campaign_id: str, records: bool, idempotency: bool, users: bool,
                      page: int) -> RedisView | None:
     k = keys.CampaignKeys(campaign_id)
     before = await last_id(redis, k.events)
     definition, flag = await redis.hmget(k.meta, ["def", "flag"])  # type: ignore[misc]
     counters = await scan_hash(redis, k.counters, page)
-    users = await scan_hash(redis, k.users, page)
+    people = await scan_hash(redis, k.users, page) if users else {}
     entries = await scan_stream(redis, k.events, before, page) if before != NO_STREAM else []
     recs = await scan_hash(redis, k.reservations, page) if records else {}
     idem = await scan_hash(redis, k.idempotency, page) if idempotency else {}
@@ -125,7 +157,7 @@ async def _read_once(redis: aioredis.Redis, campaign_id: str, records: bool, ide
             malformed.append(_text(eid))
     return RedisView(
         campaign_id, definition, None if flag is None else _text(flag),
-        {_text(f): int(v) for f, v in counters.items()}, {_text(f): int(v) for f, v in users.items()},
+        {_text(f): int(v) for f, v in counters.items()}, {_text(f): int(v) for f, v in people.items()},
         tuple(events), tuple(malformed), before, {_text(r): v for r, v in recs.items()},
         {_text(f): _text(r) for f, r in idem.items()},
     )
