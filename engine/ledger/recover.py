@@ -3,20 +3,25 @@
 1. Refuse the campaign: its admin flag becomes ``recovering`` (reserve answers RECOVERING, HTTP
    503). If Redis lost the campaign itself, its definition comes from the ledger's ``campaigns``
    table and is loaded already refused, in one MULTI, so no reserve slips in between.
-2. Plan: replay the ledger's history plus whatever the stream kept (and the reservation records
-   that survived): every confirmed order counts, every hold never confirmed is dropped and its
-   units return. The plan is the new counters, users and changed reservation records.
-3. Stage the plan as complete copies of the counters, users, records and idempotency hash
-   (``fs:{c:ID}:restore:*``), a page of fields per call; then ``restore.lua`` swaps them in, in
-   one short atomic step, if the campaign has not moved since it was read (its stream's last id
-   is unchanged; else plan again), and appends the dropped holds' events in bounded calls.
+2. Plan and stage, a page of whole users at a time: the ledger's history, read ordered by user
+   (``engine.ledger.history.by_user``), plus whatever the stream kept and the reservation records
+   that survived: every confirmed order counts, every hold never confirmed is dropped and its
+   units return. Each page's plan (its users' fields, changed records, missing idempotency
+   fields, dropped holds) goes straight into complete staged copies of the counters, users,
+   records and idempotency hash (``fs:{c:ID}:restore:*``, records and keys over copies of what
+   Redis has) and a list of the dropped holds, a page of fields per call: Python never holds the
+   campaign. A record that survived for a reservation the history does not know stays as it is
+   and is not counted (the ledger and the stream hold every reservation Redis made).
+3. ``restore.lua`` swaps the staged copies in, in one short atomic step, if the campaign has not
+   moved since it was read (its stream's last id is unchanged; else plan again), and appends the
+   dropped holds' events in bounded calls.
 4. Reconcile; when clean, the campaign serves again (its flag as it was before).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import msgpack
@@ -29,26 +34,26 @@ from engine.core import Engine
 from engine.core.engine import load_args
 from engine.core.scripts import source
 from engine.errors import LedgerError
-from engine.ledger.history import ResState, idempotency, merge, replay, totals
+from engine.ledger.history import ResState, Tally, Totals, by_user, idempotency, totals
 from engine.ledger.reconcile import Reconciliation, reconcile
-from engine.ledger.redisview import PAGE, RedisView, read_view
-from engine.ledger.sink import LedgerSnapshot, Sink
+from engine.ledger.redisview import PAGE, RedisView, hash_pages, hmget, read_view
+from engine.ledger.sink import Sink, entry_key
 from engine.ledger.streams import GROUP
 
 MAX_ATTEMPTS = 20  # plans made before giving up on a campaign that keeps moving
-STAGE_CALLS = 8  # HSETs of one page each per pipeline round trip while staging
 RESTORE_HOLDS = 500  # dropped holds whose events one restore.lua call appends (a call stays short)
 STALE = 1  # restore.lua: the campaign moved since the plan was read
 
 
 @dataclass(frozen=True, slots=True)
-class Plan:
-    counters: dict[str, Any]
-    users: dict[str, int]
+class PagePlan:
+    """The plan for a page of whole users."""
+
+    users: dict[str, int]  # their fields of the users hash
     records: dict[str, bytes]  # reservation id -> packed record to write
     idempotency: dict[str, str]  # ``<storefront>|<key>`` -> reservation id, fields Redis lacks
     dropped: tuple[ResState, ...]  # holds never confirmed
-    orders: int
+    totals: Totals
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +68,11 @@ class Recovery:
 
 
 def stage_keys(campaign_id: str) -> list[str]:
-    """``flashsale recover``'s scratch keys of a campaign (consumed by each run; archive removes leftovers)."""
+    """``flashsale recover``'s scratch keys of a campaign (consumed by each run; archive removes
+    leftovers): the four hashes restore.lua swaps in, then the list of dropped holds."""
     tag = keys.CampaignKeys(campaign_id).tag
-    return [f"{tag}:restore:counters", f"{tag}:restore:users", f"{tag}:restore:res", f"{tag}:restore:idem"]
+    return [f"{tag}:restore:counters", f"{tag}:restore:users", f"{tag}:restore:res", f"{tag}:restore:idem",
+            f"{tag}:restore:dropped"]
 
 
 def _record(r: ResState, state: str) -> bytes:
@@ -81,89 +88,138 @@ def _from_record(rid: str, packed: bytes) -> ResState:
                     int(confirmed or 0), key or "")
 
 
-def plan(campaign: Campaign, view: RedisView, ledger: LedgerSnapshot) -> Plan:
-    """The campaign as the ledger, the surviving stream and the surviving records tell it.
+def plan_page(states: Sequence[ResState], had: dict[str, bytes], idempotency_known: set[str]) -> PagePlan:
+    """Whole users' reservations as the history tells them, given the records that survived in
+    Redis (``had``, by reservation id) and the idempotency fields Redis still has.
 
-    Every reservation the history or a surviving record knows gets a record (an unpaid hold's
-    says 'expired') and, if its Idempotency-Key is known, its idempotency hash field, so a
-    storefront retrying with the same key is answered with that reservation, never a new one.
-    Keys come from the ``reserved`` events and the surviving records; events stored before the
-    ``reserved`` event carried the key (ledger schema version 1) have none, and a reservation
-    known only from those cannot have its field rebuilt: a retry with its key would reserve anew.
+    Every reservation the history knows gets a record (an unpaid hold's says 'expired') and, if
+    its Idempotency-Key is known, its idempotency hash field, so a storefront retrying with the
+    same key is answered with that reservation, never a new one. Keys come from the ``reserved``
+    events and the surviving records; events stored before the ``reserved`` event carried the key
+    (ledger schema version 1) have none, and a reservation known only from those cannot have its
+    field rebuilt: a retry with its key would reserve anew. A confirm is final, wherever it survived.
     """
-    states = replay(merge(ledger.events, view.events))
-    had: dict[str, ResState] = {}
-    for rid, packed in view.records.items():
-        rec = had[rid] = _from_record(rid, packed)
-        known = states.get(rid)
-        if known is None or (rec.state == "confirmed" and known.state != "confirmed"):
-            states[rid] = r = _from_record(rid, packed)  # a confirm is final, wherever it survived
-            if known is not None and not r.idempotency_key:
-                r.storefront, r.idempotency_key = known.storefront, known.idempotency_key
-        elif rec.idempotency_key and not known.idempotency_key:
+    final: list[ResState] = []
+    for known in states:
+        rid = known.reservation_id
+        packed = had.get(rid)
+        if packed is None:
+            final.append(known)
+            continue
+        rec = _from_record(rid, packed)
+        if rec.state == "confirmed" and known.state != "confirmed":
+            if not rec.idempotency_key:
+                rec.storefront, rec.idempotency_key = known.storefront, known.idempotency_key
+            final.append(rec)
+            continue
+        if rec.idempotency_key and not known.idempotency_key:
             known.storefront, known.idempotency_key = rec.storefront, rec.idempotency_key
+        final.append(known)
     records: dict[str, bytes] = {}
     dropped: list[ResState] = []
-    for rid, r in states.items():
-        before = had.get(rid)
+    for r in final:
+        packed = had.get(r.reservation_id)
+        before = None if packed is None else _from_record(r.reservation_id, packed)
         if r.state == "held":
             dropped.append(r)
             r.state = "expired"
-            records[rid] = _record(r, "expired")
+            records[r.reservation_id] = _record(r, "expired")
         elif before is None or before.state != r.state or (r.idempotency_key and not before.idempotency_key):
-            records[rid] = _record(r, r.state)
-    idem = {f: rid for f, rid in idempotency(states.values()).items() if f not in view.idempotency}
-    want = totals(states.values())
-    counters: dict[str, Any] = {f: v for f, v in view.counters.items()
-                                if not f.startswith(("sold|", "held|"))}
-    pids = {p.id for p in campaign.products} | set(want.product_sold)
-    counters.update({"sold": want.sold, "held": 0, "orders": want.orders, "buyers": want.buyers})
-    for p in pids:
-        counters[f"sold|{p}"] = want.product_sold.get(p, 0)
-        counters[f"held|{p}"] = 0
-    return Plan(counters, want.users, records, idem, tuple(dropped), want.orders)
+            records[r.reservation_id] = _record(r, r.state)
+    idem = {f: rid for f, rid in idempotency(final).items() if f not in idempotency_known}
+    want = totals(final)
+    return PagePlan(want.users, records, idem, tuple(dropped), want)
 
 
-async def _stage(redis: aioredis.Redis, campaign_id: str, view: RedisView, p: Plan, page: int) -> None:
-    """The plan as complete staged copies (records and idempotency fields over what Redis has),
-    written ``page`` fields per HSET and a few HSETs per round trip, so no call is long."""
-    stage = stage_keys(campaign_id)
-    for key in stage:
-        await redis.unlink(key)
-    mappings: list[dict[str, Any]] = [p.counters, p.users, {**view.records, **p.records},
-                                      {**view.idempotency, **p.idempotency}]
-    for key, mapping in zip(stage, mappings, strict=True):
-        items = list(mapping.items())
-        for lo in range(0, len(items), page * STAGE_CALLS):
-            async with redis.pipeline(transaction=False) as pipe:
-                for i in range(lo, min(lo + page * STAGE_CALLS, len(items)), page):
-                    pipe.hset(key, mapping=dict(items[i : i + page]))
-                await pipe.execute()
+def counters_of(campaign: Campaign, counters: dict[str, int], want: Tally) -> dict[str, int]:
+    """The counters hash: the history's totals, every other field (rejections) as Redis has it."""
+    out = {f: v for f, v in counters.items() if not f.startswith(("sold|", "held|"))}
+    out.update({"sold": want.sold, "held": 0, "orders": want.orders, "buyers": want.buyers})
+    for p in {p.id for p in campaign.products} | set(want.product_sold):
+        out[f"sold|{p}"] = want.product_sold.get(p, 0)
+        out[f"held|{p}"] = 0
+    return out
 
 
-async def _apply(redis: aioredis.Redis, campaign_id: str, view: RedisView, p: Plan, ledger_last: str,
-                 persisted: int, page: int) -> bool:
-    """Stage the plan, then put it in place with restore.lua: one swap, then the dropped holds'
-    events at most ``RESTORE_HOLDS`` per call. False if the campaign moved since it was read."""
+@dataclass(slots=True)
+class _Staged:
+    tally: Tally = field(default_factory=Tally)
+    dropped: int = 0
+    idempotency: int = 0  # idempotency fields rebuilt
+
+
+async def _copy(redis: aioredis.Redis, source_key: str, target: str, page: int) -> None:
+    """A hash copied ``page`` fields per HSCAN and per HSET."""
+    async for chunk in hash_pages(redis, source_key, page):
+        if chunk:
+            await redis.hset(target, mapping=chunk)  # type: ignore[misc]
+
+
+async def _stage(redis: aioredis.Redis, sink: Sink, campaign: Campaign, view: RedisView, upto: str,
+                 page: int) -> _Staged:
+    """The plan as complete staged copies, built a page of whole users at a time: records and
+    idempotency fields over copies of what Redis has, the users hash and counters from the
+    history, the dropped holds in a list; ``page`` fields per call, a page's calls per round trip."""
+    cid = campaign.id
+    k = keys.CampaignKeys(cid)
+    counters, users, records, idem, drops = stage_keys(cid)
+    await redis.unlink(*stage_keys(cid))
+    await _copy(redis, k.reservations, records, page)
+    await _copy(redis, k.idempotency, idem, page)
+    out = _Staged()
+
+    async def each(states: list[ResState]) -> None:
+        rids = [r.reservation_id for r in states]
+        had = {rid: v for rid, v in zip(rids, await hmget(redis, k.reservations, rids, page), strict=True)
+               if v is not None}
+        fields = list(idempotency(states))
+        known = {f for f, v in zip(fields, await hmget(redis, k.idempotency, fields, page), strict=True)
+                 if v is not None}
+        p = plan_page(states, had, known)
+        out.tally.add(p.totals)
+        out.dropped += len(p.dropped)
+        async with redis.pipeline(transaction=False) as pipe:
+            for key, mapping in ((users, p.users), (records, p.records)):
+                items = list(mapping.items())
+                for lo in range(0, len(items), page):
+                    pipe.hset(key, mapping=dict(items[lo : lo + page]))
+            gone = [f"{r.reservation_id}|{r.product_id}|{r.user_id}|{r.units}|{r.amount}" for r in p.dropped]
+            for lo in range(0, len(gone), page):
+                pipe.rpush(drops, *gone[lo : lo + page])
+            before = len(pipe)
+            for f, rid in p.idempotency.items():  # the first reservation a key made keeps it
+                pipe.hsetnx(idem, f, rid)
+            done = await pipe.execute()
+        out.idempotency += sum(int(x) for x in done[before:])
+
+    await by_user(sink, cid, upto, view.events, page, each)
+    await redis.hset(counters, mapping=counters_of(campaign, view.counters, out.tally))  # type: ignore[misc]
+    return out
+
+
+async def _apply(redis: aioredis.Redis, campaign_id: str, view: RedisView, ledger_last: str, persisted: int) -> bool:
+    """Put the staged plan in place with restore.lua: one swap, then the dropped holds' events
+    at most ``RESTORE_HOLDS`` per call. False if the campaign moved since it was read."""
     k = keys.CampaignKeys(campaign_id)
-    await _stage(redis, campaign_id, view, p, page)
+    *staged, drops = stage_keys(campaign_id)
     script = redis.register_script(source("restore"))
     expected = view.last_id
-    for step, lo in enumerate(range(0, max(len(p.dropped), 1), RESTORE_HOLDS)):
-        chunk = p.dropped[lo : lo + RESTORE_HOLDS]
+    held = await cast("Awaitable[int]", redis.llen(drops))
+    for step, lo in enumerate(range(0, max(held, 1), RESTORE_HOLDS)):
+        chunk = await cast("Awaitable[list[bytes]]", redis.lrange(drops, lo, lo + RESTORE_HOLDS - 1)) if held else []
         args: list[Any] = [expected, ledger_last, persisted, GROUP, 1 if step == 0 else 0, len(chunk)]
-        for r in chunk:
-            args += [r.reservation_id, r.product_id, r.user_id, r.units, r.amount]
+        for hold in chunk:
+            args += hold.decode().split("|")
         code, _n, now = await script(keys=[k.counters, k.users, k.reservations, k.holds, k.events, k.ledger,
-                                           k.idempotency, *stage_keys(campaign_id)], args=args)
+                                           k.idempotency, *staged], args=args)
         if int(code) == STALE:
             if step == 0:
-                for key in stage_keys(campaign_id):
-                    await redis.unlink(key)
+                await redis.unlink(*stage_keys(campaign_id))
                 return False
             raise LedgerError(f"campaign {campaign_id!r} moved while recover appended the dropped holds' events "
                               "(is another recover running?); it stays refused: run recover again")
         expected = now.decode() if isinstance(now, bytes) else str(now)
+    await redis.unlink(drops)
     return True
 
 
@@ -200,17 +256,17 @@ async def refuse(engine: Engine, sink: Sink, campaign_id: str) -> tuple[Campaign
 
 async def recover(engine: Engine, sink: Sink, campaign_id: str, *, page: int = PAGE) -> Recovery:
     """Rebuild a campaign from the ledger; it serves again only if reconcile finds no difference.
-    ``page``: hash fields or stream entries per Redis call."""
+    ``page``: hash fields, stream entries or ledger rows per call, and users per step of the plan."""
     redis = engine.redis
     campaign, reloaded = await refuse(engine, sink, campaign_id)
     attempts = 0
     while True:
         attempts += 1
-        view = await read_view(redis, campaign_id, records=True, idempotency=True, page=page)
-        ledger = await sink.snapshot(campaign_id, orders=False)
-        p = plan(campaign, view, ledger)
-        last = ledger.events[-1].entry_id if ledger.events else "0-0"
-        if await _apply(redis, campaign_id, view, p, last, ledger.order_rows, page):
+        view = await read_view(redis, campaign_id, users=False, page=page)
+        ledger_last = await sink.last_entry(campaign_id) or "0-0"
+        persisted = (await sink.progress()).get(campaign_id, 0)
+        staged = await _stage(redis, sink, campaign, view, max(view.last_id, ledger_last, key=entry_key), page)
+        if await _apply(redis, campaign_id, view, ledger_last, persisted):
             break
         if attempts >= MAX_ATTEMPTS:
             raise LedgerError(f"campaign {campaign_id!r} kept changing during recovery ({attempts} plans); "
@@ -218,4 +274,4 @@ async def recover(engine: Engine, sink: Sink, campaign_id: str, *, page: int = P
     report = await reconcile(redis, sink, campaign_id, page=page)
     if report.clean:
         await engine.set_recovering(campaign_id, False)
-    return Recovery(campaign_id, reloaded, p.orders, len(p.dropped), attempts, report, len(p.idempotency))
+    return Recovery(campaign_id, reloaded, staged.tally.orders, staged.dropped, attempts, report, staged.idempotency)
