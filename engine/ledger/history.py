@@ -165,9 +165,9 @@ class _ByUser:
     """Events in (user, reservation, stream) order, from two sorted sources, each entry once:
     each reservation replayed when its last event is in, whole users handed on ``page`` at a time."""
 
-    def __init__(self, stream: Sequence[Event], page: int, each: Users) -> None:
-        self.stream = sorted(stream, key=_order)
-        self.next = 0
+    def __init__(self, stream: Iterable[Event], page: int, each: Users) -> None:
+        self.stream = iter(stream)
+        self.head = next(self.stream, None)  # the stream's next event
         self.page, self.each = page, each
         self.current: list[Event] = []  # the events of the reservation being read
         self.users: list[ResState] = []  # whole users' reservations (and the current user's)
@@ -177,15 +177,15 @@ class _ByUser:
         self.ledger_events += len(events)
         for e in events:
             order = _order(e)
-            while self.next < len(self.stream) and _order(self.stream[self.next]) <= order:
-                await self._one(self.stream[self.next])
-                self.next += 1
+            while self.head is not None and _order(self.head) <= order:
+                await self._one(self.head)
+                self.head = next(self.stream, None)
             await self._one(e)
 
     async def finish(self) -> None:
-        for e in self.stream[self.next:]:
-            await self._one(e)
-        self.next = len(self.stream)
+        while self.head is not None:
+            await self._one(self.head)
+            self.head = next(self.stream, None)
         self._close()
         if self.users:
             await self.each(self.users)
@@ -209,12 +209,13 @@ class _ByUser:
             self.current = []
 
 
-async def by_user(sink: Sink, campaign_id: str, upto: str, stream: Sequence[Event], page: int,
+async def by_user(sink: Sink, campaign_id: str, upto: str, stream: Iterable[Event], page: int,
                   each: Users) -> int:
     """Replay the ledger's history up to stream entry ``upto`` merged with ``stream`` (the
-    undrained entries), handing ``each`` the reservations of whole users, by user then reservation
-    id, at least ``page`` reservations at a time (the last may have fewer). Python holds one page of
-    the ledger, one page of users and ``stream``. Returns the ledger events read."""
+    undrained entries, in (user, reservation, stream) order: ``engine.ledger.spool``), handing
+    ``each`` the reservations of whole users, by user then reservation id, at least ``page``
+    reservations at a time (the last may have fewer). Python holds one page of the ledger and one
+    page of users (and what ``stream`` holds). Returns the ledger events read."""
     merged = _ByUser(stream, page, each)
     await sink.history_by_user(campaign_id, upto, page, merged.ledger)
     await merged.finish()

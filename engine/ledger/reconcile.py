@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -28,7 +28,6 @@ import redis.asyncio as aioredis
 
 from engine import keys
 from engine.campaign import Campaign, parse
-from engine.events import Event
 from engine.ledger.history import ResState, Tally, by_user, totals
 from engine.ledger.redisview import (
     ATTEMPTS,
@@ -44,6 +43,7 @@ from engine.ledger.redisview import (
     stream_pages,
 )
 from engine.ledger.sink import OrderCheck, Sink, entry_key
+from engine.ledger.spool import StreamSpool
 
 EXAMPLES = 3  # idempotency keys named in its one line
 
@@ -226,15 +226,17 @@ async def reconcile(redis: aioredis.Redis, sink: Sink, campaign_id: str, *, page
 async def _reconcile_once(redis: aioredis.Redis, sink: Sink, campaign_id: str, page: int) -> Reconciliation | None:
     """One pass; None if the campaign moved while it was read."""
     ledger_last = await sink.last_entry(campaign_id) or "0-0"  # before Redis: what the ledger surely held
-    view = await read_view(redis, campaign_id, page=page, users=False)
+    view = await read_view(redis, campaign_id, page=page, users=False, stream=False)
     upto = max(view.last_id, ledger_last, key=entry_key)  # the ledger's rows past it came after the read
     check = _Check(page)
-    ledger_events = await by_user(sink, campaign_id, upto, view.events, page,
-                                  partial(check.users_page, redis, campaign_id))
     k = keys.CampaignKeys(campaign_id)
-    extra = await count_nonzero(redis, k.users, page) != check.matched
-    unknown = await _unknown(redis, sink, campaign_id, upto, view.events, check, extra) if extra or \
-        check.elsewhere else []
+    with StreamSpool() as stream:
+        await stream.fill(redis, campaign_id, view.last_id, page)
+        ledger_events = await by_user(sink, campaign_id, upto, stream.events(page), page,
+                                      partial(check.users_page, redis, campaign_id))
+        extra = await count_nonzero(redis, k.users, page) != check.matched
+        unknown = await _unknown(redis, sink, campaign_id, upto, stream, check, extra) if extra or \
+            check.elsewhere else []
     if await last_id(redis, k.events) != view.last_id:
         return None
     diffs: list[Difference] = []
@@ -248,12 +250,12 @@ async def _reconcile_once(redis: aioredis.Redis, sink: Sink, campaign_id: str, p
         diffs += check.users + unknown
         diffs += check.idempotency()
     diffs += ledger_self_check(await sink.order_check(campaign_id))
-    diffs += [Difference(f"stream entry {eid}", "(not a flashsale event)", "(skipped)") for eid in view.malformed]
+    diffs += [Difference(f"stream entry {eid}", "(not a flashsale event)", "(skipped)") for eid in stream.malformed]
     diffs += await dead_letters(redis, campaign_id, page)
-    return Reconciliation(campaign_id, tuple(diffs), ledger_events, len(view.events), check.tally.orders)
+    return Reconciliation(campaign_id, tuple(diffs), ledger_events, stream.count, check.tally.orders)
 
 
-async def _unknown(redis: aioredis.Redis, sink: Sink, campaign_id: str, upto: str, stream: Sequence[Event],
+async def _unknown(redis: aioredis.Redis, sink: Sink, campaign_id: str, upto: str, stream: StreamSpool,
                    check: _Check, extra: bool) -> list[Difference]:
     """A second pass, only when the first found that Redis holds users fields the history does
     not give (``extra``), or keys naming another reservation: those fields are set aside in a
@@ -276,7 +278,7 @@ async def _unknown(redis: aioredis.Redis, sink: Sink, campaign_id: str, upto: st
                     if check.elsewhere.get(f) == rid:
                         del check.elsewhere[f]
 
-            await by_user(sink, campaign_id, upto, stream, check.page, strike)
+            await by_user(sink, campaign_id, upto, stream.events(check.page), check.page, strike)
             return [Difference(_user_field(f), units, 0) for f, units in db.execute("SELECT * FROM f ORDER BY field")]
         finally:
             db.close()

@@ -38,6 +38,7 @@ from engine.ledger.history import ResState, Tally, Totals, by_user, idempotency,
 from engine.ledger.reconcile import Reconciliation, reconcile
 from engine.ledger.redisview import PAGE, RedisView, hash_pages, hmget, read_view
 from engine.ledger.sink import Sink, entry_key
+from engine.ledger.spool import StreamSpool
 from engine.ledger.streams import GROUP
 
 MAX_ATTEMPTS = 20  # plans made before giving up on a campaign that keeps moving
@@ -155,8 +156,8 @@ async def _copy(redis: aioredis.Redis, source_key: str, target: str, page: int) 
             await redis.hset(target, mapping=chunk)  # type: ignore[misc]
 
 
-async def _stage(redis: aioredis.Redis, sink: Sink, campaign: Campaign, view: RedisView, upto: str,
-                 page: int) -> _Staged:
+async def _stage(redis: aioredis.Redis, sink: Sink, campaign: Campaign, view: RedisView, stream: StreamSpool,
+                 upto: str, page: int) -> _Staged:
     """The plan as complete staged copies, built a page of whole users at a time: records and
     idempotency fields over copies of what Redis has, the users hash and counters from the
     history, the dropped holds in a list; ``page`` fields per call, a page's calls per round trip."""
@@ -192,7 +193,7 @@ async def _stage(redis: aioredis.Redis, sink: Sink, campaign: Campaign, view: Re
             done = await pipe.execute()
         out.idempotency += sum(int(x) for x in done[before:])
 
-    await by_user(sink, cid, upto, view.events, page, each)
+    await by_user(sink, cid, upto, stream.events(page), page, each)
     await redis.hset(counters, mapping=counters_of(campaign, view.counters, out.tally))  # type: ignore[misc]
     return out
 
@@ -262,10 +263,13 @@ async def recover(engine: Engine, sink: Sink, campaign_id: str, *, page: int = P
     attempts = 0
     while True:
         attempts += 1
-        view = await read_view(redis, campaign_id, users=False, page=page)
+        view = await read_view(redis, campaign_id, users=False, stream=False, page=page)
         ledger_last = await sink.last_entry(campaign_id) or "0-0"
         persisted = (await sink.progress()).get(campaign_id, 0)
-        staged = await _stage(redis, sink, campaign, view, max(view.last_id, ledger_last, key=entry_key), page)
+        with StreamSpool() as stream:
+            await stream.fill(redis, campaign_id, view.last_id, page)
+            staged = await _stage(redis, sink, campaign, view, stream, max(view.last_id, ledger_last, key=entry_key),
+                                  page)
         if await _apply(redis, campaign_id, view, ledger_last, persisted):
             break
         if attempts >= MAX_ATTEMPTS:

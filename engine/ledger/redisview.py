@@ -123,13 +123,14 @@ async def scan_stream(redis: aioredis.Redis, stream: str, upto: str, page: int =
 
 
 async def read_view(redis: aioredis.Redis, campaign_id: str, *, records: bool = False,
-                    idempotency: bool = False, users: bool = True, page: int = PAGE,
+                    idempotency: bool = False, users: bool = True, stream: bool = True, page: int = PAGE,
                     attempts: int = ATTEMPTS) -> RedisView:
     """Read a campaign's state in pages, as one consistent view (see the module docstring);
     ``records``: also every reservation record; ``idempotency``: also the idempotency hash;
-    ``users``: the users hash too (reconcile and recover read it page by page instead)."""
+    ``users`` and ``stream``: the users hash and the stream's entries too (reconcile and recover
+    read those page by page instead, up to the view's ``last_id``)."""
     for _ in range(attempts):
-        view = await _read_once(redis, campaign_id, records, idempotency, users, page)
+        view = await _read_once(redis, campaign_id, records, idempotency, users, stream, page)
         if view is not None:
             return view
     raise CampaignMoving(f"campaign {campaign_id!r} changed while it was read, {attempts} times: run this when it "
@@ -137,13 +138,13 @@ async def read_view(redis: aioredis.Redis, campaign_id: str, *, records: bool = 
 
 
 async def _read_once(redis: aioredis.Redis, campaign_id: str, records: bool, idempotency: bool, users: bool,
-                     page: int) -> RedisView | None:
+                     stream: bool, page: int) -> RedisView | None:
     k = keys.CampaignKeys(campaign_id)
     before = await last_id(redis, k.events)
     definition, flag = await redis.hmget(k.meta, ["def", "flag"])  # type: ignore[misc]
     counters = await scan_hash(redis, k.counters, page)
     people = await scan_hash(redis, k.users, page) if users else {}
-    entries = await scan_stream(redis, k.events, before, page) if before != NO_STREAM else []
+    entries = await scan_stream(redis, k.events, before, page) if stream and before != NO_STREAM else []
     recs = await scan_hash(redis, k.reservations, page) if records else {}
     idem = await scan_hash(redis, k.idempotency, page) if idempotency else {}
     if await last_id(redis, k.events) != before:
