@@ -10,8 +10,8 @@
    fields, dropped holds) goes straight into complete staged copies of the counters, users,
    records and idempotency hash (``fs:{c:ID}:restore:*``, records and keys over copies of what
    Redis has) and a list of the dropped holds, a page of fields per call: Python never holds the
-   campaign. A record that survived for a reservation the history does not know stays as it is
-   and is not counted (the ledger and the stream hold every reservation Redis made).
+   campaign. A record that survived for a reservation the history does not know counts as it
+   says (found, when the records outnumber the history's, by a second pass over a scratch file).
 3. ``restore.lua`` swaps the staged copies in, in one short atomic step, if the campaign has not
    moved since it was read (its stream's last id is unchanged; else plan again), and appends the
    dropped holds' events in bounded calls.
@@ -20,8 +20,11 @@
 
 from __future__ import annotations
 
+import sqlite3
+import tempfile
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import msgpack
@@ -147,6 +150,7 @@ class _Staged:
     tally: Tally = field(default_factory=Tally)
     dropped: int = 0
     idempotency: int = 0  # idempotency fields rebuilt
+    records: int = 0  # reservations of the history whose record survived
 
 
 async def _copy(redis: aioredis.Redis, source_key: str, target: str, page: int) -> None:
@@ -160,11 +164,12 @@ async def _stage(redis: aioredis.Redis, sink: Sink, campaign: Campaign, view: Re
                  upto: str, page: int) -> _Staged:
     """The plan as complete staged copies, built a page of whole users at a time: records and
     idempotency fields over copies of what Redis has, the users hash and counters from the
-    history, the dropped holds in a list; ``page`` fields per call, a page's calls per round trip."""
+    history, the dropped holds in a list; ``page`` fields per call, a page's calls per round trip.
+    Records that survived for reservations the history does not know are added last."""
     cid = campaign.id
     k = keys.CampaignKeys(cid)
-    counters, users, records, idem, drops = stage_keys(cid)
     await redis.unlink(*stage_keys(cid))
+    _, _, records, idem, _ = stage_keys(cid)
     await _copy(redis, k.reservations, records, page)
     await _copy(redis, k.idempotency, idem, page)
     out = _Staged()
@@ -173,29 +178,71 @@ async def _stage(redis: aioredis.Redis, sink: Sink, campaign: Campaign, view: Re
         rids = [r.reservation_id for r in states]
         had = {rid: v for rid, v in zip(rids, await hmget(redis, k.reservations, rids, page), strict=True)
                if v is not None}
-        fields = list(idempotency(states))
-        known = {f for f, v in zip(fields, await hmget(redis, k.idempotency, fields, page), strict=True)
-                 if v is not None}
-        p = plan_page(states, had, known)
-        out.tally.add(p.totals)
-        out.dropped += len(p.dropped)
-        async with redis.pipeline(transaction=False) as pipe:
-            for key, mapping in ((users, p.users), (records, p.records)):
-                items = list(mapping.items())
-                for lo in range(0, len(items), page):
-                    pipe.hset(key, mapping=dict(items[lo : lo + page]))
-            gone = [f"{r.reservation_id}|{r.product_id}|{r.user_id}|{r.units}|{r.amount}" for r in p.dropped]
-            for lo in range(0, len(gone), page):
-                pipe.rpush(drops, *gone[lo : lo + page])
-            before = len(pipe)
-            for f, rid in p.idempotency.items():  # the first reservation a key made keeps it
-                pipe.hsetnx(idem, f, rid)
-            done = await pipe.execute()
-        out.idempotency += sum(int(x) for x in done[before:])
+        out.records += len(had)
+        await _write(redis, cid, states, had, out, page, whole_users=True)
 
     await by_user(sink, cid, upto, stream.events(page), page, each)
-    await redis.hset(counters, mapping=counters_of(campaign, view.counters, out.tally))  # type: ignore[misc]
+    if await cast("Awaitable[int]", redis.hlen(k.reservations)) != out.records:
+        await _records_only(redis, sink, cid, upto, stream, out, page)
+    await redis.hset(stage_keys(cid)[0], mapping=counters_of(campaign, view.counters, out.tally))  # type: ignore[misc]
     return out
+
+
+async def _write(redis: aioredis.Redis, campaign_id: str, states: list[ResState], had: dict[str, bytes],
+                 out: _Staged, page: int, *, whole_users: bool) -> None:
+    """Plan a page and write it to the staged keys in one round trip. ``whole_users``: the page
+    holds its users' every reservation, so their fields are set; else added to."""
+    k = keys.CampaignKeys(campaign_id)
+    _, users, records, idem, drops = stage_keys(campaign_id)
+    fields = list(idempotency(states))
+    known = {f for f, v in zip(fields, await hmget(redis, k.idempotency, fields, page), strict=True) if v is not None}
+    p = plan_page(states, had, known)
+    out.tally.add(p.totals)
+    out.dropped += len(p.dropped)
+    async with redis.pipeline(transaction=False) as pipe:
+        if whole_users:
+            items = list(p.users.items())
+            for lo in range(0, len(items), page):
+                pipe.hset(users, mapping=dict(items[lo : lo + page]))
+        else:
+            for f, n in p.users.items():
+                pipe.hincrby(users, f, n)
+        changed = list(p.records.items())
+        for lo in range(0, len(changed), page):
+            pipe.hset(records, mapping=dict(changed[lo : lo + page]))
+        gone = [f"{r.reservation_id}|{r.product_id}|{r.user_id}|{r.units}|{r.amount}" for r in p.dropped]
+        for lo in range(0, len(gone), page):
+            pipe.rpush(drops, *gone[lo : lo + page])
+        before = len(pipe)
+        for f, rid in p.idempotency.items():  # the first reservation a key made keeps it
+            pipe.hsetnx(idem, f, rid)
+        done = await pipe.execute()
+    out.idempotency += sum(int(x) for x in done[before:])
+
+
+async def _records_only(redis: aioredis.Redis, sink: Sink, campaign_id: str, upto: str, stream: StreamSpool,
+                        out: _Staged, page: int) -> None:
+    """Records that survived in Redis for reservations neither the ledger nor the stream knows:
+    set aside in a scratch SQLite file, struck off as a second pass over the history meets them;
+    what is left counts as its record says (a hold among them is dropped), a page at a time."""
+    with tempfile.TemporaryDirectory(prefix="flashsale-recover-") as tmp:
+        db = sqlite3.connect(Path(tmp) / "records.db")
+        try:
+            db.execute("CREATE TABLE r (rid TEXT PRIMARY KEY, packed BLOB NOT NULL) WITHOUT ROWID")
+            async for chunk in hash_pages(redis, keys.CampaignKeys(campaign_id).reservations, page):
+                db.executemany("INSERT OR REPLACE INTO r VALUES (?, ?)", [(r.decode(), v) for r, v in chunk.items()])
+
+            async def strike(states: list[ResState]) -> None:
+                db.executemany("DELETE FROM r WHERE rid = ?", [(r.reservation_id,) for r in states])
+
+            await by_user(sink, campaign_id, upto, stream.events(page), page, strike)
+            cur = db.execute("SELECT rid, packed FROM r ORDER BY rid")
+            while rows := cur.fetchmany(page):
+                had = {rid: bytes(packed) for rid, packed in rows}
+                states = [_from_record(rid, packed) for rid, packed in had.items()]
+                await _write(redis, campaign_id, states, had, out, page, whole_users=False)
+        finally:
+            db.close()
 
 
 async def _apply(redis: aioredis.Redis, campaign_id: str, view: RedisView, ledger_last: str, persisted: int) -> bool:
