@@ -1,12 +1,18 @@
 """``flashsale reconcile ID``: Redis's counters against the ledger plus the undrained stream.
 
-Redis is read page by page (``engine.ledger.redisview``: no call long, exact on a quiescent
-campaign, as one transaction would have read it); the ledger before and after it. Ledger events newer than Redis's
-stream are left out (they were written after the read), except those the ledger held before
-Redis was read: those are transitions Redis has lost. Every difference is reported:
+Redis is read page by page (``engine.ledger.redisview``: no call long); the campaign's stream id
+is read first and last, and a campaign that moved in between is read again, so the answer is
+exact on a quiescent campaign. The ledger's history is read ordered by user, merged with the
+undrained stream (``engine.ledger.spool``) and compared a page of whole users at a time with
+``HMGET`` of the same fields (``engine.ledger.history.by_user``): Python never holds the
+campaign. Ledger events newer than Redis's stream are left out (they were written after the
+read), except those the ledger held before Redis was read: those are transitions Redis has lost.
+Every difference is reported:
 
 - sold, held, remaining, orders and buyers, for the campaign and each product;
-- each user's units taken (held + confirmed) and confirmed, in all and per product;
+- each user's units taken (held + confirmed) and confirmed, in all, per product and per
+  storefront; fields only Redis holds are found, when Redis holds more than the history gives,
+  by a second pass over a scratch file;
 - the idempotency hash: every Idempotency-Key the history knows (``reserved`` events carry it;
   those stored under ledger schema version 1 do not) must lead to its reservation (one line);
 - inside the ledger: ``orders`` against the confirmed events, and ``persisted_orders``;

@@ -16,8 +16,8 @@ from engine.core.scripts import source
 from engine.events import Event
 from engine.ledger import sink_for
 from engine.ledger.history import ResState, by_user, merge, replay, totals
-from engine.ledger.reconcile import reconcile
-from engine.ledger.recover import RESTORE_HOLDS, recover
+from engine.ledger.reconcile import Reconciliation, reconcile
+from engine.ledger.recover import RESTORE_HOLDS, Recovery, recover
 from engine.ledger.redisview import CampaignMoving, RedisView, read_view
 from engine.ledger.sink import entry_key
 from engine.ledger.spool import StreamSpool
@@ -39,6 +39,15 @@ async def test_any_page_size_reads_the_same_view(engine: Engine, aredis: aioredi
     assert len(paged.users) == len(whole.users) > 150
 
 
+async def in_pages_of_3_and_one(aredis: aioredis.Redis, db_url: str) -> tuple[Reconciliation, Reconciliation]:
+    sink = sink_for(db_url)
+    await sink.open()
+    try:
+        return await reconcile(aredis, sink, CID, page=3), await reconcile(aredis, sink, CID, page=100_000)
+    finally:
+        await sink.close()
+
+
 async def test_reconcile_in_small_pages_finds_what_it_finds_in_large_ones(
         engine: Engine, aredis: aioredis.Redis, redis_url: str, db_url: str) -> None:
     await engine.load_campaign(campaign(CID))
@@ -47,12 +56,7 @@ async def test_reconcile_in_small_pages_finds_what_it_finds_in_large_ones(
     await sell(engine, CID, 40, start=120)  # in the stream only
     await aredis.hincrby(K.users, "t|u3", 5)  # a difference to find
     await aredis.hdel(K.idempotency, "shop-a|k7")
-    sink = sink_for(db_url)
-    await sink.open()
-    try:
-        small, large = await reconcile(aredis, sink, CID, page=3), await reconcile(aredis, sink, CID, page=100_000)
-    finally:
-        await sink.close()
+    small, large = await in_pages_of_3_and_one(aredis, db_url)
     assert small == large and not small.clean
     assert len(small.differences) == 2 and small.stream_events > 40
 
@@ -267,12 +271,7 @@ async def test_reconcile_in_pages_of_three_finds_every_kind_of_difference(
     await aredis.hset(K.users, mapping={"c|nobody|p0|shop-z": 2, "t|u5|p1|shop-q": 1, "t|u6|p0|shop-q": 0})
     await aredis.hdel(K.idempotency, "shop-a|k7")
     await aredis.hset(K.idempotency, "shop-a|k8", other)
-    sink = sink_for(db_url)
-    await sink.open()
-    try:
-        small, large = await reconcile(aredis, sink, CID, page=3), await reconcile(aredis, sink, CID, page=100_000)
-    finally:
-        await sink.close()
+    small, large = await in_pages_of_3_and_one(aredis, db_url)
     assert small == large
     assert sorted(map(str, small.differences)) == [
         "idempotency keys (<storefront>|<key> -> reservation): Redis 1 missing and 1 naming another reservation "
@@ -281,6 +280,15 @@ async def test_reconcile_in_pages_of_three_finds_every_kind_of_difference(
         "user u3: units taken (held + confirmed): Redis 9, ledger + stream 4",  # k3 and again-3, -13, -23
         "user u5: units taken (held + confirmed), product p1, through storefront shop-q: Redis 1, ledger + stream 0",
     ]
+
+
+async def recovered(engine: Engine, db_url: str, page: int) -> Recovery:
+    sink = sink_for(db_url)
+    await sink.open()
+    try:
+        return await recover(engine, sink, CID, page=page)
+    finally:
+        await sink.close()
 
 
 async def test_recover_in_pages_of_three_rebuilds_what_one_page_does(
@@ -298,12 +306,7 @@ async def test_recover_in_pages_of_three_rebuilds_what_one_page_does(
             await aredis.delete(key)
         for key, value in damaged.items():
             await aredis.restore(key, 0, value)
-        sink = sink_for(db_url)
-        await sink.open()
-        try:
-            result = await recover(engine, sink, CID, page=page)
-        finally:
-            await sink.close()
+        result = await recovered(engine, db_url, page)
         assert result.reconciliation.clean, [str(d) for d in result.reconciliation.differences]
         state: dict[str, object] = {key: await aredis.hgetall(key)
                                     for key in (K.counters, K.users, K.reservations, K.idempotency)}
@@ -328,12 +331,7 @@ async def test_records_the_history_lacks_count_as_they_say(engine: Engine, aredi
     await drain(redis_url, db_url)
     second = await sell(engine, CID, 20, start=40, confirm_every=2)  # in the stream only, then lost
     await aredis.delete(K.events, K.counters, K.users, K.idempotency)
-    sink = sink_for(db_url)
-    await sink.open()
-    try:
-        result = await recover(engine, sink, CID, page=page)
-    finally:
-        await sink.close()
+    result = await recovered(engine, db_url, page)
     assert (result.orders, result.dropped_holds) == (len(first.confirmed) + len(second.confirmed),
                                                      len(first.held) + len(second.held))
     assert result.idempotency_keys == 60
