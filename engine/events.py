@@ -1,6 +1,7 @@
 """The events each script appends to a campaign's stream ``fs:{c:ID}:events``.
 
-One stream entry is one transition. Its fields (all strings, as Redis stores them):
+One stream entry is one transition. Its fields (all strings, as Redis stores them; their names:
+``engine.keys.EventField``):
 
 | field | in | what |
 |---|---|---|
@@ -30,8 +31,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-EventType = Literal["reserved", "confirmed", "cancelled", "expired"]
-EVENT_TYPES: frozenset[str] = frozenset({"reserved", "confirmed", "cancelled", "expired"})
+from engine import keys
+from engine.keys import EventField as F
+
+EventType = Literal["reserved", "confirmed", "cancelled", "expired"]  # keys.EVENT_TYPES
+EVENT_TYPES: frozenset[str] = frozenset(keys.EVENT_TYPES)
 
 
 class MalformedEvent(ValueError):
@@ -70,28 +74,28 @@ def decode(campaign_id: str, entry_id: bytes | str, fields: dict[bytes, bytes] |
         eid = _text(entry_id)
     except UnicodeDecodeError as exc:
         raise MalformedEvent(f"not UTF-8: {exc}") from exc
-    kind = f.get("e")
+    kind = f.get(F.TYPE)
     if kind not in EVENT_TYPES:
         raise MalformedEvent(f"unknown event type {kind!r}")
     try:
-        exp = f.get("exp")
+        exp = f.get(F.EXP)
         return Event(
             campaign_id=campaign_id,
             entry_id=eid,
             type=kind,  # type: ignore[arg-type]
-            reservation_id=f["rid"],
-            product_id=f["pid"],
-            user_id=f["uid"],
-            units=int(f["units"]),
-            amount=int(f["amount"]),
-            at_ms=int(f["at"]),
-            storefront=f.get("sf"),
+            reservation_id=f[F.RID],
+            product_id=f[F.PID],
+            user_id=f[F.UID],
+            units=int(f[F.UNITS]),
+            amount=int(f[F.AMOUNT]),
+            at_ms=int(f[F.AT]),
+            storefront=f.get(F.SF),
             expires_at_ms=int(exp) if exp is not None else None,
-            payment_ref=f.get("ref"),
-            idempotency_key=f.get("key"),
-            identity=f.get("bi"),
-            device=f.get("bd"),
-            network=f.get("bn"),
+            payment_ref=f.get(F.REF),
+            idempotency_key=f.get(F.KEY),
+            identity=f.get(F.IDENTITY),
+            device=f.get(F.DEVICE),
+            network=f.get(F.NETWORK),
         )
     except (KeyError, ValueError) as exc:
         raise MalformedEvent(f"bad {kind} event: {exc!r}") from exc

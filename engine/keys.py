@@ -1,4 +1,8 @@
-"""The Redis key layout, in one place.
+"""The Redis data layout, in one place: keys, hash fields, the reservation record, stream events.
+
+The Lua scripts (``engine/lua``) write these names out (they cannot import them);
+``tests/core/test_layout.py`` checks that every name a script uses is declared here and every
+name declared here is used by some script. Python code names them through this module only.
 
 Every key of a campaign carries the campaign's hash tag ``{c:<id>}``, so every script touches
 one Redis Cluster slot. Fields inside the hashes use ``|`` as a separator: ids never contain it
@@ -33,8 +37,8 @@ Each key, its type, what it holds, and (after the arrow) when it goes away:
   ``n|NETWORK`` -> archive.
 - ``fs:{c:ID}:ledger`` hash: what the writer reports, ``persisted_orders``, ``dead_letters``
   -> archive.
-- ``fs:{c:ID}:restore:*`` hashes: ``flashsale recover``'s scratch space, renamed or merged into
-  place -> the end of each recover run (archive removes any leftover).
+- ``fs:{c:ID}:restore:*`` hashes and a list: ``flashsale recover``'s scratch space, renamed into
+  place (the list: the holds it drops) -> the end of each recover run (archive removes any leftover).
 - ``fs:{c:ID}:damaged`` hash: reservation id -> ``unreadable`` / ``malformed``, records the
   scripts set aside (kept in ``res`` as they were, for an operator) -> archive.
 - ``fs:{c:ID}:reg`` hash: registrations, ``u|UID`` -> ``<ms>|<identity>``; ``i|IDENTITY`` -> UID
@@ -47,6 +51,9 @@ Each key, its type, what it holds, and (after the arrow) when it goes away:
   arrival sequence -> archive.
 - ``fs:{c:ID}:qusers`` hash: ``u|UID`` -> ticket; ``i|IDENTITY`` -> ticket under an identity cap
   -> archive.
+- ``fs:{c:ID}:qseen`` hash: ticket id -> Redis TIME (ms) of its first poll from the opening on
+  (``queue_seen.lua``; a token's expiry counts from the later of the admission and it): one field
+  per ticket at most -> archive.
 - ``fs:campaigns`` set: every campaign id in Redis (outside any tag: read by the writer, ops and
   the sweeper) -> a member leaves at archive.
 - ``fs:archived`` hash: archived campaign id -> JSON (when, orders, units sold) -> kept: one
@@ -66,6 +73,9 @@ registrations and pre-queue tickets stay.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import msgpack
 
 PREFIX = "fs"
 CAMPAIGNS = f"{PREFIX}:campaigns"  # set of every campaign id in Redis (archiving removes one)
@@ -74,6 +84,13 @@ DEAD_LETTERS = f"{PREFIX}:dead"  # dead-letter stream of the ledger writer
 DEAD_LETTERS_MAX = 100_000  # fs:dead keeps the newest this many entries; older ones are trimmed
 DEAD_LETTERS_TRIMMED = f"{PREFIX}:dead:trimmed"  # count of dead letters trimmed off fs:dead
 EVENTS_SUFFIX = ":events"
+WRITERS = f"{PREFIX}:writers"  # set of the ledger writers' names (``engine.ledger.health``)
+LIVENESS_PREFIX = f"{PREFIX}:writer:"  # + name: a live writer's JSON figures, with a TTL
+
+
+def liveness_key(consumer: str) -> str:
+    """``fs:writer:NAME``: a live writer's latest figures, gone by its TTL when the writer dies."""
+    return LIVENESS_PREFIX + consumer
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,9 +175,24 @@ class CampaignKeys:
     def queue_users(self) -> str:
         return f"{self.tag}:qusers"
 
+    def staged(self) -> list[str]:
+        """``flashsale recover``'s staged copies of the counters, users, records and idempotency
+        hash and the buyers hash (``restore.lua`` renames them into place)."""
+        return [f"{self.tag}:restore:{name}" for name in ("counters", "users", "res", "idem", "buyers")]
+
+    @property
+    def staged_dropped(self) -> str:
+        """``flashsale recover``'s list of the holds it drops (``rid|pid|uid|units|amount``), whose
+        events ``restore.lua`` appends a step at a time."""
+        return f"{self.tag}:restore:dropped"
+
+    @property
+    def first_polls(self) -> str:
+        return f"{self.tag}:qseen"
+
     def admission_keys(self) -> list[str]:
         """The admission part's keys (they go with the campaign's, on archive)."""
-        return [self.registrations, self.admission, self.tickets, self.queue, self.queue_users]
+        return [self.registrations, self.admission, self.tickets, self.queue, self.queue_users, self.first_polls]
 
     def all(self) -> list[str]:
         """Every key of the campaign (for recovery, the archive and tests)."""
@@ -177,3 +209,253 @@ def campaign_of_stream(stream_key: str) -> str:
     if not (stream_key.startswith(head) and stream_key.endswith("}" + EVENTS_SUFFIX)):
         raise ValueError(f"not a flashsale events stream: {stream_key!r}")
     return stream_key[len(head) : -len("}" + EVENTS_SUFFIX)]
+
+
+# -- hash fields ------------------------------------------------------------------------------
+# Each class below names the fields of one hash; a name ending in ``|`` is the head of a field
+# pattern (``sold|`` + product id), built by the functions beside it.
+
+
+class Meta:
+    """``fs:{c:ID}:meta``: written by ``load.lua``; ``flag`` moved by ``admin.lua``."""
+
+    DEF = "def"  # the definition, canonical JSON
+    OPENS = "opens"  # window, ms since the epoch
+    CLOSES = "closes"
+    HOLD = "hold"  # hold duration, ms
+    PRICE = "price"  # unit price, minor units
+    TOTAL = "total"  # units of the campaign
+    CAP = "cap"  # per-user campaign cap (absent: none)
+    FLAG = "flag"  # admin flag (``Flag``)
+    FLAG_BEFORE_RECOVERY = "flag_before_recovery"  # the flag ``recover`` puts back
+    RL_RATE = "rl_rate"  # rate limit: attempts per user per second
+    RL_BURST = "rl_burst"  # ... and its burst
+    PRODUCTS = "products"  # number of products
+    ICAP = "icap"  # v1.1 buyer caps (units; absent: none): identity, device, network
+    DCAP = "dcap"
+    NCAP = "ncap"
+    ELIG = "elig"  # ``registered`` when only registered users may reserve (absent: anyone)
+    QUEUE = "queue"  # ``1`` in queue mode (absent: open)
+    PRODUCT_TOTAL = "total|"  # + product id: the product's units
+    PRODUCT_CAP = "cap|"  # + product id: its per-user cap (absent: none)
+
+
+class Flag:
+    """The values of meta ``flag``."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    CLOSED = "closed"
+    RECOVERING = "recovering"
+
+
+class MetaValue:
+    """The values of meta ``elig`` and ``queue`` when set."""
+
+    ELIG_REGISTERED = "registered"
+    QUEUE_ON = "1"
+
+
+class Counters:
+    """``fs:{c:ID}:counters``: what the scripts count."""
+
+    SOLD = "sold"  # units in confirmed orders
+    HELD = "held"  # units in unpaid holds
+    ORDERS = "orders"  # confirmed orders
+    BUYERS = "buyers"  # users with at least one confirmed unit
+    DAMAGED = "damaged"  # records set aside (``Damaged``)
+    PRODUCT_SOLD = "sold|"  # + product id
+    PRODUCT_HELD = "held|"  # + product id
+    REJECTED = "rej|"  # + rejection name (``engine.status.Status``): requests refused so
+
+    @staticmethod
+    def sold(product_id: str) -> str:
+        return f"{Counters.PRODUCT_SOLD}{product_id}"
+
+    @staticmethod
+    def held(product_id: str) -> str:
+        return f"{Counters.PRODUCT_HELD}{product_id}"
+
+
+class Users:
+    """``fs:{c:ID}:users``: a user's units, taken (held + confirmed: ``t|``) and confirmed
+    (``c|``), in the campaign (``t|U``), of a product (``t|U|P``), of a product through one
+    storefront (``t|U|P|SF``)."""
+
+    TAKEN = "t|"
+    CONFIRMED = "c|"
+
+    @staticmethod
+    def taken(user_id: str, product_id: str | None = None, storefront: str | None = None) -> str:
+        return _field(Users.TAKEN, user_id, product_id, storefront)
+
+    @staticmethod
+    def confirmed(user_id: str, product_id: str | None = None, storefront: str | None = None) -> str:
+        return _field(Users.CONFIRMED, user_id, product_id, storefront)
+
+
+def idempotency_field(storefront: str, key: str) -> str:
+    """The field of ``fs:{c:ID}:idem`` that names the reservation made with an Idempotency-Key."""
+    return f"{storefront}|{key}"
+
+
+def _field(head: str, *parts: str | None) -> str:
+    return head + "|".join(p for p in parts if p is not None)
+
+
+class Buyers:
+    """``fs:{c:ID}:buyers``: units held + confirmed per buyer signal a cap counts."""
+
+    IDENTITY = "i|"
+    DEVICE = "d|"
+    NETWORK = "n|"
+
+
+class Ledger:
+    """``fs:{c:ID}:ledger``: what the ledger writers report."""
+
+    PERSISTED_ORDERS = "persisted_orders"  # orders the ledger holds (never moves backwards)
+    DEAD_LETTERS = "dead_letters"  # entries of the campaign parked in ``fs:dead``
+
+
+class Rate:
+    """``fs:{c:ID}:rate``: a ring of ``RING`` one-second slots: ``s<slot>`` the second (epoch s)
+    the slot counts, ``u<slot>`` the units taken in it."""
+
+    SECOND = "s"
+    UNITS = "u"
+    RING = 120
+
+
+class Registrations:
+    """``fs:{c:ID}:reg``: ``u|UID`` -> ``<ms>|<identity>``; ``i|IDENTITY`` -> UID (identity cap)."""
+
+    USER = "u|"
+    IDENTITY = "i|"
+
+
+class QueueUsers:
+    """``fs:{c:ID}:qusers``: ``u|UID`` -> ticket; ``i|IDENTITY`` -> ticket (identity cap)."""
+
+    USER = "u|"
+    IDENTITY = "i|"
+
+
+class Admission:
+    """``fs:{c:ID}:adm``: the waiting room's seed, late arrivals, rate changes."""
+
+    SEED = "seed"
+    SEED_SHA = "seed_sha"  # SHA-256 of the seed, published before the order is revealed
+    SEQ = "seq"  # late arrivals so far
+    RATES = "rates"  # ``at_ms:rate:base,...`` (``engine.admission.schedule``)
+    NRATES = "nrates"  # how many rate changes
+
+
+class Damaged:
+    """The values of ``fs:{c:ID}:damaged`` (reservation id -> why it was set aside)."""
+
+    UNREADABLE = "unreadable"  # cmsgpack cannot read it
+    MALFORMED = "malformed"  # its fields have the wrong type or shape
+
+
+HASH_FIELDS: tuple[type, ...] = (Meta, Counters, Users, Buyers, Ledger, Rate, Registrations, QueueUsers,
+                                 Admission)
+"""The classes that name hash fields (``Flag``, ``MetaValue``, ``Damaged``: values of fields)."""
+
+
+def names(namespace: type) -> dict[str, str]:
+    """The names one of the classes above declares: attribute -> name."""
+    return {a: v for a, v in vars(namespace).items() if a.isupper() and isinstance(v, str)}
+
+
+# -- the reservation record -------------------------------------------------------------------
+# ``fs:{c:ID}:res`` maps a reservation id to the msgpack of an array: ``RECORD`` (11 values), or
+# under buyer caps ``RECORD + RECORD_BUYER`` (14): the signals the caps counted ('' for a
+# dimension not capped), which cancel and expire give back. ``reserve.lua`` writes it,
+# ``confirm.lua`` sets state, ref and confirmed_ms, ``includes/records.lua`` checks its shape.
+
+RECORD = ("state", "product", "user", "units", "amount", "expires_ms", "created_ms", "storefront", "key",
+          "ref", "confirmed_ms")
+RECORD_BUYER = ("identity", "device", "network")
+STATES = ("held", "confirmed", "cancelled", "expired")  # the values of ``state``
+_N = len(RECORD)
+_ARITIES = (_N, _N + len(RECORD_BUYER))
+
+
+@dataclass(slots=True)
+class Record:
+    """One reservation record, as stored (field order: ``RECORD``, ``RECORD_BUYER``). Not frozen:
+    every reservation reply decodes one, and a frozen dataclass costs twice as much to build."""
+
+    state: str
+    product: str
+    user: str
+    units: int
+    amount: int  # minor units
+    expires_ms: int
+    created_ms: int
+    storefront: str
+    key: str  # the Idempotency-Key ('' unknown)
+    ref: str  # the payment reference ('' until confirmed)
+    confirmed_ms: int  # 0 until confirmed
+    identity: str | None = None  # the buyer signals (None: a record of 11 values)
+    device: str | None = None
+    network: str | None = None
+
+
+def unpack_record(packed: bytes) -> Record:
+    """A stored record; ``ValueError`` (``msgpack``'s errors included) or ``TypeError`` for one
+    that is not a record of 11 or 14 values."""
+    r: Any = msgpack.unpackb(packed, raw=False)
+    if type(r) is not list or len(r) not in _ARITIES:
+        raise ValueError(f"a reservation record has 11 or 14 values, not {len(r) if isinstance(r, list) else r!r}")
+    st, pid, uid, units, amount, exp, created, sf, key, ref, confirmed = r[:_N]
+    return Record(st, pid, uid, int(units), int(amount), int(exp), int(created), sf, key or "", ref or "",
+                  int(confirmed), *r[_N:])
+
+
+def pack_record(r: Record) -> bytes:
+    """The msgpack ``reserve.lua`` would store for ``r`` (11 values when it has no buyer signals)."""
+    values: list[Any] = [r.state, r.product, r.user, r.units, r.amount, r.expires_ms, r.created_ms, r.storefront,
+                         r.key, r.ref, r.confirmed_ms]
+    if r.identity is not None:
+        values += [r.identity, r.device or "", r.network or ""]
+    packed: bytes = msgpack.packb(values)
+    return packed
+
+
+def record_owner(packed: bytes) -> str | None:
+    """The storefront a damaged record still names, if that much of it can be read (as
+    ``includes/records.lua`` reads it)."""
+    try:
+        r = msgpack.unpackb(packed, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    at = RECORD.index("storefront")
+    return r[at] if isinstance(r, list) and len(r) > at and isinstance(r[at], str) else None
+
+
+# -- stream events ----------------------------------------------------------------------------
+# The fields of one entry of ``fs:{c:ID}:events`` (what each means: ``engine.events``).
+
+
+class EventField:
+    """The fields of a stream entry."""
+
+    TYPE = "e"  # ``EVENT_TYPES``
+    RID = "rid"
+    PID = "pid"
+    UID = "uid"
+    UNITS = "units"
+    AMOUNT = "amount"
+    AT = "at"
+    SF = "sf"  # reserved
+    EXP = "exp"  # reserved
+    KEY = "key"  # reserved
+    REF = "ref"  # confirmed
+    IDENTITY = "bi"  # reserved, under buyer caps
+    DEVICE = "bd"
+    NETWORK = "bn"
+
+
+EVENT_TYPES = ("reserved", "confirmed", "cancelled", "expired")

@@ -11,6 +11,7 @@ for what in "$@"; do
   case "$what" in
     redis)
       command -v redis-server >/dev/null || apt_install redis-server
+      command -v redis-cli >/dev/null || apt_install redis-tools  # the cluster tests join nodes with it
       # stop any redis-server the package may have started as a service: tests start their own
       ;;
     postgres)

@@ -18,11 +18,12 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from tests.support.cluster import RedisClusterServers
 from tests.support.servers import RedisServer
 
 PG_ADMIN_DSN = os.environ.get("FLASHSALE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 #: fixtures that start or reach a service (every other service fixture depends on one of them)
-SERVICE_FIXTURES = frozenset({"redis_server", "pg_url", "pg_cluster", "stack"})
+SERVICE_FIXTURES = frozenset({"redis_server", "redis_cluster", "pg_url", "pg_cluster", "stack"})
 #: markers that say the same (a parameter may reach PostgreSQL through ``request.getfixturevalue``)
 SERVICE_MARKERS = ("postgres", "browser")
 #: what the fast tier must never start: each is shadowed on PATH by a stub that fails
@@ -53,6 +54,22 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A private Redis Cluster, 3 masters and 3 replicas, started once (tests/support/cluster.py)."""
+    cluster = RedisClusterServers().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterServers) -> str:
+    """The private cluster, flushed before each test; the URL names one node, as a user's would."""
+    redis_cluster.wait_healthy()
+    redis_cluster.flush()
+    return redis_cluster.url
 
 
 @pytest.fixture

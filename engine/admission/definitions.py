@@ -6,15 +6,13 @@ by the old one."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import cast
 
 import orjson
 import redis.asyncio as aioredis
 
-from engine import keys
 from engine.campaign import Campaign, parse
+from engine.core import reads
 from engine.errors import NotFound
 
 MAX_CACHED = 256  # distinct definitions kept parsed per process
@@ -40,7 +38,7 @@ class Definitions:
         return d
 
     async def read(self, campaign_id: str) -> Definition:
-        raw = await cast("Awaitable[bytes | None]", self.redis.hget(keys.CampaignKeys(campaign_id).meta, "def"))
+        raw = await reads.definition(campaign_id).run(self.redis)
         if raw is None:
             raise NotFound("campaign", campaign_id)
         return self.of(raw)

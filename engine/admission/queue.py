@@ -26,6 +26,8 @@ from engine.core.scripts import run
 from engine.errors import InvalidState, rejection
 from engine.status import Status
 
+FIELDS = [keys.Admission.SEED, keys.Admission.SEED_SHA, keys.Admission.RATES]  # what ``state`` reads
+
 LATE = 2**52  # late tickets score this plus their arrival number: behind every draw
 DRAW_HEX = 13  # hex digits of SHA-1(seed ':' user) that make a draw (52 bits)
 MAX_RATE_CHANGES = 10_000  # live rate changes kept per campaign
@@ -118,13 +120,14 @@ class Queue:
             raise rejection(reply[0], reply[1].decode(), campaign_id)
 
     async def state(self, campaign_id: str) -> tuple[dict[str, bytes | None], int]:
-        """The admission hash's public fields and the number of tickets, in one round trip."""
+        """The admission hash's public fields (by ``keys.Admission`` name) and the number of
+        tickets, in one round trip."""
         k = keys.CampaignKeys(campaign_id)
         async with self.redis.pipeline(transaction=False) as p:
-            p.hmget(k.admission, ["seed", "seed_sha", "rates"])
+            p.hmget(k.admission, FIELDS)
             p.zcard(k.queue)
-            (seed, seed_sha, rates), count = await p.execute()
-        return {"seed": seed, "seed_sha": seed_sha, "rates": rates}, int(count)
+            values, count = await p.execute()
+        return dict(zip(FIELDS, values, strict=True)), int(count)
 
     async def export(self, campaign_id: str, page: int = EXPORT_CHUNK) -> dict[str, Any]:
         """Every ticket in queue order: user, join time, its draw (pre-queue) or arrival number
@@ -157,11 +160,11 @@ class Queue:
                     row["arrival"] = r.score - LATE
                 tickets.append(row)
             after = f"({int(chunk[-1][1])}"
-        seed = fields["seed"]
+        seed = fields[keys.Admission.SEED]
         return {
             "campaign_id": c.id, "queue_opens_at": ms_to_rfc3339(c.admission.queue_opens_at_ms or 0),
             "opens_at": ms_to_rfc3339(c.opens_at_ms), "as_of": ms_to_rfc3339(now),
-            "seed_sha256": _text(fields["seed_sha"]),
+            "seed_sha256": _text(fields[keys.Admission.SEED_SHA]),
             "seed": _text(seed) if revealed else None,
             "draw": f"int(sha1(seed + ':' + user_id).hexdigest()[:{DRAW_HEX}], 16); pre-queue tickets by draw, "
                     "then late tickets by arrival",

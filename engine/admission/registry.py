@@ -72,8 +72,8 @@ class Registry:
         out: list[tuple[int, str]] = []
         for start in range(0, len(rows), ROWS_PER_CALL * CALLS_PER_ROUND_TRIP):
             chunk = rows[start:start + ROWS_PER_CALL * CALLS_PER_ROUND_TRIP]
-            holders = await cast("Awaitable[list[bytes | None]]",
-                                 self.redis.hmget(k.registrations, [f"i|{identity}" for _, identity in chunk]))
+            fields = [keys.Registrations.IDENTITY + identity for _, identity in chunk]
+            holders = await cast("Awaitable[list[bytes | None]]", self.redis.hmget(k.registrations, fields))
             for offset, ((user, _), holder) in enumerate(zip(chunk, holders, strict=True)):
                 if holder is not None and holder.decode() != user:
                     out.append((start + offset, holder.decode()))

@@ -10,7 +10,7 @@ from redis.commands.core import AsyncScript
 
 from engine.core.scripts import source
 
-SCRIPT_NAMES = ("register", "queue_join", "queue_seed", "queue_rate")
+SCRIPT_NAMES = ("register", "queue_join", "queue_seed", "queue_rate", "queue_seen")
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +19,7 @@ class AdmissionScripts:
     queue_join: AsyncScript
     queue_seed: AsyncScript
     queue_rate: AsyncScript
+    queue_seen: AsyncScript
 
     @classmethod
     def register_on(cls, client: aioredis.Redis) -> AdmissionScripts:

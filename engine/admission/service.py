@@ -81,12 +81,13 @@ class AdmissionService:
         assert c.admission is not None
         async with _Storage("reading the admission state"):
             fields, _ = await self.queue.state(c.id)
-            seed_sha = fields["seed_sha"].decode() if fields["seed_sha"] else await self.queue.commit_seed(c.id)
+            sha, seed = fields[keys.Admission.SEED_SHA], fields[keys.Admission.SEED]
+            seed_sha = sha.decode() if sha else await self.queue.commit_seed(c.id)
         out = c.admission.to_dict()
-        out["admit_per_second"] = schedule_of(c, fields["rates"]).rate_at(now_ms)
+        out["admit_per_second"] = schedule_of(c, fields[keys.Admission.RATES]).rate_at(now_ms)
         out["seed_sha256"] = seed_sha
-        if now_ms >= c.opens_at_ms and fields["seed"] is not None:
-            out["seed"] = fields["seed"].decode()
+        if now_ms >= c.opens_at_ms and seed is not None:
+            out["seed"] = seed.decode()
         return out
 
     async def stats(self, c: Campaign, now_ms: int) -> dict[str, Any]:
@@ -102,7 +103,7 @@ async def queue_stats(engine: Engine, c: Campaign, now_ms: int) -> dict[str, Any
     in force and the seed's hash; one round trip on the Engine's client."""
     k = keys.CampaignKeys(c.id)
     async with _Storage("reading the queue"), engine.redis.pipeline(transaction=False) as p:
-        p.hmget(k.admission, ["seed_sha", "rates"])
+        p.hmget(k.admission, [keys.Admission.SEED_SHA, keys.Admission.RATES])
         p.zcard(k.queue)
         (seed_sha, rates), tickets = await p.execute()
     schedule = schedule_of(c, rates)

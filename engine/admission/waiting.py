@@ -10,8 +10,14 @@ read again if it comes back). A ticket's position is fixed once Redis ``TIME`` h
 The answer is pure arithmetic on those (``answer``): the frontier from the schedule, the state, the
 token, and ``poll_after_ms``: the time until the ticket's turn (between 2 s and 5 minutes), so a
 ticket polls a handful of times however long it waits; before the opening, when no position is
-known, a random point within the time the crowd takes to admit (at most 2 minutes), so that the
-pre-queue does not poll in step at the opening.
+known, the opening itself, plus a random point within half the time the pre-queue takes to admit
+(at most 2 minutes), so that the pre-queue hears its positions early but does not poll in step.
+
+Admission goes by position alone: a position is admitted at its instant (``Schedule.admitted_at``)
+whoever polls when. Its token expires ``token_seconds`` after the later of that instant and the
+ticket's first poll from the opening on (kept in Redis by ``queue_seen.lua`` when this worker
+first reads the ticket after the opening): a pre-queue ticket that comes back later than its
+admission still finds its turn, with the whole of its token's time, ahead of every later arrival.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ from typing import Any
 from engine import keys
 from engine.admission.queue import TicketRecord, queue_campaign, schedule_of
 from engine.admission.schedule import Schedule
+from engine.admission.scripts import AdmissionScripts
 from engine.admission.tokens import Keyring
 from engine.campaign import Campaign, ms_to_rfc3339
 from engine.core import Counters, Engine
+from engine.core.scripts import run
 from engine.errors import NotFound
 
 REFRESH_S = 0.2  # a campaign's snapshot is read again after this long
@@ -36,6 +44,7 @@ MAX_TICKETS = 200_000  # tickets kept per worker (LRU)
 MIN_POLL_MS = 2000  # nobody is told to come back sooner
 MAX_POLL_MS = 300_000  # nor later, while waiting: far back, a poll every 5 minutes
 OPENING_SPREAD_MS = 120_000  # at most: the pre-queue's first polls after the opening, spread at random
+OPENING_POLL_MS = 250  # at least, once the opening is near: the snapshot's clock may lag Redis's
 PAUSED_POLL_MS = 30_000  # while admission is paused (it may resume any moment)
 SOLD_OUT_POLL_MS = 60_000  # while nothing is left (units come back only as holds lapse)
 EXPIRED_POLL_MS = 600_000  # an expired ticket has nothing more to learn
@@ -61,6 +70,7 @@ class Snapshot:
 class Ticket:
     record: TicketRecord
     position: int | None  # 1-based, once fixed
+    first_poll_ms: int | None = None  # its first poll from the opening on (Redis TIME), once read
 
 
 def nothing_left(c: Counters) -> bool:
@@ -81,16 +91,16 @@ def answer(ticket_id: str, snap: Snapshot, ticket: Ticket, keyring: Keyring | No
     """The poll body of docs/API.md for one ticket at ``now_ms`` (pure)."""
     c, sched = snap.campaign, snap.schedule
     out: dict[str, Any] = {"ticket": ticket_id, "state": "waiting", "position": None, "ahead": None,
-                           "estimated_wait_s": None, "poll_after_ms": 0, "admission_token": None,
-                           "token_expires_at": None}
+                           "estimated_wait_s": None, "poll_after_ms": 0, "admitted_at": None,
+                           "admission_token": None, "token_expires_at": None}
     if now_ms < c.opens_at_ms or ticket.position is None:
         until = max(c.opens_at_ms - now_ms, 0)
         rate = max(sched.rate_at(now_ms), 1)
-        spread = min(OPENING_SPREAD_MS, max(MIN_POLL_MS, snap.tickets * 1000 // rate))
+        spread = min(OPENING_SPREAD_MS, snap.tickets * 1000 // rate // 2)
         if until > MAX_POLL_MS + OPENING_SPREAD_MS:
             out["poll_after_ms"] = _jitter(MAX_POLL_MS, rng)
-        else:  # come back after the opening, at a random point of the time the crowd takes
-            out["poll_after_ms"] = until + MIN_POLL_MS // 2 + int(rng.uniform(0, spread))
+        else:  # come back at the opening, within the first half of the time the pre-queue takes
+            out["poll_after_ms"] = max(OPENING_POLL_MS, until + int(rng.uniform(0, spread)))
         return out
     position = ticket.position
     frontier = sched.admitted(now_ms)
@@ -99,8 +109,9 @@ def answer(ticket_id: str, snap: Snapshot, ticket: Ticket, keyring: Keyring | No
     admitted_at = sched.admitted_at(position, ticket.record.joined_ms)
     if admitted_at is not None and admitted_at <= now_ms:
         assert c.admission is not None and c.admission.token_seconds is not None
-        expires = admitted_at + c.admission.token_seconds * 1000
+        expires = max(admitted_at, ticket.first_poll_ms or admitted_at) + c.admission.token_seconds * 1000
         out["estimated_wait_s"] = 0
+        out["admitted_at"] = ms_to_rfc3339(admitted_at)
         if now_ms >= expires:
             out.update(state="expired", poll_after_ms=_jitter(EXPIRED_POLL_MS, rng))
         elif keyring is not None:  # nothing changes for it until the token's expiry
@@ -131,6 +142,7 @@ class WaitingRoom:
     def __init__(self, engine: Engine, keyring: Keyring | None, *, max_tickets: int = MAX_TICKETS) -> None:
         self.engine = engine
         self.redis = engine.redis
+        self.scripts = AdmissionScripts.register_on(engine.redis)
         self.keyring = keyring
         self.max_tickets = max_tickets
         self.rng = random.Random()
@@ -155,7 +167,7 @@ class WaitingRoom:
 
         async def admission() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as p:
-                p.hmget(k.admission, ["seed_sha", "rates"])
+                p.hmget(k.admission, [keys.Admission.SEED_SHA, keys.Admission.RATES])
                 p.zcard(k.queue)
                 return await p.execute()  # type: ignore[no-any-return]
 
@@ -187,17 +199,13 @@ class WaitingRoom:
     async def _read_ticket(self, campaign_id: str, ticket_id: str, snap: Snapshot) -> Ticket:
         k = keys.CampaignKeys(campaign_id)
         self.reads += 1
-        async with self.redis.pipeline(transaction=False) as p:
-            p.hget(k.tickets, ticket_id)
-            p.zrank(k.queue, ticket_id)
-            p.time()
-            raw, rank, t = await p.execute()
+        raw, rank, now, first = await run(self.scripts.queue_seen, [k.tickets, k.queue, k.first_polls],
+                                          [ticket_id, snap.campaign.opens_at_ms])
         if raw is None or rank is None:
             raise NotFound("ticket", ticket_id)
         record = TicketRecord.unpack(raw)
-        now = int(t[0]) * 1000 + int(t[1]) // 1000
-        fixed = not record.pre_queue or now >= snap.campaign.opens_at_ms
-        return Ticket(record, int(rank) + 1 if fixed else None)
+        fixed = not record.pre_queue or int(now) >= snap.campaign.opens_at_ms
+        return Ticket(record, int(rank) + 1 if fixed else None, None if first is None else int(first))
 
     async def poll(self, campaign_id: str, ticket_id: str, storefront: str) -> dict[str, Any]:
         snap = await self.snapshot(campaign_id)

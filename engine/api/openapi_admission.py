@@ -63,7 +63,7 @@ def schemas() -> dict[str, Any]:
         "Ticket": {
             "type": "object",
             "required": ["ticket", "state", "position", "ahead", "estimated_wait_s", "poll_after_ms",
-                         "admission_token", "token_expires_at"],
+                         "admitted_at", "admission_token", "token_expires_at"],
             "properties": {
                 "ticket": _ID, "state": {"type": "string", "enum": TICKET_STATES},
                 "position": {"type": "integer", "minimum": 1, "nullable": True,
@@ -71,6 +71,8 @@ def schemas() -> dict[str, Any]:
                 "ahead": {"type": "integer", "minimum": 0, "nullable": True},
                 "estimated_wait_s": {"type": "integer", "minimum": 0, "nullable": True},
                 "poll_after_ms": {"type": "integer", "minimum": 0},
+                "admitted_at": {**_TIME, "nullable": True,
+                                "description": "the instant the position was admitted (admitted, expired)"},
                 "admission_token": {"type": "string", "nullable": True,
                                     "description": "send it as Admission-Token with each reserve"},
                 "token_expires_at": {**_TIME, "nullable": True}}},

@@ -34,6 +34,7 @@ from redis.exceptions import ResponseError
 
 from engine import keys
 from engine.campaign import Campaign, parse
+from engine.core import reads
 from engine.core.calls import BatchedScript
 from engine.core.lru import Lru
 from engine.core.outage import OUTAGE_CLASSES, is_outage
@@ -138,15 +139,6 @@ def _set_aside(campaign_id: str, reservation_id: str, during: str) -> None:
         "campaign_id": campaign_id, "reservation_id": reservation_id, "during": during})
 
 
-def _owner(packed: bytes) -> str | None:
-    """The storefront a damaged record still names, if that much of it can be read."""
-    try:
-        r = msgpack.unpackb(packed, raw=False)
-    except (ValueError, TypeError, msgpack.UnpackException):
-        return None
-    return r[7] if isinstance(r, list) and len(r) > 7 and isinstance(r[7], str) else None
-
-
 def _outcome(campaign_id: str, reply: Sequence[Any], subject: str, during: str = "") -> Outcome:
     code, detail, packed, replayed = reply
     if code == Status.DAMAGED_RECORD:
@@ -230,14 +222,15 @@ class Engine:
                 "cancel_batchers": len(self._cancel)}
 
     async def view(self, campaign_id: str) -> CampaignView:
-        k = keys.CampaignKeys(campaign_id)
+        meta = reads.meta_state(campaign_id)
         async with _storage("reading a campaign"), self.redis.pipeline(transaction=False) as p:
-            p.hmget(k.meta, ["def", "flag"])
+            meta.queue(p)
             p.time()
-            (raw, flag), t = await p.execute()
-        if raw is None:
+            raw, t = await p.execute()
+        m = meta.decode(raw)
+        if m.definition is None:
             raise self._not_found(campaign_id)
-        return CampaignView(self._definition(raw, campaign_id), _text(flag), _now_ms(t))
+        return CampaignView(self._definition(m.definition, campaign_id), m.flag or "", _now_ms(t))
 
     async def _admin(self, campaign_id: str, action: str) -> str:
         async with _storage(f"{action} of a campaign"):
@@ -332,17 +325,18 @@ class Engine:
     async def reservation(self, campaign_id: str, reservation_id: str, *, storefront: str) -> Reservation:
         """One reservation as it is now; ``NotFound`` for an unknown id or another storefront's."""
         check_storefront(storefront)
-        k = keys.CampaignKeys(campaign_id)
+        stored = reads.record(campaign_id, reservation_id)
         async with _storage("reading a reservation"), self.redis.pipeline(transaction=False) as p:
-            p.hget(k.reservations, reservation_id)
+            stored.queue(p)
             p.time()
-            packed, t = await p.execute()
+            raw, t = await p.execute()
+        packed = stored.decode(raw)
         if packed is None:
             raise NotFound("reservation", reservation_id)
         try:
             r = Reservation.unpack(campaign_id, reservation_id, packed)
         except (ValueError, TypeError, msgpack.UnpackException):
-            if _owner(packed) not in (None, storefront):  # as the scripts do: another's is unknown
+            if keys.record_owner(packed) not in (None, storefront):  # as the scripts do: another's is unknown
                 raise NotFound("reservation", reservation_id) from None
             raise DamagedRecord(campaign_id, reservation_id) from None
         if r.storefront != storefront:
@@ -357,15 +351,16 @@ class Engine:
         check_storefront(storefront)
         k = keys.CampaignKeys(campaign_id)
         known = self._known.get(campaign_id)
+        definition = reads.definition(campaign_id)
         async with _storage("reading a user's holdings"):
             if known is not None:
                 async with self.redis.pipeline(transaction=False) as p:
-                    p.hget(k.meta, "def")
+                    definition.queue(p)
                     p.hmget(k.users, Holdings.fields(known[1], user_id, storefront))
                     raw_def, vals = await p.execute()
                 if raw_def == known[0]:
                     return Holdings.from_values(known[1], user_id, vals)
-            raw_def = await cast("Awaitable[bytes | None]", self.redis.hget(k.meta, "def"))
+            raw_def = await definition.run(self.redis)
             if raw_def is None:
                 raise self._not_found(campaign_id)
             c = self._definition(raw_def, campaign_id)
@@ -375,31 +370,26 @@ class Engine:
 
     async def counters(self, campaign_id: str) -> Counters:
         """Everything the scripts count for a campaign, in one round trip (no key scans)."""
-        k = keys.CampaignKeys(campaign_id)
+        meta, counted = reads.meta_state(campaign_id), reads.counters(campaign_id)
+        ring, ledger = reads.rate_ring(campaign_id), reads.persisted_orders(campaign_id)
         async with _storage("reading counters"), self.redis.pipeline(transaction=False) as p:
-            p.hmget(k.meta, ["def", "flag"])
-            p.hgetall(k.counters)
-            p.hgetall(k.rate)
-            p.hget(k.ledger, "persisted_orders")
+            for r in (meta, counted, ring, ledger):
+                r.queue(p)
             p.time()
-            (raw, flag), counters, ring, persisted, t = await p.execute()
-        if raw is None:
+            raw_meta, raw_counters, raw_ring, raw_persisted, t = await p.execute()
+        m = meta.decode(raw_meta)
+        if m.definition is None:
             raise self._not_found(campaign_id)
         now = _now_ms(t)
-        view = CampaignView(self._definition(raw, campaign_id), _text(flag), now)
-        c = {_text(f): int(v) for f, v in counters.items()}
-        r = {_text(f): int(v) for f, v in ring.items()}
-        sec = now // 1000
-        last_minute = sum(r.get(f"u{slot[1:]}", 0) for slot, s in r.items()
-                          if slot.startswith("s") and sec - 60 <= s < sec)
+        view = CampaignView(self._definition(m.definition, campaign_id), m.flag or "", now)
+        c = counted.decode(raw_counters)
         pids = [p.id for p in view.campaign.products]
         return Counters(
-            view=view, sold=c.get("sold", 0), held=c.get("held", 0), orders=c.get("orders", 0),
-            buyers=c.get("buyers", 0),
-            product_sold={pid: c.get(f"sold|{pid}", 0) for pid in pids},
-            product_held={pid: c.get(f"held|{pid}", 0) for pid in pids},
-            rejections={f[4:]: v for f, v in c.items() if f.startswith("rej|")},
-            taken_last_minute=last_minute,
-            persisted_orders=int(persisted or 0),
-            damaged=c.get("damaged", 0),
+            view=view, sold=c.sold, held=c.held, orders=c.orders, buyers=c.buyers,
+            product_sold={pid: c.product_sold(pid) for pid in pids},
+            product_held={pid: c.product_held(pid) for pid in pids},
+            rejections=c.rejections(),
+            taken_last_minute=ring.decode(raw_ring).taken(now),
+            persisted_orders=ledger.decode(raw_persisted),
+            damaged=c.damaged,
         )

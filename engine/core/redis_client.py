@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
+import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -31,6 +34,44 @@ def connect(url: str, timeout_s: float) -> aioredis.Redis:
         health_check_interval=0,
     )
     return aioredis.Redis(connection_pool=pool)
+
+
+#: what every process holds: one node's client, or a cluster's (found from any node it names)
+Client = aioredis.Redis | RedisCluster
+
+
+def is_cluster(url: str, timeout_s: float) -> bool:
+    """Whether the node ``url`` names runs with ``cluster-enabled yes`` (asked once, at start).
+
+    Unreachable: False, so the caller's first real call reports the outage in its own words.
+    """
+    probe = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    try:
+        info = cast(dict[str, Any], probe.info("cluster"))
+        return int(info.get("cluster_enabled", 0)) == 1
+    except redis.RedisError:
+        return False
+    finally:
+        probe.close()
+
+
+def connect_any(url: str, timeout_s: float) -> Client:
+    """``connect`` for a single node; for a cluster node, a cluster client that finds every master.
+
+    Same failure policy: no retries of its own beyond following MOVED/ASK, short timeouts.
+    """
+    if not is_cluster(url, timeout_s):
+        return connect(url, timeout_s)
+    return RedisCluster.from_url(
+        url,
+        require_full_coverage=True,
+        read_from_replicas=False,
+        max_connections=POOL_SIZE,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
-
+from engine import keys
 from engine.campaign import Campaign, ms_to_rfc3339
 
-STATES = ("held", "confirmed", "cancelled", "expired")
+STATES = keys.STATES
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,14 +29,11 @@ class Reservation:
 
     @classmethod
     def unpack(cls, campaign_id: str, reservation_id: str, packed: bytes) -> Reservation:
-        """From the msgpack record the scripts keep (layout: ``engine/lua/reserve.lua``): 11 values,
-        or 14 under buyer caps (the signals the caps counted, not shown here)."""
-        r = msgpack.unpackb(packed, raw=False)
-        if len(r) not in (11, 14):
-            raise ValueError(f"a reservation record has 11 or 14 values, not {len(r)}")
-        st, pid, uid, units, amount, exp, created, sf, _key, ref, confirmed = r[:11]
-        return cls(reservation_id, campaign_id, pid, uid, int(units), int(amount), st, int(exp),
-                   int(created), sf, ref or None, int(confirmed) or None)
+        """From the record the scripts keep (``engine.keys.unpack_record``; the buyer signals a
+        record may carry are not shown here)."""
+        r = keys.unpack_record(packed)
+        return cls(reservation_id, campaign_id, r.product, r.user, r.units, r.amount, r.state, r.expires_ms,
+                   r.created_ms, r.storefront, r.ref or None, r.confirmed_ms or None)
 
     def seen_at(self, now_ms: int) -> Reservation:
         """As a reader at ``now_ms`` sees it: a hold past its deadline is expired, sweeper or not."""
@@ -85,10 +81,10 @@ class Holdings:
     @staticmethod
     def fields(c: Campaign, user_id: str, storefront: str) -> list[str]:
         """The users-hash fields that hold one storefront's units of the user, per product
-        (``engine/keys.py``), in ``from_values`` order."""
+        (``engine.keys.Users``), in ``from_values`` order."""
         out: list[str] = []
         for p in c.products:
-            out += [f"t|{user_id}|{p.id}|{storefront}", f"c|{user_id}|{p.id}|{storefront}"]
+            out += [keys.Users.taken(user_id, p.id, storefront), keys.Users.confirmed(user_id, p.id, storefront)]
         return out
 
     @classmethod
@@ -109,12 +105,12 @@ class Holdings:
 
 
 def campaign_state(flag: str, opens_ms: int, closes_ms: int, now_ms: int) -> str:
-    """The public state, by the same rule as ``reserve.lua``."""
-    if flag == "closed" or now_ms >= closes_ms:
+    """The public state, by the same rule as ``reserve.lua`` (``flag``: meta's, ``keys.Flag``)."""
+    if flag == keys.Flag.CLOSED or now_ms >= closes_ms:
         return "closed"
     if now_ms < opens_ms:
         return "scheduled"
-    if flag in ("paused", "recovering"):
+    if flag in (keys.Flag.PAUSED, keys.Flag.RECOVERING):
         return "paused"
     return "open"
 

@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from engine import keys
+from engine.core import reads
 from engine.core.redis_client import connect
 from engine.errors import LedgerError
 from engine.ledger.factory import sink_for
@@ -74,29 +75,32 @@ async def _stream_state(redis: aioredis.Redis, stream: str) -> tuple[int, int]:
     return int(group["pending"]), int(info["length"]) if delivered < last else 0
 
 
-async def judge(redis: aioredis.Redis, sink: Sink, campaign_id: str) -> tuple[int, dict[str, int]]:
+async def judge(redis: aioredis.Redis, sink: Sink, campaign_id: str) -> tuple[int, reads.CounterFigures]:
     """Raise ArchiveRefused unless the campaign may be archived; (Redis TIME ms, its counters)."""
     k = keys.CampaignKeys(campaign_id)
+    meta, counted = reads.meta_state(campaign_id, closes=True), reads.counters(campaign_id)
     async with redis.pipeline(transaction=False) as p:
-        p.hmget(k.meta, ["def", "flag", "closes"])
-        p.hgetall(k.counters)
+        meta.queue(p)
+        counted.queue(p)
         p.zcard(k.holds)
         p.time()
-        (definition, flag, closes), counters_raw, holds, (sec, usec) = await p.execute()
+        raw_meta, raw_counters, holds, (sec, usec) = await p.execute()
     now = int(sec) * 1000 + int(usec) // 1000
-    if definition is None:
+    m = meta.decode(raw_meta)
+    if m.definition is None:
         if (a := await archived_record(redis, campaign_id)) is not None:
             raise ArchiveRefused(f"campaign {campaign_id} is already archived (at {a['at']})")
         raise ArchiveRefused(f"campaign {campaign_id} is not in Redis: nothing to archive")
-    flag = _text(flag)
-    if flag == "recovering":
+    flag = m.flag
+    if flag == keys.Flag.RECOVERING:
         raise ArchiveRefused(f"campaign {campaign_id} is being recovered: let `flashsale recover` finish first")
-    if flag != "closed" and now < int(closes):
-        raise ArchiveRefused(f"campaign {campaign_id} is not closed (it closes at {int(closes)} ms, now {now} ms): "
+    closes = m.closes_ms or 0
+    if flag != keys.Flag.CLOSED and now < closes:
+        raise ArchiveRefused(f"campaign {campaign_id} is not closed (it closes at {closes} ms, now {now} ms): "
                              "close it first")
-    counters = {_text(f): int(v) for f, v in counters_raw.items()}
-    if counters.get("held", 0) or holds:
-        raise ArchiveRefused(f"campaign {campaign_id} still holds {max(counters.get('held', 0), holds)} "
+    counters = counted.decode(raw_counters)
+    if counters.held or holds:
+        raise ArchiveRefused(f"campaign {campaign_id} still holds {max(counters.held, holds)} "
                              "reserved unit(s) or hold(s): wait until they are confirmed, cancelled or expired")
     pending, undelivered = await _stream_state(redis, k.events)
     if pending or undelivered:
@@ -114,7 +118,7 @@ async def judge(redis: aioredis.Redis, sink: Sink, campaign_id: str) -> tuple[in
 async def archive(redis: aioredis.Redis, sink: Sink, campaign_id: str) -> Archived:
     """Archive a closed, fully persisted campaign (see the module docstring), or ArchiveRefused."""
     now, counters = await judge(redis, sink, campaign_id)
-    done = Archived(campaign_id, now, counters.get("orders", 0), counters.get("sold", 0), 0)
+    done = Archived(campaign_id, now, counters.orders, counters.sold, 0)
     record = {"archived_at_ms": done.archived_at_ms, "orders": done.orders, "sold": done.sold,
               "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now / 1000))}
     await cast("Awaitable[int]", redis.hset(keys.ARCHIVED, campaign_id, orjson.dumps(record).decode()))

@@ -1,10 +1,8 @@
 """What the writers report, for the stats, the metrics and the dashboard (``ledger_status``).
 
-| key | type | what |
-|---|---|---|
-| ``fs:{c:ID}:ledger`` | hash | ``persisted_orders`` (monotonic, after commit), ``dead_letters`` (count) |
-| ``fs:writers`` | set | names of writers that have announced themselves |
-| ``fs:writer:NAME`` | string, TTL | a live writer's latest figures (JSON); gone when it stops or dies |
+The writers publish each campaign's ``persisted_orders`` (monotonic, after commit) and
+``dead_letters`` (count) in its ledger hash, and announce themselves in ``fs:writers`` and
+``fs:writer:NAME`` (a live writer's latest figures, JSON, with a TTL): ``engine.keys``.
 
 The lag is what Redis confirmed and the ledger does not hold yet: ``orders`` (counted by
 ``confirm.lua``) minus ``persisted_orders``.
@@ -21,31 +19,26 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from engine import keys
+from engine.core import reads
 from engine.core.scripts import source
 from engine.ledger.streams import GROUP
 
-WRITERS = f"{keys.PREFIX}:writers"  # set of writer names
-LIVENESS_PREFIX = f"{keys.PREFIX}:writer:"  # + name: a live writer's JSON figures, with a TTL
 UNDELIVERED_SCAN = 10_000  # most entries counted one by one when Redis cannot give the lag
-
-
-def liveness_key(consumer: str) -> str:
-    return LIVENESS_PREFIX + consumer
 
 
 async def announce(redis: aioredis.Redis, consumer: str, figures: dict[str, Any], *, ttl_ms: int) -> None:
     """A writer says it is alive, with its latest figures (gone ``ttl_ms`` after it stops saying so)."""
     async with redis.pipeline(transaction=False) as p:
-        p.set(liveness_key(consumer), orjson.dumps(figures), px=ttl_ms)
-        p.sadd(WRITERS, consumer)
+        p.set(keys.liveness_key(consumer), orjson.dumps(figures), px=ttl_ms)
+        p.sadd(keys.WRITERS, consumer)
         await p.execute()
 
 
 async def farewell(redis: aioredis.Redis, consumer: str) -> None:
     """A writer that stops cleanly leaves the list."""
     async with redis.pipeline(transaction=False) as p:
-        p.delete(liveness_key(consumer))
-        p.srem(WRITERS, consumer)
+        p.delete(keys.liveness_key(consumer))
+        p.srem(keys.WRITERS, consumer)
         await p.execute()
 
 
@@ -105,12 +98,14 @@ def _int(v: Any) -> int:
 async def campaign_ledger(redis: aioredis.Redis, campaign_id: str) -> CampaignLedger:
     """One campaign's ledger figures, in one round trip (no key scans)."""
     k = keys.CampaignKeys(campaign_id)
+    figures, confirmed = reads.ledger(campaign_id), reads.confirmed_orders(campaign_id)
     async with redis.pipeline(transaction=False) as p:
-        p.hmget(k.ledger, ["persisted_orders", "dead_letters"])
-        p.hget(k.counters, "orders")
+        figures.queue(p)
+        confirmed.queue(p)
         p.xlen(k.events)
         p.xinfo_groups(k.events)
-        (persisted, dead), orders, length, groups = await p.execute(raise_on_error=False)
+        raw_figures, orders, length, groups = await p.execute(raise_on_error=False)
+    ledger = figures.decode(raw_figures)
     ours = next((g for g in groups if g["name"] in (GROUP, GROUP.encode())), None) \
         if isinstance(groups, list) else None
     lag = ours.get("lag") if ours else length
@@ -120,15 +115,15 @@ async def campaign_ledger(redis: aioredis.Redis, campaign_id: str) -> CampaignLe
         last = ours["last-delivered-id"]
         last = last.decode() if isinstance(last, bytes) else str(last)
         lag = len(await redis.xrange(k.events, min=f"({last}", count=UNDELIVERED_SCAN))
-    return CampaignLedger(campaign_id, _int(orders), _int(persisted), _int(length),
-                          None if lag is None else int(lag), _int(ours["pending"]) if ours else 0, _int(dead))
+    return CampaignLedger(campaign_id, confirmed.decode(orders), ledger.persisted_orders, _int(length),
+                          None if lag is None else int(lag), _int(ours["pending"]) if ours else 0, ledger.dead_letters)
 
 
 async def writers(redis: aioredis.Redis) -> tuple[WriterInfo, ...]:
-    names = sorted(n.decode() for n in await cast("Awaitable[set[bytes]]", redis.smembers(WRITERS)))
+    names = sorted(n.decode() for n in await cast("Awaitable[set[bytes]]", redis.smembers(keys.WRITERS)))
     if not names:
         return ()
-    raw = await redis.mget([liveness_key(n) for n in names])
+    raw = await redis.mget([keys.liveness_key(n) for n in names])
     return tuple(WriterInfo(n, r is not None, orjson.loads(r) if r is not None else {})
                  for n, r in zip(names, raw, strict=True))
 

@@ -16,9 +16,11 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from engine import keys
 from engine.events import Event
 from engine.ledger.sink import Sink, entry_key
 
+B, U = keys.Buyers, keys.Users
 STATE_OF = {"reserved": "held", "confirmed": "confirmed", "cancelled": "cancelled", "expired": "expired"}
 
 
@@ -82,7 +84,7 @@ def idempotency(states: Iterable[ResState]) -> dict[str, str]:
     out: dict[str, str] = {}
     for r in states:
         if r.idempotency_key:
-            out.setdefault(f"{r.storefront}|{r.idempotency_key}", r.reservation_id)
+            out.setdefault(keys.idempotency_field(r.storefront, r.idempotency_key), r.reservation_id)
     return out
 
 
@@ -110,14 +112,14 @@ def totals(states: Iterable[ResState]) -> Totals:
         if r.state not in ("held", "confirmed"):
             continue
         if r.identity:
-            signals[f"i|{r.identity}"] += r.units
+            signals[B.IDENTITY + r.identity] += r.units
         if r.device:
-            signals[f"d|{r.device}"] += r.units
+            signals[B.DEVICE + r.device] += r.units
         if r.network:
-            signals[f"n|{r.network}"] += r.units
-        users[f"t|{r.user_id}"] += r.units
-        users[f"t|{r.user_id}|{r.product_id}"] += r.units
-        users[f"t|{r.user_id}|{r.product_id}|{r.storefront}"] += r.units
+            signals[B.NETWORK + r.network] += r.units
+        users[U.taken(r.user_id)] += r.units
+        users[U.taken(r.user_id, r.product_id)] += r.units
+        users[U.taken(r.user_id, r.product_id, r.storefront)] += r.units
         if r.state == "held":
             held += r.units
             p_held[r.product_id] += r.units
@@ -125,10 +127,10 @@ def totals(states: Iterable[ResState]) -> Totals:
             sold += r.units
             orders += 1
             p_sold[r.product_id] += r.units
-            users[f"c|{r.user_id}"] += r.units
-            users[f"c|{r.user_id}|{r.product_id}"] += r.units
-            users[f"c|{r.user_id}|{r.product_id}|{r.storefront}"] += r.units
-    buyers = sum(1 for f in users if f.startswith("c|") and f.count("|") == 1)
+            users[U.confirmed(r.user_id)] += r.units
+            users[U.confirmed(r.user_id, r.product_id)] += r.units
+            users[U.confirmed(r.user_id, r.product_id, r.storefront)] += r.units
+    buyers = sum(1 for f in users if f.startswith(U.CONFIRMED) and f.count("|") == 1)
     return Totals(sold, held, orders, buyers, dict(p_sold), dict(p_held), dict(users), dict(signals))
 
 

@@ -13,6 +13,9 @@ Every difference is reported:
 - each user's units taken (held + confirmed) and confirmed, in all, per product and per
   storefront; fields only Redis holds are found, when Redis holds more than the history gives,
   by a second pass over a scratch file;
+- the buyers hash (buyer caps): units taken per identity, device and network, summed over the
+  pages in a scratch file (a signal spans users: ``engine.ledger.spool.SignalUnits``) and
+  compared with the hash read a page at a time;
 - the idempotency hash: every Idempotency-Key the history knows (``reserved`` events carry it;
   those stored under ledger schema version 1 do not) must lead to its reservation (one line);
 - inside the ledger: ``orders`` against the confirmed events, and ``persisted_orders``;
@@ -34,6 +37,7 @@ import redis.asyncio as aioredis
 
 from engine import keys
 from engine.campaign import Campaign, parse
+from engine.core import reads
 from engine.ledger.history import ResState, Tally, by_user, totals
 from engine.ledger.redisview import (
     ATTEMPTS,
@@ -43,13 +47,13 @@ from engine.ledger.redisview import (
     archived_record,
     count_nonzero,
     hash_pages,
-    hmget,
     last_id,
+    paged,
     read_view,
     stream_pages,
 )
 from engine.ledger.sink import OrderCheck, Sink, entry_key
-from engine.ledger.spool import StreamSpool
+from engine.ledger.spool import SignalUnits, StreamSpool
 
 EXAMPLES = 3  # idempotency keys named in its one line
 
@@ -88,34 +92,33 @@ class Reconciliation:
 
 
 def _user_field(name: str) -> str:
-    kind, _, rest = name.partition("|")
+    _, _, rest = name.partition("|")
     uid, _, rest = rest.partition("|")
     pid, _, storefront = rest.partition("|")
-    what = "units taken (held + confirmed)" if kind == "t" else "units confirmed"
+    what = "units taken (held + confirmed)" if name.startswith(keys.Users.TAKEN) else "units confirmed"
     return (f"user {uid}: {what}" + (f", product {pid}" if pid else "")
             + (f", through storefront {storefront}" if storefront else ""))
 
 
 def compare_counters(campaign: Campaign, counters: dict[str, int], want: Tally) -> list[Difference]:
     """The counters hash against the totals of the history."""
-    c = counters
+    c = reads.counter_figures(counters)
     out: list[Difference] = []
 
     def check(what: str, have: int, should: int) -> None:
         if have != should:
             out.append(Difference(what, have, should))
 
-    check("sold units", c.get("sold", 0), want.sold)
-    check("held units", c.get("held", 0), want.held)
-    check("remaining units", campaign.total_units - c.get("sold", 0) - c.get("held", 0),
-          campaign.total_units - want.sold - want.held)
-    check("confirmed orders", c.get("orders", 0), want.orders)
-    check("buyers", c.get("buyers", 0), want.buyers)
+    check("sold units", c.sold, want.sold)
+    check("held units", c.held, want.held)
+    check("remaining units", campaign.total_units - c.sold - c.held, campaign.total_units - want.sold - want.held)
+    check("confirmed orders", c.orders, want.orders)
+    check("buyers", c.buyers, want.buyers)
     pids = [p.id for p in campaign.products]
     pids += sorted((set(want.product_sold) | set(want.product_held)) - set(pids))
     for p in pids:
         total = next((x.total_units for x in campaign.products if x.id == p), 0)
-        sold, held = c.get(f"sold|{p}", 0), c.get(f"held|{p}", 0)
+        sold, held = c.product_sold(p), c.product_held(p)
         check(f"product {p}: sold units", sold, want.product_sold.get(p, 0))
         check(f"product {p}: held units", held, want.product_held.get(p, 0))
         check(f"product {p}: remaining units", total - sold - held,
@@ -123,9 +126,16 @@ def compare_counters(campaign: Campaign, counters: dict[str, int], want: Tally) 
     return out
 
 
+def _buyer_field(name: str) -> str:
+    B = keys.Buyers
+    dimension = {B.IDENTITY: "identity", B.DEVICE: "device", B.NETWORK: "network"}.get(name[:2], "signal")
+    return f"{dimension} {name[2:]}: units taken (held + confirmed)"
+
+
 def idempotency_fields(states: Iterable[ResState]) -> list[tuple[str, str]]:
     """``(<storefront>|<key>, reservation id)`` of each reservation whose key the history knows."""
-    return [(f"{r.storefront}|{r.idempotency_key}", r.reservation_id) for r in states if r.idempotency_key]
+    return [(keys.idempotency_field(r.storefront, r.idempotency_key), r.reservation_id) for r in states
+            if r.idempotency_key]
 
 
 @dataclass(slots=True)
@@ -133,6 +143,7 @@ class _Check:
     """What reconcile gathers page by page: differences, and what the last steps need."""
 
     page: int
+    signals: SignalUnits  # units per buyer signal, summed over the pages
     tally: Tally = field(default_factory=Tally)
     users: list[Difference] = field(default_factory=list)
     matched: int = 0  # users hash fields the history gives that Redis holds (not 0)
@@ -142,25 +153,31 @@ class _Check:
     elsewhere: dict[str, str] = field(default_factory=dict)  # field -> the other reservation Redis names
 
     async def users_page(self, redis: aioredis.Redis, campaign_id: str, states: list[ResState]) -> None:
-        k = keys.CampaignKeys(campaign_id)
         t = totals(states)
         self.tally.add(t)
+        self.signals.add(t.buyer_units)
         fields = list(t.users)
-        for f, v, should in zip(fields, await hmget(redis, k.users, fields, self.page), t.users.values(),
-                                strict=True):
-            have = int(v or 0)
+        have_units = await paged(redis, partial(reads.user_units, campaign_id), fields, self.page)
+        for f, have, should in zip(fields, have_units, t.users.values(), strict=True):
             self.matched += have != 0
             if have != should:
                 self.users.append(Difference(_user_field(f), have, should))
         keyed = dict(idempotency_fields(states))  # a key twice in one page counts once
         self.known += len(keyed)
-        for (f, rid), v in zip(keyed.items(), await hmget(redis, k.idempotency, list(keyed), self.page), strict=True):
+        targets = await paged(redis, partial(reads.idempotency_targets, campaign_id), list(keyed), self.page)
+        for (f, rid), v in zip(keyed.items(), targets, strict=True):
             if v is None:
                 self.missing_n += 1
                 if len(self.missing) < EXAMPLES:
                     self.missing.append(f)
-            elif v.decode() != rid:
-                self.elsewhere[f] = v.decode()
+            elif v != rid:
+                self.elsewhere[f] = v
+
+    async def buyers(self, redis: aioredis.Redis, campaign_id: str) -> list[Difference]:
+        """The buyers hash, read a page at a time, against the units per signal the history gives."""
+        async for chunk in hash_pages(redis, keys.CampaignKeys(campaign_id).buyers, self.page):
+            self.signals.seen(chunk)
+        return [Difference(_buyer_field(f), have, should) for f, have, should in self.signals.differing(self.page)]
 
     def idempotency(self) -> list[Difference]:
         """The idempotency hash against the keys the history knows: each ``<storefront>|<key>``
@@ -234,15 +251,16 @@ async def _reconcile_once(redis: aioredis.Redis, sink: Sink, campaign_id: str, p
     ledger_last = await sink.last_entry(campaign_id) or "0-0"  # before Redis: what the ledger surely held
     view = await read_view(redis, campaign_id, page=page, users=False, stream=False)
     upto = max(view.last_id, ledger_last, key=entry_key)  # the ledger's rows past it came after the read
-    check = _Check(page)
     k = keys.CampaignKeys(campaign_id)
-    with StreamSpool() as stream:
+    with StreamSpool() as stream, SignalUnits() as signals:
+        check = _Check(page, signals)
         await stream.fill(redis, campaign_id, view.last_id, page)
         ledger_events = await by_user(sink, campaign_id, upto, stream.events(page), page,
                                       partial(check.users_page, redis, campaign_id))
         extra = await count_nonzero(redis, k.users, page) != check.matched
         unknown = await _unknown(redis, sink, campaign_id, upto, stream, check, extra) if extra or \
             check.elsewhere else []
+        buyers = await check.buyers(redis, campaign_id)
     if await last_id(redis, k.events) != view.last_id:
         return None
     diffs: list[Difference] = []
@@ -253,7 +271,7 @@ async def _reconcile_once(redis: aioredis.Redis, sink: Sink, campaign_id: str, p
         if view.definition is None:
             diffs.append(Difference("campaign definition", "(missing: run flashsale recover)", "(kept)"))
         diffs += compare_counters(campaign, view.counters, check.tally)
-        diffs += check.users + unknown
+        diffs += check.users + unknown + buyers
         diffs += check.idempotency()
     diffs += ledger_self_check(await sink.order_check(campaign_id))
     diffs += [Difference(f"stream entry {eid}", "(not a flashsale event)", "(skipped)") for eid in stream.malformed]

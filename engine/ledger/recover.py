@@ -6,12 +6,16 @@
 2. Plan and stage, a page of whole users at a time: the ledger's history, read ordered by user
    (``engine.ledger.history.by_user``), plus whatever the stream kept and the reservation records
    that survived: every confirmed order counts, every hold never confirmed is dropped and its
-   units return. Each page's plan (its users' fields, changed records, missing idempotency
-   fields, dropped holds) goes straight into complete staged copies of the counters, users,
-   records and idempotency hash (``fs:{c:ID}:restore:*``, records and keys over copies of what
-   Redis has) and a list of the dropped holds, a page of fields per call: Python never holds the
-   campaign. A record that survived for a reservation the history does not know counts as it
-   says (found, when the records outnumber the history's, by a second pass over a scratch file).
+   units return. Each page's plan (its users' fields, changed records, which keep the buyer
+   signals the caps counted, missing idempotency fields, dropped holds) goes straight into
+   complete staged copies of the counters, users, records and idempotency hash
+   (``fs:{c:ID}:restore:*``, records and keys over copies of what Redis has) and a list of the
+   dropped holds, a page of fields per call: Python never holds the campaign. The buyers hash
+   (the units each capped buyer signal has confirmed, from the ``reserved`` events'
+   ``bi``/``bd``/``bn``) is summed over the pages in a scratch file (a signal spans users:
+   ``engine.ledger.spool.SignalUnits``) and staged from it at the end, a page at a time. A
+   record that survived for a reservation the history does not know counts as it says (found,
+   when the records outnumber the history's, by a second pass over a scratch file).
 3. ``restore.lua`` swaps the staged copies in, in one short atomic step, if the campaign has not
    moved since it was read (its stream's last id is unchanged; else plan again), and appends the
    dropped holds' events in bounded calls.
@@ -24,24 +28,24 @@ import sqlite3
 import tempfile
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
-import msgpack
 import orjson
 import redis.asyncio as aioredis
 
 from engine import keys
 from engine.campaign import Campaign, parse
-from engine.core import Engine
+from engine.core import Engine, reads
 from engine.core.engine import load_args
 from engine.core.scripts import source
 from engine.errors import LedgerError
 from engine.ledger.history import ResState, Tally, Totals, by_user, idempotency, totals
 from engine.ledger.reconcile import Reconciliation, reconcile
-from engine.ledger.redisview import PAGE, RedisView, hash_pages, hmget, read_view
+from engine.ledger.redisview import PAGE, RedisView, hash_pages, paged, per_call, read_view
 from engine.ledger.sink import Sink, entry_key
-from engine.ledger.spool import StreamSpool
+from engine.ledger.spool import SignalUnits, StreamSpool
 from engine.ledger.streams import GROUP
 
 MAX_ATTEMPTS = 20  # plans made before giving up on a campaign that keeps moving
@@ -73,26 +77,32 @@ class Recovery:
 
 def stage_keys(campaign_id: str) -> list[str]:
     """``flashsale recover``'s scratch keys of a campaign (consumed by each run; archive removes
-    leftovers): the four hashes restore.lua swaps in, then the list of dropped holds."""
-    tag = keys.CampaignKeys(campaign_id).tag
-    return [f"{tag}:restore:counters", f"{tag}:restore:users", f"{tag}:restore:res", f"{tag}:restore:idem",
-            f"{tag}:restore:dropped"]
+    leftovers): the five hashes restore.lua swaps in, then the list of dropped holds."""
+    k = keys.CampaignKeys(campaign_id)
+    return [*k.staged(), k.staged_dropped]
 
 
-def _record(r: ResState, state: str) -> bytes:
-    """A reservation record in the layout of ``engine/lua/reserve.lua``."""
-    packed: bytes = msgpack.packb([state, r.product_id, r.user_id, r.units, r.amount, r.expires_ms, r.created_ms,
-                                   r.storefront, r.idempotency_key, r.payment_ref, r.confirmed_ms])
-    return packed
+def _record(r: ResState, state: str, capped: bool) -> bytes:
+    """A reservation record (``engine.keys.Record``): under buyer caps (``capped``) with the three
+    signals the caps counted, as cancel and expire read them."""
+    signals = (r.identity, r.device, r.network) if capped else (None, None, None)
+    return keys.pack_record(keys.Record(state, r.product_id, r.user_id, r.units, r.amount, r.expires_ms,
+                                        r.created_ms, r.storefront, r.idempotency_key, r.payment_ref,
+                                        r.confirmed_ms, *signals))
 
 
 def _from_record(rid: str, packed: bytes) -> ResState:
-    st, pid, uid, units, amount, exp, created, sf, key, ref, confirmed = msgpack.unpackb(packed, raw=False)[:11]
-    return ResState(rid, pid, uid, int(units), int(amount), st, int(created), int(exp), sf, ref or "",
-                    int(confirmed or 0), key or "")
+    r = keys.unpack_record(packed)
+    return ResState(rid, r.product, r.user, r.units, r.amount, r.state, r.created_ms, r.expires_ms, r.storefront,
+                    r.ref, r.confirmed_ms, r.key, r.identity or "", r.device or "", r.network or "")
 
 
-def plan_page(states: Sequence[ResState], had: dict[str, bytes], idempotency_known: set[str]) -> PagePlan:
+def _buyer_capped(c: Campaign) -> bool:
+    return any(cap is not None for cap in (c.identity_cap_units, c.device_cap_units, c.network_cap_units))
+
+
+def plan_page(states: Sequence[ResState], had: dict[str, bytes], idempotency_known: set[str], *,
+              capped: bool = False) -> PagePlan:
     """Whole users' reservations as the history tells them, given the records that survived in
     Redis (``had``, by reservation id) and the idempotency fields Redis still has.
 
@@ -102,6 +112,7 @@ def plan_page(states: Sequence[ResState], had: dict[str, bytes], idempotency_kno
     events and the surviving records; events stored before the ``reserved`` event carried the key
     (ledger schema version 1) have none, and a reservation known only from those cannot have its
     field rebuilt: a retry with its key would reserve anew. A confirm is final, wherever it survived.
+    Under buyer caps (``capped``) the records keep the buyer signals.
     """
     final: list[ResState] = []
     for known in states:
@@ -127,9 +138,9 @@ def plan_page(states: Sequence[ResState], had: dict[str, bytes], idempotency_kno
         if r.state == "held":
             dropped.append(r)
             r.state = "expired"
-            records[r.reservation_id] = _record(r, "expired")
+            records[r.reservation_id] = _record(r, "expired", capped)
         elif before is None or before.state != r.state or (r.idempotency_key and not before.idempotency_key):
-            records[r.reservation_id] = _record(r, r.state)
+            records[r.reservation_id] = _record(r, r.state, capped)
     idem = {f: rid for f, rid in idempotency(final).items() if f not in idempotency_known}
     want = totals(final)
     return PagePlan(want.users, records, idem, tuple(dropped), want)
@@ -137,16 +148,19 @@ def plan_page(states: Sequence[ResState], had: dict[str, bytes], idempotency_kno
 
 def counters_of(campaign: Campaign, counters: dict[str, int], want: Tally) -> dict[str, int]:
     """The counters hash: the history's totals, every other field (rejections) as Redis has it."""
-    out = {f: v for f, v in counters.items() if not f.startswith(("sold|", "held|"))}
-    out.update({"sold": want.sold, "held": 0, "orders": want.orders, "buyers": want.buyers})
+    C = keys.Counters
+    out = {f: v for f, v in counters.items() if not f.startswith((C.PRODUCT_SOLD, C.PRODUCT_HELD))}
+    out.update({C.SOLD: want.sold, C.HELD: 0, C.ORDERS: want.orders, C.BUYERS: want.buyers})
     for p in {p.id for p in campaign.products} | set(want.product_sold):
-        out[f"sold|{p}"] = want.product_sold.get(p, 0)
-        out[f"held|{p}"] = 0
+        out[C.sold(p)] = want.product_sold.get(p, 0)
+        out[C.held(p)] = 0
     return out
 
 
 @dataclass(slots=True)
 class _Staged:
+    signals: SignalUnits  # units per buyer signal, summed over the pages
+    capped: bool  # the campaign has buyer caps: records keep the signals
     tally: Tally = field(default_factory=Tally)
     dropped: int = 0
     idempotency: int = 0  # idempotency fields rebuilt
@@ -154,7 +168,7 @@ class _Staged:
 
 
 async def _copy(redis: aioredis.Redis, source_key: str, target: str, page: int) -> None:
-    """A hash copied ``page`` fields per HSCAN and per HSET."""
+    """A hash copied ``per_call(page)`` fields per HSCAN and per HSET."""
     async for chunk in hash_pages(redis, source_key, page):
         if chunk:
             await redis.hset(target, mapping=chunk)  # type: ignore[misc]
@@ -164,27 +178,31 @@ async def _stage(redis: aioredis.Redis, sink: Sink, campaign: Campaign, view: Re
                  upto: str, page: int) -> _Staged:
     """The plan as complete staged copies, built a page of whole users at a time: records and
     idempotency fields over copies of what Redis has, the users hash and counters from the
-    history, the dropped holds in a list; ``page`` fields per call, a page's calls per round trip.
-    Records that survived for reservations the history does not know are added last."""
+    history, the buyers hash from the signals' totals, the dropped holds in a list;
+    ``per_call(page)`` fields per call, a page's calls per round trip. Records that survived for
+    reservations the history does not know are added before the signals' totals are staged."""
     cid = campaign.id
     k = keys.CampaignKeys(cid)
     await redis.unlink(*stage_keys(cid))
-    _, _, records, idem, _ = stage_keys(cid)
+    counters, _, records, idem, buyers, _ = stage_keys(cid)
     await _copy(redis, k.reservations, records, page)
     await _copy(redis, k.idempotency, idem, page)
-    out = _Staged()
+    with SignalUnits() as signals:
+        out = _Staged(signals, _buyer_capped(campaign))
 
-    async def each(states: list[ResState]) -> None:
-        rids = [r.reservation_id for r in states]
-        had = {rid: v for rid, v in zip(rids, await hmget(redis, k.reservations, rids, page), strict=True)
-               if v is not None}
-        out.records += len(had)
-        await _write(redis, cid, states, had, out, page, whole_users=True)
+        async def each(states: list[ResState]) -> None:
+            rids = [r.reservation_id for r in states]
+            had = {rid: v for rid, v in zip(rids, await paged(redis, partial(reads.records, cid), rids, page),
+                                            strict=True) if v is not None}
+            out.records += len(had)
+            await _write(redis, cid, states, had, out, page, whole_users=True)
 
-    await by_user(sink, cid, upto, stream.events(page), page, each)
-    if await cast("Awaitable[int]", redis.hlen(k.reservations)) != out.records:
-        await _records_only(redis, sink, cid, upto, stream, out, page)
-    await redis.hset(stage_keys(cid)[0], mapping=counters_of(campaign, view.counters, out.tally))  # type: ignore[misc]
+        await by_user(sink, cid, upto, stream.events(page), page, each)
+        if await cast("Awaitable[int]", redis.hlen(k.reservations)) != out.records:
+            await _records_only(redis, sink, cid, upto, stream, out, page)
+        for chunk in signals.totals(per_call(page)):
+            await redis.hset(buyers, mapping=chunk)  # type: ignore[misc]
+    await redis.hset(counters, mapping=counters_of(campaign, view.counters, out.tally))  # type: ignore[misc]
     return out
 
 
@@ -192,27 +210,29 @@ async def _write(redis: aioredis.Redis, campaign_id: str, states: list[ResState]
                  out: _Staged, page: int, *, whole_users: bool) -> None:
     """Plan a page and write it to the staged keys in one round trip. ``whole_users``: the page
     holds its users' every reservation, so their fields are set; else added to."""
-    k = keys.CampaignKeys(campaign_id)
-    _, users, records, idem, drops = stage_keys(campaign_id)
+    _, users, records, idem, _, drops = stage_keys(campaign_id)
     fields = list(idempotency(states))
-    known = {f for f, v in zip(fields, await hmget(redis, k.idempotency, fields, page), strict=True) if v is not None}
-    p = plan_page(states, had, known)
+    targets = await paged(redis, partial(reads.idempotency_targets, campaign_id), fields, page)
+    known = {f for f, v in zip(fields, targets, strict=True) if v is not None}
+    p = plan_page(states, had, known, capped=out.capped)
     out.tally.add(p.totals)
+    out.signals.add(p.totals.buyer_units)
     out.dropped += len(p.dropped)
+    n = per_call(page)
     async with redis.pipeline(transaction=False) as pipe:
         if whole_users:
             items = list(p.users.items())
-            for lo in range(0, len(items), page):
-                pipe.hset(users, mapping=dict(items[lo : lo + page]))
+            for lo in range(0, len(items), n):
+                pipe.hset(users, mapping=dict(items[lo : lo + n]))
         else:
-            for f, n in p.users.items():
-                pipe.hincrby(users, f, n)
+            for f, units in p.users.items():
+                pipe.hincrby(users, f, units)
         changed = list(p.records.items())
-        for lo in range(0, len(changed), page):
-            pipe.hset(records, mapping=dict(changed[lo : lo + page]))
+        for lo in range(0, len(changed), n):
+            pipe.hset(records, mapping=dict(changed[lo : lo + n]))
         gone = [f"{r.reservation_id}|{r.product_id}|{r.user_id}|{r.units}|{r.amount}" for r in p.dropped]
-        for lo in range(0, len(gone), page):
-            pipe.rpush(drops, *gone[lo : lo + page])
+        for lo in range(0, len(gone), n):
+            pipe.rpush(drops, *gone[lo : lo + n])
         before = len(pipe)
         for f, rid in p.idempotency.items():  # the first reservation a key made keeps it
             pipe.hsetnx(idem, f, rid)
@@ -259,7 +279,7 @@ async def _apply(redis: aioredis.Redis, campaign_id: str, view: RedisView, ledge
         for hold in chunk:
             args += hold.decode().split("|")
         code, _n, now = await script(keys=[k.counters, k.users, k.reservations, k.holds, k.events, k.ledger,
-                                           k.idempotency, *staged], args=args)
+                                           k.idempotency, k.buyers, *staged], args=args)
         if int(code) == STALE:
             if step == 0:
                 await redis.unlink(*stage_keys(campaign_id))
@@ -282,7 +302,7 @@ async def refuse(engine: Engine, sink: Sink, campaign_id: str) -> tuple[Campaign
     Returns (the campaign, whether it was reloaded)."""
     redis = engine.redis
     k = keys.CampaignKeys(campaign_id)
-    raw = await cast("Awaitable[bytes | None]", redis.hget(k.meta, "def"))
+    raw = await reads.definition(campaign_id).run(redis)
     if raw is not None:
         await engine.set_recovering(campaign_id, True)
         return parse(orjson.loads(raw)), False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -97,7 +98,7 @@ class SqliteSink:
                               "create it or fix --database-url / FLASHSALE_DATABASE_URL")
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
                                check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
+        _wal(conn)
         conn.execute("PRAGMA synchronous=FULL")  # a commit survives a power cut, not just a crash
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         return conn
@@ -185,6 +186,21 @@ def _current(c: sqlite3.Connection) -> int:
     if c.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_version'").fetchone() is None:
         return 0
     return int(c.execute(schema.CURRENT_VERSION_SQL).fetchone()[0])
+
+
+def _wal(conn: sqlite3.Connection) -> None:
+    """Switch a new file to WAL. SQLite answers "database is locked" at once, without its busy
+    handler, to a connection that asks while another makes the same switch (several writers
+    starting together on a fresh ledger): ask again, for up to the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _migrate(c: sqlite3.Connection) -> int:

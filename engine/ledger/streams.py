@@ -208,7 +208,7 @@ class Streams:
         async with self.redis.pipeline(transaction=True) as p:
             p.xadd(keys.DEAD_LETTERS, cast("Any", fields))
             p.xack(entry.stream, GROUP, entry.entry_id)
-            p.hincrby(keys.CampaignKeys(entry.campaign_id).ledger, "dead_letters", 1)
+            p.hincrby(keys.CampaignKeys(entry.campaign_id).ledger, keys.Ledger.DEAD_LETTERS, 1)
             p.xtrim(keys.DEAD_LETTERS, maxlen=self.dead_max, approximate=False)
             trimmed = int((await p.execute())[-1])
         if trimmed:

@@ -35,6 +35,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from engine import keys
+from engine.core import reads
 from engine.ledger.config import (
     ACKS_AHEAD,
     READ_AHEAD,
@@ -323,7 +324,7 @@ class Writer:
         if new:
             log.info("following campaigns %s", ", ".join(new))
         for cid in cids:
-            definition = await cast("Awaitable[bytes | None]", self.redis.hget(keys.CampaignKeys(cid).meta, "def"))
+            definition = await reads.definition(cid).run(self.redis)
             if definition is not None and self._definitions.get(cid) != definition:
                 try:
                     await self.sink.save_campaign(cid, definition.decode())

@@ -108,6 +108,7 @@ def _saw(seen: TicketSeen, d: dict[str, Any]) -> None:
     if seen.state == "admitted" and seen.admitted_ms is None:
         seen.admitted_ms = now_ms()
         seen.token_expires_ms = _ms(str(d["token_expires_at"]))
+        seen.admitted_at_ms = _ms(str(d["admitted_at"])) if d.get("admitted_at") else None
 
 
 def _ms(rfc3339: str) -> int:

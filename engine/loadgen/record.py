@@ -86,6 +86,7 @@ class TicketSeen:
     position: int | None = None  # the first position polled
     state: str = "waiting"  # the last state polled
     admitted_ms: float | None = None  # when it was first polled admitted
+    admitted_at_ms: int | None = None  # the instant its position was admitted, as the poll said
     token_expires_ms: int | None = None  # the admission token's expiry, as the poll said
     moved: bool = False  # a later poll showed another position (positions are fixed at the opening)
 

@@ -456,11 +456,11 @@ def _queue(r: Record, o: Observed) -> list[Check]:
     problems = [f"ticket {t.ticket}: its position changed after the opening" for t in r.tickets.values() if t.moved]
     problems += [f"tickets {a.ticket} and {b.ticket} share position {a.position}"
                  for a, b in itertools.pairwise(seen) if a.position == b.position]
-    admitted = [t for t in seen if t.token_expires_ms is not None]
-    problems += [f"position {b.position} admitted before position {a.position} (token expiries "
-                 f"{b.token_expires_ms} < {a.token_expires_ms})"
+    admitted = [t for t in seen if t.admitted_at_ms is not None]
+    problems += [f"position {b.position} admitted before position {a.position} (admitted at "
+                 f"{b.admitted_at_ms} < {a.admitted_at_ms})"
                  for a, b in itertools.pairwise(admitted)
-                 if (b.token_expires_ms or 0) < (a.token_expires_ms or 0)]
+                 if (b.admitted_at_ms or 0) < (a.admitted_at_ms or 0)]
     name = "queue: positions fixed, distinct, admitted in position order"
     out.append(_check(QUEUE, name, problems, f"{len(admitted)} of {len(seen)} positioned tickets admitted")
                if seen else Check(QUEUE, name, None, "no ticket got a position"))

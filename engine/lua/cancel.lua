@@ -25,6 +25,7 @@ local RESERVATION_NOT_FOUND = -3
 local INVALID_STATE = -11
 local DAMAGED_RECORD = -15
 local STRIDE = 2
+-- @include chunked
 -- @include records
 -- @include writes
 

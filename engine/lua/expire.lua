@@ -17,6 +17,7 @@
   longer held just leaves the zset.
 ]]
 local rcall = redis.call
+-- @include chunked
 -- @include records
 -- @include writes
 

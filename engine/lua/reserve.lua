@@ -16,6 +16,8 @@
     The gate is read only for a campaign whose meta sets 'queue', 'elig', 'icap', 'dcap' or
     'ncap' (engine/lua/load.lua): a campaign without them pays nothing per request for it.
 
+  Hash fields, the record and the event fields: engine/keys.py (tests/core/test_layout.py).
+
   Returns 4 values per request:
     {0, reservation id, packed record, replayed (0 new | 1 replay)}   the record is msgpack:
       {state, product, user, units, amount, expires_ms, created_ms, storefront, key, ref, confirmed_ms}
@@ -60,6 +62,7 @@
   costs more than the rest of the reservation's Lua.
 ]]
 local rcall = redis.call
+-- @include chunked
 local tonumber, floor, fmt, find = tonumber, math.floor, string.format, string.find
 local pack = cmsgpack.pack
 local OK = 0
@@ -110,7 +113,6 @@ if not n or n < 1 or n > 4096 or n ~= floor(n) or #ARGV ~= 1 + STRIDE * n then
 end
 
 -- Check every request, and name the fields the batch reads: Idempotency-Keys, user ids.
-local CHUNK = 2000  -- arguments per call at most: unpack() of more overflows Lua's C stack
 local ikeys, uids = {}, {}
 for i = 1, n do
   local b = 1 + STRIDE * (i - 1)
@@ -120,17 +122,6 @@ for i = 1, n do
   if ARGV[b + 1] == '' or find(uid, '|', 1, true) then return redis.error_reply(E_IDS) end
   ikeys[i] = ARGV[b + 2] .. '|' .. ARGV[b + 3]
   uids[i] = uid
-end
-
--- HMGET of many fields, in calls of at most CHUNK of them.
-local function hmget(key, fields)
-  if #fields <= CHUNK then return rcall('HMGET', key, unpack(fields)) end
-  local got = {}
-  for i = 1, #fields, CHUNK do
-    local part = rcall('HMGET', key, unpack(fields, i, math.min(i + CHUNK - 1, #fields)))
-    for j = 1, #part do got[i + j - 1] = part[j] end
-  end
-  return got
 end
 
 -- A number as Redis would write it ('%.17g'), made cheaply when it is a positive integer.
@@ -435,11 +426,6 @@ end
 
 -- The batch's writes, folded: one call per key (one XADD per new reservation), in calls of at
 -- most CHUNK arguments.
-local function call_chunked(cmd, key, args)
-  for i = 1, #args, CHUNK do
-    rcall(cmd, key, unpack(args, i, math.min(i + CHUNK - 1, #args)))
-  end
-end
 local function flush_hash(key, tbl)
   local args, k = {}, 0
   for f, v in pairs(tbl) do args[k + 1] = f; args[k + 2] = v; k = k + 2 end

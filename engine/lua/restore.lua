@@ -1,7 +1,7 @@
 --[[
   Apply a recovery plan (`flashsale recover`), in bounded steps that each judge everything
   before their first write. The plan was built, page by page, into complete staged copies of the
-  campaign's counters, users, reservation records and idempotency hash; the first step (swap)
+  campaign's counters, users, reservation records, idempotency and buyers hashes; the first step (swap)
   puts them in place and drops the holds, if the campaign has not moved since the plan was read
   (every change to it appends to its stream, so the stream's last-generated-id names its state).
   Holds that were never confirmed are dropped: each gets an 'expired' event, so the ledger's
@@ -14,9 +14,10 @@
 
   KEYS[1] counters hash      KEYS[2] users hash        KEYS[3] reservations hash
   KEYS[4] holds zset         KEYS[5] events stream     KEYS[6] ledger hash
-  KEYS[7] idempotency hash
-  KEYS[8] staged counters    KEYS[9] staged users      KEYS[10] staged reservation records
-  KEYS[11] staged idempotency hash (staged keys absent: the campaign has none of those)
+  KEYS[7] idempotency hash   KEYS[8] buyers hash (units per capped buyer signal)
+  KEYS[9] staged counters    KEYS[10] staged users     KEYS[11] staged reservation records
+  KEYS[12] staged idempotency hash                     KEYS[13] staged buyers hash
+  (staged keys absent: the campaign has none of those)
   ARGV[1] the stream's last-generated-id the plan (or the step before) left ('0-0': no stream)
   ARGV[2] the highest entry id the ledger holds for the campaign ('0-0': none)
   ARGV[3] orders the ledger holds (count), published as persisted_orders if higher
@@ -75,7 +76,7 @@ for i = 0, n - 1 do
     return fail('hold ' .. (i + 1) .. ': reservation id, product, user, units > 0, amount >= 0')
   end
 end
-local want = {hash = {1, 2, 3, 6, 7, 8, 9, 10, 11}, zset = {4}, stream = {5}}
+local want = {hash = {1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13}, zset = {4}, stream = {5}}
 for kind, idx in pairs(want) do
   for _, i in ipairs(idx) do
     local t = rcall('TYPE', KEYS[i])['ok']
@@ -87,8 +88,8 @@ if current ~= ARGV[1] then return {STALE, current} end
 
 -- write
 if swap == '1' then
-  for i, key in ipairs({KEYS[1], KEYS[2], KEYS[3], KEYS[7]}) do
-    local staged = ({KEYS[8], KEYS[9], KEYS[10], KEYS[11]})[i]
+  for i, key in ipairs({KEYS[1], KEYS[2], KEYS[3], KEYS[7], KEYS[8]}) do
+    local staged = ({KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]})[i]
     rcall('UNLINK', key)
     if rcall('EXISTS', staged) == 1 then rcall('RENAME', staged, key) end
   end

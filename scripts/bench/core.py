@@ -96,7 +96,7 @@ def redis_benchmark(server: RedisServer, requests: int, concurrency: int) -> Fig
          "-n", str(requests), "-P", "1", "-r", str(RAND_SPACE), "--csv", *cmd],
         capture_output=True, text=True, check=True, timeout=600).stdout
     used = redis_cpu(client) - before
-    held = int(client.hget(k.counters, "held") or 0)
+    held = int(client.hget(k.counters, keys.Counters.HELD) or 0)
     client.close()
     if held < requests * 0.99:
         raise SystemExit(f"redis-benchmark made only {held} of {requests} reservations: {out}")

@@ -44,10 +44,10 @@ import redis.asyncio as aioredis
 from engine import keys
 from engine.campaign import ms_to_rfc3339, parse
 from engine.core import Engine, ReserveRequest
+from engine.keys import liveness_key
 from engine.ledger import Writer, WriterSettings, sink_for
 from engine.ledger.config import READ_AHEAD
 from engine.ledger.decoding import row_of
-from engine.ledger.health import liveness_key
 from engine.ledger.rows import EVENT_COLUMNS, ORDER_COLUMNS, EventRow, order_rows, utc
 from engine.ledger.streams import GROUP
 from engine.settings import Settings
@@ -265,8 +265,8 @@ async def _lag_run(engine: Engine, r: aioredis.Redis, rate: int, seconds: float,
         done_at_start = done
         while time.monotonic() < end:
             async with r.pipeline(transaction=False) as p:
-                p.hget(k.counters, "orders")
-                p.hget(k.ledger, "persisted_orders")
+                p.hget(k.counters, keys.Counters.ORDERS)
+                p.hget(k.ledger, keys.Ledger.PERSISTED_ORDERS)
                 orders, persisted = await p.execute()
             samples.append(max(int(orders or 0) - int(persisted or 0), 0))
             await asyncio.sleep(rng.uniform(0.05, 0.15))

@@ -86,7 +86,7 @@ def test_the_queue_before_and_after_the_opening(client: httpx.Client) -> None:
     assert r.status_code == 201, r.text
     first = r.json()
     assert set(first) == {"ticket", "state", "position", "ahead", "estimated_wait_s", "poll_after_ms",
-                          "admission_token", "token_expires_at"}
+                          "admitted_at", "admission_token", "token_expires_at"}
     assert first["state"] == "waiting" and first["position"] is None and first["ahead"] is None
     assert first["poll_after_ms"] > 0
     again = client.post(queue, json={"user_id": "u1"}, headers=SHOP_A)
@@ -210,6 +210,7 @@ def test_serve_refuses_queue_mode_without_keys(redis_server: RedisServer, client
         s.stop()
 
 
+@pytest.mark.needs_services  # starts its own redis-server
 def test_a_server_without_keys_refuses_a_queue_mode_definition() -> None:
     redis = RedisServer().start()
     s = ApiServer(redis.url).start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 
 import pytest
 
@@ -13,7 +14,7 @@ from engine.admission.queue import draw, recompute
 from engine.admission.waiting import REFRESH_S, WaitingRoom
 from engine.core import Engine, ReserveRequest
 from engine.errors import Closed, InvalidState, NotFound, NotRegistered, QueueNotOpen
-from tests.admission.conftest import KEYS, load
+from tests.admission.conftest import KEYS, load, now_ms
 
 SEED = "00" * 32  # a fixed seed: the draws, hence the order, are the same on every run
 
@@ -24,6 +25,10 @@ async def settle() -> None:
 
 async def until_open(opens_in_s: float, started: float) -> None:
     await asyncio.sleep(max(0.0, opens_in_s - (time.monotonic() - started)) + 0.05)
+
+
+def ms(rfc3339: str) -> int:
+    return int(datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 def spearman(xs: list[int], ys: list[int]) -> float:
@@ -174,6 +179,43 @@ async def test_a_token_expires_after_its_time(engine: Engine, admission: Admissi
     await asyncio.sleep(1.1)
     await settle()
     assert (await admission.poll(cid, ticket, "shop-a"))["state"] == "expired"
+
+
+async def test_the_pre_queue_keeps_its_turn_however_late_it_polls(engine: Engine,
+                                                                 admission: AdmissionService) -> None:
+    """Before the opening a ticket is told to come back at the opening; after it, positions are
+    admitted in order whoever polls when. Pre-queue tickets that do not come back until long after
+    their admission (and after a later arrival took its turn) are still admitted, ahead of it, with
+    the token's whole time counted from that first poll; the later arrival's counts from its
+    admission, which came after its first poll."""
+    token_ms = 2000
+    started = time.monotonic()
+    cid = await load(engine, opens_in_ms=1500, admit_per_second=2, token_seconds=token_ms // 1000)
+    early = [(await admission.join(cid, f"u{i}", Buyer(), "shop-a"))[0] for i in range(3)]
+    before = await admission.poll(cid, early[0], "shop-a")
+    opens_ms = (await engine.view(cid)).campaign.opens_at_ms
+    # at the opening, spread over at most half the time the 3 pre-queue tickets take to admit (1.5 s)
+    assert before["poll_after_ms"] <= opens_ms - now_ms() + 750 + 200
+    await until_open(1.5, started)
+    late, _ = await admission.join(cid, "late", Buyer(), "shop-a")  # position 4: admitted 2 s after the opening
+    assert (await admission.poll(cid, late, "shop-a"))["state"] == "waiting"  # as the API's join answers
+    await asyncio.sleep(max(0.0, (opens_ms + 2100 - now_ms()) / 1000))
+    seen_late = await admission.poll(cid, late, "shop-a")
+    assert seen_late["state"] == "admitted" and seen_late["position"] == 4
+    assert ms(seen_late["token_expires_at"]) == ms(seen_late["admitted_at"]) + token_ms
+    # past every pre-queue admission + token_seconds (opens + 1.5 s + 2 s): they poll only now
+    await asyncio.sleep(max(0.0, (opens_ms + 3700 - now_ms()) / 1000))
+    ring = Keyring.parse(KEYS)
+    for i, t in enumerate(early):
+        polled_at = now_ms()
+        v = await admission.poll(cid, t, "shop-a")
+        assert v["state"] == "admitted", v
+        assert ms(v["admitted_at"]) < ms(seen_late["admitted_at"])  # admitted before the later arrival
+        assert ms(v["token_expires_at"]) >= polled_at + token_ms - 50  # counted from this first poll
+        verified = ring.verify(v["admission_token"], cid, f"u{i}")
+        assert isinstance(verified, Verified)
+        await engine.reserve(cid, ReserveRequest(f"u{i}", "p1", 1, f"k{i}", "shop-a", None, verified))
+    assert sorted(v["position"] for v in [await admission.poll(cid, t, "shop-a") for t in early]) == [1, 2, 3]
 
 
 async def test_polls_come_from_memory_and_tickets_are_private(engine: Engine, admission: AdmissionService) -> None:

@@ -19,6 +19,8 @@ from tests.api.rawhttp import read_answer
 from tests.support.processes import STOREFRONT_TOKENS, ApiServer, admin_headers, storefront_headers
 from tests.support.servers import RedisServer
 
+pytestmark = pytest.mark.needs_services  # starts its own redis-server: not the fast tier
+
 GONE = 10  # clients that hang up while queued
 
 

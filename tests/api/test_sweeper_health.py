@@ -18,6 +18,8 @@ from tests.ops.promtext import Samples
 from tests.support.processes import ApiServer, admin_headers, storefront_headers
 from tests.support.servers import RedisServer
 
+pytestmark = pytest.mark.needs_services  # starts its own redis-server: not the fast tier
+
 PATIENCE_S = 30.0  # how long the test waits for the sweeper on a loaded machine before failing
 LAST_SUCCESS = "flashsale_sweeper_last_success_timestamp_seconds"
 

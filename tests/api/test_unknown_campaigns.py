@@ -26,6 +26,8 @@ from tests.api.rawhttp import read_answer
 from tests.support.processes import STOREFRONT_TOKENS, ApiServer, admin_headers
 from tests.support.servers import RedisServer
 
+pytestmark = pytest.mark.needs_services  # starts its own redis-server: not the fast tier
+
 WARM_UP = 20_000
 REQUESTS = 100_000
 CONNECTIONS = 32

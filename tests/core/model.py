@@ -1,7 +1,12 @@
 """A pure-Python reference model of one campaign in the reservation core, as docs/API.md describes it.
 
 No Redis, no batching, no clock: a hold is "overdue" only when a test says so (it rewrites the
-real hold's deadline to the past). Each operation returns what the engine must answer: ``Ok``
+real hold's deadline to the past), and the sale opens when a test opens it.
+
+The v1.1 gates are off unless set: buyer caps (``caps``: identity, device, network), eligibility
+``registered`` (``registrations``, taken before the opening only) and queue mode (``queued``: a
+reserve carries an admission token, named by what it is: ``valid``, ``none``, ``forged``,
+``other`` (another user's), ``expired``). Each operation returns what the engine must answer: ``Ok``
 (the reservation as the caller sees it) or ``Refused`` (the public code and its details).
 """
 
@@ -31,6 +36,7 @@ class Res:
     state: str = HELD
     overdue: bool = False  # past its deadline, not yet released
     ref: str | None = None
+    signals: tuple[str, str, str] = ("", "", "")  # identity, device, network the caps counted
 
     @property
     def visible_state(self) -> str:
@@ -67,12 +73,27 @@ class Event:
     ref: str | None = None
 
 
+#: a buyer cap's dimension, and the request field that must carry its signal
+DIMENSIONS = (("identity", "buyer.identity"), ("device", "buyer.device"), ("network", "buyer.ip"))
+#: what a reserve's admission token is -> the refusal it earns in queue mode (None: admitted)
+TOKENS: dict[str, str | None] = {"valid": None, "none": "ADMISSION_REQUIRED", "forged": "ADMISSION_INVALID",
+                                 "other": "ADMISSION_INVALID", "expired": "ADMISSION_EXPIRED"}
+NO_SIGNALS: tuple[str | None, str | None, str | None] = (None, None, None)
+
+
 class Model:
-    def __init__(self, *, total: int, cap: int | None, products: dict[str, ProductDef], price: int) -> None:
+    def __init__(self, *, total: int, cap: int | None, products: dict[str, ProductDef], price: int,
+                 caps: tuple[int | None, int | None, int | None] = (None, None, None),
+                 queued: bool = False, registered: bool = False, opened: bool = True) -> None:
         self.total = total
         self.cap = cap
         self.products = products
         self.price = price
+        self.caps = caps  # identity, device, network: units held + confirmed per signal
+        self.queued = queued
+        self.registered = registered
+        self.opened = opened
+        self.registrations: dict[str, str] = {}  # user -> identity ('' when none kept)
         self.paused = False
         self.reservations: dict[str, Res] = {}
         self.idem: dict[tuple[str, str], str] = {}
@@ -95,6 +116,21 @@ class Model:
     def buyers(self) -> int:
         return len({r.user for r in self.reservations.values() if r.state == CONFIRMED})
 
+    def signal_units(self) -> dict[str, int]:
+        """The buyers hash as it must read: units held + confirmed per capped signal, by field."""
+        out: Counter[str] = Counter()
+        for r in self.reservations.values():
+            if r.state in (HELD, CONFIRMED):
+                for prefix, signal in zip("idn", r.signals, strict=True):
+                    if signal:
+                        out[f"{prefix}|{signal}"] += r.units
+        return dict(out)
+
+    def counted(self, signals: tuple[str | None, str | None, str | None]) -> tuple[str, str, str]:
+        """The signals the caps count ('' for a dimension the campaign does not cap)."""
+        i, d, n = ((s or "") if cap is not None else "" for s, cap in zip(signals, self.caps, strict=True))
+        return i, d, n
+
     # -- operations ----------------------------------------------------------------------
 
     def _refuse(self, code: str, counted: bool = True, **details: object) -> Refused:
@@ -106,19 +142,47 @@ class Model:
         return Ok(None if new else r.rid, replayed, r.visible_state, r.product, r.user, r.units, r.amount,
                   r.ref if r.state == CONFIRMED else None)
 
-    def reserve(self, storefront: str, key: str, user: str, product: str, units: int) -> Ok | Refused:
+    def register(self, user: str, identity: str | None) -> bool | Refused:
+        """A pre-registration: True new, False already registered, or the refusal."""
+        icap = self.caps[0]
+        if icap is not None and identity is None:  # the request is judged before the campaign
+            return self._refuse("INVALID", counted=False, field="buyer.identity")
+        if self.opened:
+            return self._refuse("CLOSED", counted=False)
+        if user in self.registrations:
+            return False
+        kept = (identity or "") if icap is not None else ""
+        if kept and any(i == kept and u != user for u, i in self.registrations.items()):
+            return self._refuse("BUYER_CAP_EXCEEDED", counted=False, dimension="identity", allowed=0)
+        self.registrations[user] = kept
+        return True
+
+    def reserve(self, storefront: str, key: str, user: str, product: str, units: int,
+                signals: tuple[str | None, str | None, str | None] = NO_SIGNALS,
+                token: str = "valid") -> Ok | Refused:
         """The decision; on a new reservation call ``add`` with the engine's id."""
+        for (_, field_name), signal, cap in zip(DIMENSIONS, signals, self.caps, strict=True):
+            if cap is not None and signal is None:
+                return self._refuse("INVALID", counted=False, field=field_name)
+        counted = self.counted(signals)
         prior = self.idem.get((storefront, key))
         if prior is not None:
             r = self.reservations[prior]
-            if (r.product, r.user, r.units) != (product, user, units):
+            if (r.product, r.user, r.units, r.signals) != (product, user, units, counted):
                 return self._refuse("IDEMPOTENCY_KEY_REUSED")
             return self._ok(r, replayed=True)
         p = self.products.get(product)
         if p is None:
             return self._refuse("NOT_FOUND", counted=False, what="product")
+        if not self.opened:
+            return self._refuse("NOT_OPEN")
         if self.paused:
             return self._refuse("PAUSED")
+        refusal = TOKENS[token] if self.queued else None
+        if refusal is not None:
+            return self._refuse(refusal)
+        if self.registered and user not in self.registrations:
+            return self._refuse("NOT_REGISTERED")
         allowed: int | None = None
         if p.cap is not None:
             allowed = p.cap - self.taken(user, product)
@@ -127,6 +191,11 @@ class Model:
             allowed = a if allowed is None else min(allowed, a)
         if allowed is not None and units > allowed:
             return self._refuse("USER_CAP_EXCEEDED", allowed=max(allowed, 0))
+        taken = self.signal_units()
+        for (dimension, _), prefix, signal, cap in zip(DIMENSIONS, "idn", counted, self.caps, strict=True):
+            if cap is not None and units > cap - taken.get(f"{prefix}|{signal}", 0):
+                return self._refuse("BUYER_CAP_EXCEEDED", dimension=dimension,
+                                    allowed=max(cap - taken.get(f"{prefix}|{signal}", 0), 0))
         used_p = self.units(state=HELD, product=product) + self.units(state=CONFIRMED, product=product)
         used = self.units(state=HELD) + self.units(state=CONFIRMED)
         remaining = min(p.total - used_p, self.total - used)
@@ -136,8 +205,9 @@ class Model:
             return self._refuse("INSUFFICIENT_STOCK", remaining=remaining)
         return Ok(None, False, HELD, product, user, units, units * self.price)
 
-    def add(self, rid: str, storefront: str, key: str, user: str, product: str, units: int) -> None:
-        r = Res(rid, storefront, key, product, user, units, units * self.price)
+    def add(self, rid: str, storefront: str, key: str, user: str, product: str, units: int,
+            signals: tuple[str | None, str | None, str | None] = NO_SIGNALS) -> None:
+        r = Res(rid, storefront, key, product, user, units, units * self.price, signals=self.counted(signals))
         self.reservations[rid] = r
         self.idem[storefront, key] = rid
         self._event("reserved", r)

@@ -22,6 +22,8 @@ from engine.settings import Settings
 from tests.core.conftest import campaign
 from tests.support.servers import RedisServer
 
+pytestmark = pytest.mark.needs_services  # starts its own redis-server: not the fast tier
+
 BOUND = 2 * KEEP_BATCHERS  # a batcher table holds at most the busy ones plus as many idle ones
 
 

@@ -16,6 +16,8 @@ from engine.settings import Settings
 from tests.core.conftest import campaign
 from tests.support.servers import RedisServer
 
+pytestmark = pytest.mark.needs_services  # starts its own redis-server: not the fast tier
+
 GIVE_UP_S = 0.3  # the callers' deadline: far shorter than the pause below
 PAUSE_MS = 3000  # Redis holds the batch in flight this long
 

@@ -19,6 +19,8 @@ from engine.settings import Settings
 from tests.core.conftest import campaign
 from tests.support.servers import RedisServer, free_port
 
+pytestmark = pytest.mark.needs_services  # starts its own redis-server: not the fast tier
+
 
 async def test_a_script_error_is_no_outage(engine: Engine, aredis: aioredis.Redis) -> None:
     """WRONGTYPE inside reserve.lua (a counters key that is no hash: damaged data) is raised as

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from engine import keys
 from engine.core import Engine
-from engine.ledger.health import liveness_key
+from engine.keys import liveness_key
 from tests.ledger.sale import campaign, drain, flashsale, ledger, sell, until
 from tests.support.processes import FLASHSALE, Process, base_env
 

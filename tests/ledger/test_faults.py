@@ -17,8 +17,8 @@ import redis.asyncio as aioredis
 
 from engine import keys
 from engine.core import Engine
+from engine.keys import liveness_key
 from engine.ledger import ledger_status, sink_for
-from engine.ledger.health import liveness_key
 from engine.ledger.reconcile import reconcile
 from engine.ledger.streams import GROUP
 from tests.ledger.pgcluster import PgCluster

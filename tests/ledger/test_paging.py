@@ -90,9 +90,9 @@ async def dump(r: aioredis.Redis) -> dict[bytes, bytes | None]:
     return {k: await r.dump(k) async for k in r.scan_iter(match=f"{K.tag}:*")}
 
 
-RESTORE_KEYS = [K.counters, K.users, K.reservations, K.holds, K.events, K.ledger, K.idempotency,
+RESTORE_KEYS = [K.counters, K.users, K.reservations, K.holds, K.events, K.ledger, K.idempotency, K.buyers,
                 f"{K.tag}:restore:counters", f"{K.tag}:restore:users", f"{K.tag}:restore:res",
-                f"{K.tag}:restore:idem"]
+                f"{K.tag}:restore:idem", f"{K.tag}:restore:buyers"]
 
 
 @pytest.mark.parametrize("case", ["argv count", "units", "swap flag", "too many holds", "staged key type",

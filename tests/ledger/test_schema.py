@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import subprocess
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -50,6 +51,19 @@ async def test_writers_starting_together_migrate_once(db_url: str) -> None:
     for s in sinks:
         await s.close()
     await execute(db_url, "INSERT INTO ledger_progress (campaign_id) VALUES ('probe')")
+
+
+async def test_many_writers_starting_together_on_fresh_sqlite_files_all_open(tmp_path: Path) -> None:
+    """The switch to WAL is refused at once (no busy wait) to a connection that asks while another
+    switches: each of 8 writers on each of 100 new files opens, none reports the ledger locked."""
+    for i in range(100):
+        url = f"sqlite:///{tmp_path}/ledger-{i}.db"
+        sinks = [sink_for(url) for _ in range(8)]
+        try:
+            assert await asyncio.gather(*(s.open() for s in sinks)) == [SCHEMA_VERSION] * 8
+        finally:
+            for s in sinks:
+                await s.close()
 
 
 async def test_a_newer_schema_is_refused(db_url: str) -> None:

@@ -21,9 +21,12 @@ def queued(*grants: Any) -> Record:
     return rec
 
 
-def ticket(tid: str, user: str, position: int, expires: int | None) -> TicketSeen:
-    return TicketSeen(tid, user, NOW - 9000, True, position, "admitted" if expires else "waiting",
-                      NOW - 8000 if expires else None, expires)
+def ticket(tid: str, user: str, position: int, admitted_at: int | None) -> TicketSeen:
+    """A ticket polled admitted at ``admitted_at`` (its token's expiry counts from a first poll
+    that may come later: it says nothing of the order)."""
+    return TicketSeen(tid, user, NOW - 9000, True, position, "admitted" if admitted_at else "waiting",
+                      NOW - 8000 if admitted_at else None, admitted_at_ms=admitted_at,
+                      token_expires_ms=None if admitted_at is None else admitted_at + 600_000)
 
 
 def test_a_queued_run_with_every_reservation_on_its_own_token_is_clean() -> None:

@@ -31,6 +31,24 @@ def redis_server_binary() -> str:
     return path
 
 
+def wait_for_ping(proc: subprocess.Popen[bytes], port: int, directory: str, timeout_s: float = 10) -> None:
+    """Until the redis-server ``proc`` answers PING on ``port`` (after any AOF loading), or fail naming its log."""
+    deadline = time.monotonic() + timeout_s
+    client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+    try:
+        while True:
+            try:
+                if client.ping():
+                    return
+            except redis.exceptions.RedisError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on port {port} did not start; see {directory}/redis.log")
+            time.sleep(0.02)
+    finally:
+        client.close()
+
+
 class RedisServer:
     """A private redis-server on a free loopback port; ``durable`` turns on AOF ``always``."""
 
@@ -53,21 +71,8 @@ class RedisServer:
         else:
             args += ["--appendonly", "no"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
-        try:
-            while True:
-                try:
-                    if client.ping():
-                        # AOF loading answers LOADING until done; ping succeeds only after
-                        return self
-                except redis.exceptions.RedisError:
-                    pass
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server on port {self.port} did not start; see {self.dir}/redis.log")
-                time.sleep(0.02)
-        finally:
-            client.close()
+        wait_for_ping(self.proc, self.port, self.dir)
+        return self
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""

@@ -3,10 +3,11 @@
 --
 -- A record is the msgpack of
 --   {state, product, user, units, amount, expires_ms, created_ms, storefront, key, ref, confirmed_ms}
--- and, under buyer caps, {..., identity, device, network} (layout: reserve.lua). One that cmsgpack cannot read, or whose fields have the wrong type or
--- shape, is damaged: it is named (DAMAGED_RECORD), never raised, so it cannot fail the batch.
+-- and, under buyer caps, {..., identity, device, network} (layout: engine/keys.py RECORD; the
+-- field and event names these scripts write out: engine/keys.py, checked by tests/core/test_layout.py).
+-- One that cmsgpack cannot read, or whose fields have the wrong type or shape, is damaged: it is
+-- named (DAMAGED_RECORD), never raised, so it cannot fail the batch.
 local fmt = string.format
-local CHUNK = 2000  -- fields per HMGET at most: unpack() of more overflows Lua's C stack
 local MAX_UNITS = 1e12  -- engine/campaign.py MAX_UNITS
 local MAX_EXACT = 9007199254740992  -- 2^53: every amount, count and ms stays exact in a double
 local STATES = {held = true, confirmed = true, cancelled = true, expired = true}
@@ -15,17 +16,6 @@ local STATES = {held = true, confirmed = true, cancelled = true, expired = true}
 local function redis_now()
   local t = rcall('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
--- HMGET of many fields, in calls of at most CHUNK of them.
-local function hmget(key, fields)
-  if #fields <= CHUNK then return rcall('HMGET', key, unpack(fields)) end
-  local got = {}
-  for i = 1, #fields, CHUNK do
-    local part = rcall('HMGET', key, unpack(fields, i, math.min(i + CHUNK - 1, #fields)))
-    for j = 1, #part do got[i + j - 1] = part[j] end
-  end
-  return got
 end
 
 local function whole(x, low, high)

@@ -59,12 +59,6 @@ local function fields_of(t)
   return fields, index
 end
 
-local function call_chunked(cmd, key, args)
-  for i = 1, #args, CHUNK do
-    rcall(cmd, key, unpack(args, i, math.min(i + CHUNK - 1, #args)))
-  end
-end
-
 -- Every planned write. It first reads the fields it adds to, so even its own reads come
 -- before its first write.
 local function flush()
