@@ -49,7 +49,7 @@ from engine.ledger.spool import SignalUnits, StreamSpool
 from engine.ledger.streams import GROUP
 
 MAX_ATTEMPTS = 20  # plans made before giving up on a campaign that keeps moving
-RESTORE_HOLDS = 500  # dropped holds whose events one restore.lua call appends (a call stays short)
+RESTORE_HOLDS = 100  # dropped holds whose events one restore.lua call appends (a call stays well under 20 ms)
 STALE = 1  # restore.lua: the campaign moved since the plan was read
 
 
