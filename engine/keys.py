@@ -37,8 +37,8 @@ Each key, its type, what it holds, and (after the arrow) when it goes away:
   ``n|NETWORK`` -> archive.
 - ``fs:{c:ID}:ledger`` hash: what the writer reports, ``persisted_orders``, ``dead_letters``
   -> archive.
-- ``fs:{c:ID}:restore:*`` hashes: ``flashsale recover``'s scratch space, renamed or merged into
-  place -> the end of each recover run (archive removes any leftover).
+- ``fs:{c:ID}:restore:*`` hashes and a list: ``flashsale recover``'s scratch space, renamed into
+  place (the list: the holds it drops) -> the end of each recover run (archive removes any leftover).
 - ``fs:{c:ID}:damaged`` hash: reservation id -> ``unreadable`` / ``malformed``, records the
   scripts set aside (kept in ``res`` as they were, for an operator) -> archive.
 - ``fs:{c:ID}:reg`` hash: registrations, ``u|UID`` -> ``<ms>|<identity>``; ``i|IDENTITY`` -> UID
@@ -179,6 +179,12 @@ class CampaignKeys:
         """``flashsale recover``'s staged copies of the counters, users, records and idempotency
         hash and the buyers hash (``restore.lua`` renames them into place)."""
         return [f"{self.tag}:restore:{name}" for name in ("counters", "users", "res", "idem", "buyers")]
+
+    @property
+    def staged_dropped(self) -> str:
+        """``flashsale recover``'s list of the holds it drops (``rid|pid|uid|units|amount``), whose
+        events ``restore.lua`` appends a step at a time."""
+        return f"{self.tag}:restore:dropped"
 
     @property
     def first_polls(self) -> str:

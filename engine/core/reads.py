@@ -15,7 +15,7 @@ commands, and decoded from that command's reply, so it costs no round trip of it
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
@@ -191,3 +191,26 @@ def record(campaign_id: str, reservation_id: str) -> Read[bytes | None]:
     """A reservation's stored record, packed (decode it with ``keys.unpack_record``)."""
     key = keys.CampaignKeys(campaign_id).reservations
     return Read(lambda p: p.hget(key, reservation_id), lambda raw: cast("bytes | None", raw))
+
+
+# -- many fields by name (reconcile and recover, a page of users at a time) -------------------
+# One HMGET each: the caller sends at most ``engine.ledger.redisview.CALL`` names per read, so
+# no call holds Redis for long.
+
+
+def user_units(campaign_id: str, fields: Sequence[str]) -> Read[list[int]]:
+    """Units in these fields of the users hash (``keys.Users`` fields; 0 where absent)."""
+    key = keys.CampaignKeys(campaign_id).users
+    return Read(lambda p: p.hmget(key, list(fields)), lambda raw: [int(v or 0) for v in raw])
+
+
+def idempotency_targets(campaign_id: str, fields: Sequence[str]) -> Read[list[str | None]]:
+    """The reservation each ``keys.idempotency_field`` names (None where absent)."""
+    key = keys.CampaignKeys(campaign_id).idempotency
+    return Read(lambda p: p.hmget(key, list(fields)), lambda raw: [_opt_text(v) for v in raw])
+
+
+def records(campaign_id: str, reservation_ids: Sequence[str]) -> Read[list[bytes | None]]:
+    """These reservations' stored records, packed (None where absent)."""
+    key = keys.CampaignKeys(campaign_id).reservations
+    return Read(lambda p: p.hmget(key, list(reservation_ids)), lambda raw: cast("list[bytes | None]", raw))

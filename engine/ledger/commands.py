@@ -28,7 +28,7 @@ from engine.settings import Settings
 
 T = TypeVar("T")
 BURST_DB_WAIT_S = 10.0  # how long `writer --burst` waits for an unreachable database before giving up
-TOOL_TIMEOUT_S = 60.0  # reconcile and recover read whole streams and hashes: allow them time
+TOOL_TIMEOUT_S = 60.0  # a page of reconcile or recover may wait behind a busy Redis: allow it time
 log = logging.getLogger("flashsale.writer")
 
 

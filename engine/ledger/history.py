@@ -4,17 +4,21 @@ The history is the ledger's ``events`` plus the stream entries not yet drained, 
 entry id. Replaying it gives each reservation's last state, with one rule: a confirm is final.
 Money was taken; if the history holds anything after a confirm (a Redis that lost the confirm
 may since have expired the hold), the reservation stays confirmed.
+
+A whole sale is never held: ``by_user`` reads the ledger ordered by user and reservation, a page
+at a time, merges in the undrained stream's events, and hands on whole users' reservations a
+page at a time; ``Tally`` sums what the campaign and its products need across those pages.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from engine import keys
 from engine.events import Event
-from engine.ledger.sink import entry_key
+from engine.ledger.sink import Sink, entry_key
 
 B, U = keys.Buyers, keys.Users
 STATE_OF = {"reserved": "held", "confirmed": "confirmed", "cancelled": "cancelled", "expired": "expired"}
@@ -128,3 +132,93 @@ def totals(states: Iterable[ResState]) -> Totals:
             users[U.confirmed(r.user_id, r.product_id, r.storefront)] += r.units
     buyers = sum(1 for f in users if f.startswith(U.CONFIRMED) and f.count("|") == 1)
     return Totals(sold, held, orders, buyers, dict(p_sold), dict(p_held), dict(users), dict(signals))
+
+
+@dataclass(slots=True)
+class Tally:
+    """The campaign's and its products' totals, summed over pages of whole users."""
+
+    sold: int = 0
+    held: int = 0
+    orders: int = 0
+    buyers: int = 0
+    product_sold: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    product_held: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, t: Totals) -> None:
+        self.sold += t.sold
+        self.held += t.held
+        self.orders += t.orders
+        self.buyers += t.buyers
+        for p, n in t.product_sold.items():
+            self.product_sold[p] += n
+        for p, n in t.product_held.items():
+            self.product_held[p] += n
+
+
+Users = Callable[[list[ResState]], Awaitable[None]]  # takes a page of whole users' reservations
+
+
+def _order(e: Event) -> tuple[str, str, int, int]:
+    return (e.user_id, e.reservation_id, *entry_key(e.entry_id))
+
+
+class _ByUser:
+    """Events in (user, reservation, stream) order, from two sorted sources, each entry once:
+    each reservation replayed when its last event is in, whole users handed on ``page`` at a time."""
+
+    def __init__(self, stream: Iterable[Event], page: int, each: Users) -> None:
+        self.stream = iter(stream)
+        self.head = next(self.stream, None)  # the stream's next event
+        self.page, self.each = page, each
+        self.current: list[Event] = []  # the events of the reservation being read
+        self.users: list[ResState] = []  # whole users' reservations (and the current user's)
+        self.ledger_events = 0
+
+    async def ledger(self, events: list[Event]) -> None:
+        self.ledger_events += len(events)
+        for e in events:
+            order = _order(e)
+            while self.head is not None and _order(self.head) <= order:
+                await self._one(self.head)
+                self.head = next(self.stream, None)
+            await self._one(e)
+
+    async def finish(self) -> None:
+        while self.head is not None:
+            await self._one(self.head)
+            self.head = next(self.stream, None)
+        self._close()
+        if self.users:
+            await self.each(self.users)
+        self.users = []
+
+    async def _one(self, e: Event) -> None:
+        if self.current and self.current[-1].entry_id == e.entry_id and self.current[-1].reservation_id == \
+                e.reservation_id:
+            return  # the same entry, from the ledger and from the stream
+        if self.current and self.current[-1].reservation_id != e.reservation_id:
+            user = self.current[-1].user_id
+            self._close()
+            if e.user_id != user and len(self.users) >= self.page:
+                await self.each(self.users)
+                self.users = []
+        self.current.append(e)
+
+    def _close(self) -> None:
+        if self.current:
+            self.users += replay(self.current).values()
+            self.current = []
+
+
+async def by_user(sink: Sink, campaign_id: str, upto: str, stream: Iterable[Event], page: int,
+                  each: Users) -> int:
+    """Replay the ledger's history up to stream entry ``upto`` merged with ``stream`` (the
+    undrained entries, in (user, reservation, stream) order: ``engine.ledger.spool``), handing
+    ``each`` the reservations of whole users, by user then reservation id, at least ``page``
+    reservations at a time (the last may have fewer). Python holds one page of the ledger and one
+    page of users (and what ``stream`` holds). Returns the ledger events read."""
+    merged = _ByUser(stream, page, each)
+    await sink.history_by_user(campaign_id, upto, page, merged.ledger)
+    await merged.finish()
+    return merged.ledger_events

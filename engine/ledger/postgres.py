@@ -29,6 +29,7 @@ from engine.ledger.rows import (
     ORDER_COLUMNS,
     EventRow,
     event_of_row,
+    history_by_user_sql,
     order_of_row,
 )
 from engine.ledger.sink import (
@@ -36,7 +37,9 @@ from engine.ledger.sink import (
     LedgerSnapshot,
     LedgerUnavailable,
     OrderCheck,
+    Page,
     RowRejected,
+    entry_key,
     order_check_of,
     order_check_sql,
 )
@@ -257,6 +260,17 @@ class PostgresSink:
 
         result: dict[str, int] = await self._call("reading progress", get)
         return result
+
+    async def history_by_user(self, campaign_id: str, upto: str, page: int, each: Page) -> None:
+        ms, seq = entry_key(upto)
+
+        async def read(conn: asyncpg.Connection) -> None:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                cursor = await conn.cursor(history_by_user_sql("${}", ' COLLATE "C"'), campaign_id, ms, seq)
+                while rows := await cursor.fetch(page):
+                    await each([event_of_row(r) for r in rows])
+
+        await self._call("reading the ledger", read)
 
     async def last_entry(self, campaign_id: str) -> str | None:
         async def get(conn: asyncpg.Connection) -> str | None:

@@ -3,22 +3,34 @@
 1. Refuse the campaign: its admin flag becomes ``recovering`` (reserve answers RECOVERING, HTTP
    503). If Redis lost the campaign itself, its definition comes from the ledger's ``campaigns``
    table and is loaded already refused, in one MULTI, so no reserve slips in between.
-2. Plan: replay the ledger's history plus whatever the stream kept (and the reservation records
-   that survived): every confirmed order counts, every hold never confirmed is dropped and its
-   units return. The plan is the new counters, users, buyers hash (the units each capped buyer
-   signal has confirmed, from the ``reserved`` events' ``bi``/``bd``/``bn``) and changed
-   reservation records (which keep the buyer signals the caps counted).
-3. Stage the plan as complete copies of the counters, users, buyers, records and idempotency hash
-   (``fs:{c:ID}:restore:*``), a page of fields per call; then ``restore.lua`` swaps them in, in
-   one short atomic step, if the campaign has not moved since it was read (its stream's last id
-   is unchanged; else plan again), and appends the dropped holds' events in bounded calls.
+2. Plan and stage, a page of whole users at a time: the ledger's history, read ordered by user
+   (``engine.ledger.history.by_user``), plus whatever the stream kept and the reservation records
+   that survived: every confirmed order counts, every hold never confirmed is dropped and its
+   units return. Each page's plan (its users' fields, changed records, which keep the buyer
+   signals the caps counted, missing idempotency fields, dropped holds) goes straight into
+   complete staged copies of the counters, users, records and idempotency hash
+   (``fs:{c:ID}:restore:*``, records and keys over copies of what Redis has) and a list of the
+   dropped holds, a page of fields per call: Python never holds the campaign. The buyers hash
+   (the units each capped buyer signal has confirmed, from the ``reserved`` events'
+   ``bi``/``bd``/``bn``) is summed over the pages in a scratch file (a signal spans users:
+   ``engine.ledger.spool.SignalUnits``) and staged from it at the end, a page at a time. A
+   record that survived for a reservation the history does not know counts as it says (found,
+   when the records outnumber the history's, by a second pass over a scratch file).
+3. ``restore.lua`` swaps the staged copies in, in one short atomic step, if the campaign has not
+   moved since it was read (its stream's last id is unchanged; else plan again), and appends the
+   dropped holds' events in bounded calls.
 4. Reconcile; when clean, the campaign serves again (its flag as it was before).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import sqlite3
+import tempfile
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -29,27 +41,27 @@ from engine.core import Engine, reads
 from engine.core.engine import load_args
 from engine.core.scripts import source
 from engine.errors import LedgerError
-from engine.ledger.history import ResState, idempotency, merge, replay, totals
+from engine.ledger.history import ResState, Tally, Totals, by_user, idempotency, totals
 from engine.ledger.reconcile import Reconciliation, reconcile
-from engine.ledger.redisview import PAGE, RedisView, read_view
-from engine.ledger.sink import LedgerSnapshot, Sink
+from engine.ledger.redisview import PAGE, RedisView, hash_pages, paged, per_call, read_view
+from engine.ledger.sink import Sink, entry_key
+from engine.ledger.spool import SignalUnits, StreamSpool
 from engine.ledger.streams import GROUP
 
 MAX_ATTEMPTS = 20  # plans made before giving up on a campaign that keeps moving
-STAGE_CALLS = 8  # HSETs of one page each per pipeline round trip while staging
-RESTORE_HOLDS = 500  # dropped holds whose events one restore.lua call appends (a call stays short)
+RESTORE_HOLDS = 100  # dropped holds whose events one restore.lua call appends (a call stays well under 20 ms)
 STALE = 1  # restore.lua: the campaign moved since the plan was read
 
 
 @dataclass(frozen=True, slots=True)
-class Plan:
-    counters: dict[str, Any]
-    users: dict[str, int]
-    buyers: dict[str, int]  # the buyers hash: i|ID, d|DEVICE, n|NETWORK -> units confirmed
+class PagePlan:
+    """The plan for a page of whole users."""
+
+    users: dict[str, int]  # their fields of the users hash
     records: dict[str, bytes]  # reservation id -> packed record to write
     idempotency: dict[str, str]  # ``<storefront>|<key>`` -> reservation id, fields Redis lacks
     dropped: tuple[ResState, ...]  # holds never confirmed
-    orders: int
+    totals: Totals
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +76,10 @@ class Recovery:
 
 
 def stage_keys(campaign_id: str) -> list[str]:
-    """``flashsale recover``'s scratch keys of a campaign (consumed by each run; archive removes leftovers)."""
-    return keys.CampaignKeys(campaign_id).staged()
+    """``flashsale recover``'s scratch keys of a campaign (consumed by each run; archive removes
+    leftovers): the five hashes restore.lua swaps in, then the list of dropped holds."""
+    k = keys.CampaignKeys(campaign_id)
+    return [*k.staged(), k.staged_dropped]
 
 
 def _record(r: ResState, state: str, capped: bool) -> bytes:
@@ -87,91 +101,193 @@ def _buyer_capped(c: Campaign) -> bool:
     return any(cap is not None for cap in (c.identity_cap_units, c.device_cap_units, c.network_cap_units))
 
 
-def plan(campaign: Campaign, view: RedisView, ledger: LedgerSnapshot) -> Plan:
-    """The campaign as the ledger, the surviving stream and the surviving records tell it.
+def plan_page(states: Sequence[ResState], had: dict[str, bytes], idempotency_known: set[str], *,
+              capped: bool = False) -> PagePlan:
+    """Whole users' reservations as the history tells them, given the records that survived in
+    Redis (``had``, by reservation id) and the idempotency fields Redis still has.
 
-    Every reservation the history or a surviving record knows gets a record (an unpaid hold's
-    says 'expired') and, if its Idempotency-Key is known, its idempotency hash field, so a
-    storefront retrying with the same key is answered with that reservation, never a new one.
-    Keys come from the ``reserved`` events and the surviving records; events stored before the
-    ``reserved`` event carried the key (ledger schema version 1) have none, and a reservation
-    known only from those cannot have its field rebuilt: a retry with its key would reserve anew.
+    Every reservation the history knows gets a record (an unpaid hold's says 'expired') and, if
+    its Idempotency-Key is known, its idempotency hash field, so a storefront retrying with the
+    same key is answered with that reservation, never a new one. Keys come from the ``reserved``
+    events and the surviving records; events stored before the ``reserved`` event carried the key
+    (ledger schema version 1) have none, and a reservation known only from those cannot have its
+    field rebuilt: a retry with its key would reserve anew. A confirm is final, wherever it survived.
+    Under buyer caps (``capped``) the records keep the buyer signals.
     """
-    states = replay(merge(ledger.events, view.events))
-    had: dict[str, ResState] = {}
-    for rid, packed in view.records.items():
-        rec = had[rid] = _from_record(rid, packed)
-        known = states.get(rid)
-        if known is None or (rec.state == "confirmed" and known.state != "confirmed"):
-            states[rid] = r = _from_record(rid, packed)  # a confirm is final, wherever it survived
-            if known is not None and not r.idempotency_key:
-                r.storefront, r.idempotency_key = known.storefront, known.idempotency_key
-        elif rec.idempotency_key and not known.idempotency_key:
+    final: list[ResState] = []
+    for known in states:
+        rid = known.reservation_id
+        packed = had.get(rid)
+        if packed is None:
+            final.append(known)
+            continue
+        rec = _from_record(rid, packed)
+        if rec.state == "confirmed" and known.state != "confirmed":
+            if not rec.idempotency_key:
+                rec.storefront, rec.idempotency_key = known.storefront, known.idempotency_key
+            final.append(rec)
+            continue
+        if rec.idempotency_key and not known.idempotency_key:
             known.storefront, known.idempotency_key = rec.storefront, rec.idempotency_key
+        final.append(known)
     records: dict[str, bytes] = {}
     dropped: list[ResState] = []
-    capped = _buyer_capped(campaign)
-    for rid, r in states.items():
-        before = had.get(rid)
+    for r in final:
+        packed = had.get(r.reservation_id)
+        before = None if packed is None else _from_record(r.reservation_id, packed)
         if r.state == "held":
             dropped.append(r)
             r.state = "expired"
-            records[rid] = _record(r, "expired", capped)
+            records[r.reservation_id] = _record(r, "expired", capped)
         elif before is None or before.state != r.state or (r.idempotency_key and not before.idempotency_key):
-            records[rid] = _record(r, r.state, capped)
-    idem = {f: rid for f, rid in idempotency(states.values()).items() if f not in view.idempotency}
-    want = totals(states.values())
+            records[r.reservation_id] = _record(r, r.state, capped)
+    idem = {f: rid for f, rid in idempotency(final).items() if f not in idempotency_known}
+    want = totals(final)
+    return PagePlan(want.users, records, idem, tuple(dropped), want)
+
+
+def counters_of(campaign: Campaign, counters: dict[str, int], want: Tally) -> dict[str, int]:
+    """The counters hash: the history's totals, every other field (rejections) as Redis has it."""
     C = keys.Counters
-    counters: dict[str, Any] = {f: v for f, v in view.counters.items()
-                                if not f.startswith((C.PRODUCT_SOLD, C.PRODUCT_HELD))}
-    pids = {p.id for p in campaign.products} | set(want.product_sold)
-    counters.update({C.SOLD: want.sold, C.HELD: 0, C.ORDERS: want.orders, C.BUYERS: want.buyers})
-    for p in pids:
-        counters[C.sold(p)] = want.product_sold.get(p, 0)
-        counters[C.held(p)] = 0
-    return Plan(counters, want.users, want.buyer_units, records, idem, tuple(dropped), want.orders)
+    out = {f: v for f, v in counters.items() if not f.startswith((C.PRODUCT_SOLD, C.PRODUCT_HELD))}
+    out.update({C.SOLD: want.sold, C.HELD: 0, C.ORDERS: want.orders, C.BUYERS: want.buyers})
+    for p in {p.id for p in campaign.products} | set(want.product_sold):
+        out[C.sold(p)] = want.product_sold.get(p, 0)
+        out[C.held(p)] = 0
+    return out
 
 
-async def _stage(redis: aioredis.Redis, campaign_id: str, view: RedisView, p: Plan, page: int) -> None:
-    """The plan as complete staged copies (records and idempotency fields over what Redis has),
-    written ``page`` fields per HSET and a few HSETs per round trip, so no call is long."""
-    stage = stage_keys(campaign_id)
-    for key in stage:
-        await redis.unlink(key)
-    mappings: list[dict[str, Any]] = [p.counters, p.users, {**view.records, **p.records},
-                                      {**view.idempotency, **p.idempotency}, p.buyers]
-    for key, mapping in zip(stage, mappings, strict=True):
-        items = list(mapping.items())
-        for lo in range(0, len(items), page * STAGE_CALLS):
-            async with redis.pipeline(transaction=False) as pipe:
-                for i in range(lo, min(lo + page * STAGE_CALLS, len(items)), page):
-                    pipe.hset(key, mapping=dict(items[i : i + page]))
-                await pipe.execute()
+@dataclass(slots=True)
+class _Staged:
+    signals: SignalUnits  # units per buyer signal, summed over the pages
+    capped: bool  # the campaign has buyer caps: records keep the signals
+    tally: Tally = field(default_factory=Tally)
+    dropped: int = 0
+    idempotency: int = 0  # idempotency fields rebuilt
+    records: int = 0  # reservations of the history whose record survived
 
 
-async def _apply(redis: aioredis.Redis, campaign_id: str, view: RedisView, p: Plan, ledger_last: str,
-                 persisted: int, page: int) -> bool:
-    """Stage the plan, then put it in place with restore.lua: one swap, then the dropped holds'
-    events at most ``RESTORE_HOLDS`` per call. False if the campaign moved since it was read."""
+async def _copy(redis: aioredis.Redis, source_key: str, target: str, page: int) -> None:
+    """A hash copied ``per_call(page)`` fields per HSCAN and per HSET."""
+    async for chunk in hash_pages(redis, source_key, page):
+        if chunk:
+            await redis.hset(target, mapping=chunk)  # type: ignore[misc]
+
+
+async def _stage(redis: aioredis.Redis, sink: Sink, campaign: Campaign, view: RedisView, stream: StreamSpool,
+                 upto: str, page: int) -> _Staged:
+    """The plan as complete staged copies, built a page of whole users at a time: records and
+    idempotency fields over copies of what Redis has, the users hash and counters from the
+    history, the buyers hash from the signals' totals, the dropped holds in a list;
+    ``per_call(page)`` fields per call, a page's calls per round trip. Records that survived for
+    reservations the history does not know are added before the signals' totals are staged."""
+    cid = campaign.id
+    k = keys.CampaignKeys(cid)
+    await redis.unlink(*stage_keys(cid))
+    counters, _, records, idem, buyers, _ = stage_keys(cid)
+    await _copy(redis, k.reservations, records, page)
+    await _copy(redis, k.idempotency, idem, page)
+    with SignalUnits() as signals:
+        out = _Staged(signals, _buyer_capped(campaign))
+
+        async def each(states: list[ResState]) -> None:
+            rids = [r.reservation_id for r in states]
+            had = {rid: v for rid, v in zip(rids, await paged(redis, partial(reads.records, cid), rids, page),
+                                            strict=True) if v is not None}
+            out.records += len(had)
+            await _write(redis, cid, states, had, out, page, whole_users=True)
+
+        await by_user(sink, cid, upto, stream.events(page), page, each)
+        if await cast("Awaitable[int]", redis.hlen(k.reservations)) != out.records:
+            await _records_only(redis, sink, cid, upto, stream, out, page)
+        for chunk in signals.totals(per_call(page)):
+            await redis.hset(buyers, mapping=chunk)  # type: ignore[misc]
+    await redis.hset(counters, mapping=counters_of(campaign, view.counters, out.tally))  # type: ignore[misc]
+    return out
+
+
+async def _write(redis: aioredis.Redis, campaign_id: str, states: list[ResState], had: dict[str, bytes],
+                 out: _Staged, page: int, *, whole_users: bool) -> None:
+    """Plan a page and write it to the staged keys in one round trip. ``whole_users``: the page
+    holds its users' every reservation, so their fields are set; else added to."""
+    _, users, records, idem, _, drops = stage_keys(campaign_id)
+    fields = list(idempotency(states))
+    targets = await paged(redis, partial(reads.idempotency_targets, campaign_id), fields, page)
+    known = {f for f, v in zip(fields, targets, strict=True) if v is not None}
+    p = plan_page(states, had, known, capped=out.capped)
+    out.tally.add(p.totals)
+    out.signals.add(p.totals.buyer_units)
+    out.dropped += len(p.dropped)
+    n = per_call(page)
+    async with redis.pipeline(transaction=False) as pipe:
+        if whole_users:
+            items = list(p.users.items())
+            for lo in range(0, len(items), n):
+                pipe.hset(users, mapping=dict(items[lo : lo + n]))
+        else:
+            for f, units in p.users.items():
+                pipe.hincrby(users, f, units)
+        changed = list(p.records.items())
+        for lo in range(0, len(changed), n):
+            pipe.hset(records, mapping=dict(changed[lo : lo + n]))
+        gone = [f"{r.reservation_id}|{r.product_id}|{r.user_id}|{r.units}|{r.amount}" for r in p.dropped]
+        for lo in range(0, len(gone), n):
+            pipe.rpush(drops, *gone[lo : lo + n])
+        before = len(pipe)
+        for f, rid in p.idempotency.items():  # the first reservation a key made keeps it
+            pipe.hsetnx(idem, f, rid)
+        done = await pipe.execute()
+    out.idempotency += sum(int(x) for x in done[before:])
+
+
+async def _records_only(redis: aioredis.Redis, sink: Sink, campaign_id: str, upto: str, stream: StreamSpool,
+                        out: _Staged, page: int) -> None:
+    """Records that survived in Redis for reservations neither the ledger nor the stream knows:
+    set aside in a scratch SQLite file, struck off as a second pass over the history meets them;
+    what is left counts as its record says (a hold among them is dropped), a page at a time."""
+    with tempfile.TemporaryDirectory(prefix="flashsale-recover-") as tmp:
+        db = sqlite3.connect(Path(tmp) / "records.db")
+        try:
+            db.execute("CREATE TABLE r (rid TEXT PRIMARY KEY, packed BLOB NOT NULL) WITHOUT ROWID")
+            async for chunk in hash_pages(redis, keys.CampaignKeys(campaign_id).reservations, page):
+                db.executemany("INSERT OR REPLACE INTO r VALUES (?, ?)", [(r.decode(), v) for r, v in chunk.items()])
+
+            async def strike(states: list[ResState]) -> None:
+                db.executemany("DELETE FROM r WHERE rid = ?", [(r.reservation_id,) for r in states])
+
+            await by_user(sink, campaign_id, upto, stream.events(page), page, strike)
+            cur = db.execute("SELECT rid, packed FROM r ORDER BY rid")
+            while rows := cur.fetchmany(page):
+                had = {rid: bytes(packed) for rid, packed in rows}
+                states = [_from_record(rid, packed) for rid, packed in had.items()]
+                await _write(redis, campaign_id, states, had, out, page, whole_users=False)
+        finally:
+            db.close()
+
+
+async def _apply(redis: aioredis.Redis, campaign_id: str, view: RedisView, ledger_last: str, persisted: int) -> bool:
+    """Put the staged plan in place with restore.lua: one swap, then the dropped holds' events
+    at most ``RESTORE_HOLDS`` per call. False if the campaign moved since it was read."""
     k = keys.CampaignKeys(campaign_id)
-    await _stage(redis, campaign_id, view, p, page)
+    *staged, drops = stage_keys(campaign_id)
     script = redis.register_script(source("restore"))
     expected = view.last_id
-    for step, lo in enumerate(range(0, max(len(p.dropped), 1), RESTORE_HOLDS)):
-        chunk = p.dropped[lo : lo + RESTORE_HOLDS]
+    held = await cast("Awaitable[int]", redis.llen(drops))
+    for step, lo in enumerate(range(0, max(held, 1), RESTORE_HOLDS)):
+        chunk = await cast("Awaitable[list[bytes]]", redis.lrange(drops, lo, lo + RESTORE_HOLDS - 1)) if held else []
         args: list[Any] = [expected, ledger_last, persisted, GROUP, 1 if step == 0 else 0, len(chunk)]
-        for r in chunk:
-            args += [r.reservation_id, r.product_id, r.user_id, r.units, r.amount]
+        for hold in chunk:
+            args += hold.decode().split("|")
         code, _n, now = await script(keys=[k.counters, k.users, k.reservations, k.holds, k.events, k.ledger,
-                                           k.idempotency, k.buyers, *stage_keys(campaign_id)], args=args)
+                                           k.idempotency, k.buyers, *staged], args=args)
         if int(code) == STALE:
             if step == 0:
-                for key in stage_keys(campaign_id):
-                    await redis.unlink(key)
+                await redis.unlink(*stage_keys(campaign_id))
                 return False
             raise LedgerError(f"campaign {campaign_id!r} moved while recover appended the dropped holds' events "
                               "(is another recover running?); it stays refused: run recover again")
         expected = now.decode() if isinstance(now, bytes) else str(now)
+    await redis.unlink(drops)
     return True
 
 
@@ -208,17 +324,20 @@ async def refuse(engine: Engine, sink: Sink, campaign_id: str) -> tuple[Campaign
 
 async def recover(engine: Engine, sink: Sink, campaign_id: str, *, page: int = PAGE) -> Recovery:
     """Rebuild a campaign from the ledger; it serves again only if reconcile finds no difference.
-    ``page``: hash fields or stream entries per Redis call."""
+    ``page``: hash fields, stream entries or ledger rows per call, and users per step of the plan."""
     redis = engine.redis
     campaign, reloaded = await refuse(engine, sink, campaign_id)
     attempts = 0
     while True:
         attempts += 1
-        view = await read_view(redis, campaign_id, records=True, idempotency=True, page=page)
-        ledger = await sink.snapshot(campaign_id, orders=False)
-        p = plan(campaign, view, ledger)
-        last = ledger.events[-1].entry_id if ledger.events else "0-0"
-        if await _apply(redis, campaign_id, view, p, last, ledger.order_rows, page):
+        view = await read_view(redis, campaign_id, users=False, stream=False, page=page)
+        ledger_last = await sink.last_entry(campaign_id) or "0-0"
+        persisted = (await sink.progress()).get(campaign_id, 0)
+        with StreamSpool() as stream:
+            await stream.fill(redis, campaign_id, view.last_id, page)
+            staged = await _stage(redis, sink, campaign, view, stream, max(view.last_id, ledger_last, key=entry_key),
+                                  page)
+        if await _apply(redis, campaign_id, view, ledger_last, persisted):
             break
         if attempts >= MAX_ATTEMPTS:
             raise LedgerError(f"campaign {campaign_id!r} kept changing during recovery ({attempts} plans); "
@@ -226,4 +345,4 @@ async def recover(engine: Engine, sink: Sink, campaign_id: str, *, page: int = P
     report = await reconcile(redis, sink, campaign_id, page=page)
     if report.clean:
         await engine.set_recovering(campaign_id, False)
-    return Recovery(campaign_id, reloaded, p.orders, len(p.dropped), attempts, report, len(p.idempotency))
+    return Recovery(campaign_id, reloaded, staged.tally.orders, staged.dropped, attempts, report, staged.idempotency)

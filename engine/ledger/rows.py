@@ -21,6 +21,17 @@ EventRow = tuple[str, int, int, str, str, str, str, int, int, int, str | None, i
                  str | None, str | None, str | None]
 
 
+def history_by_user_sql(p: str, c: str = "") -> str:
+    """The query of ``Sink.history_by_user`` (``p``: the placeholder, formatted with its 1-based position: each
+    position's value is passed where it appears, twice for the second with ``?``; ``c``: a
+    collation clause making ORDER BY compare code points, as Python does): the campaign's events up
+    to a stream entry id, ordered by user, reservation, then stream order. No index serves this
+    order: the database sorts once (on disk if it must) and the caller reads the result in pages."""
+    return (f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE campaign_id = {p.format(1)} "
+            f"AND (entry_ms < {p.format(2)} OR (entry_ms = {p.format(2)} AND entry_seq <= {p.format(3)})) "
+            f"ORDER BY user_id{c}, reservation_id{c}, entry_ms, entry_seq")
+
+
 def event_row(e: Event) -> EventRow:
     ms, seq = entry_key(e.entry_id)
     return (e.campaign_id, ms, seq, e.type, e.reservation_id, e.product_id, e.user_id, e.units,

@@ -13,7 +13,7 @@ campaign's ``persisted_orders`` as committed. Errors say whether retrying can he
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -110,6 +110,9 @@ def order_check_of(confirmed: Sequence[Sequence[Any]], extra: Sequence[Sequence[
     return OrderCheck(missing, others, differing, order_rows, persisted)
 
 
+Page = Callable[[list[Event]], Awaitable[None]]  # takes one page of ``Sink.history_by_user``
+
+
 def entry_key(entry_id: str) -> tuple[int, int]:
     """``"1700000000000-3"`` -> ``(1700000000000, 3)``: stream order is this tuple's order."""
     ms, _, seq = entry_id.partition("-")
@@ -161,6 +164,13 @@ class Sink(Protocol):
     async def order_check(self, campaign_id: str) -> OrderCheck:
         """``orders`` against the confirmed events, compared by the database in one read
         transaction: only the disagreeing rows reach Python."""
+        ...
+
+    async def history_by_user(self, campaign_id: str, upto: str, page: int, each: Page) -> None:
+        """The campaign's events up to stream entry ``upto`` (inclusive), ordered by user,
+        reservation, then stream order (user and reservation ids compared by code point), handed
+        to ``each`` ``page`` events at a time (awaited before the next page is read): one read of
+        one snapshot, of which Python holds one page."""
         ...
 
     async def last_entry(self, campaign_id: str) -> str | None:

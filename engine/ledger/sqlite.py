@@ -25,6 +25,7 @@ from engine.ledger.rows import (
     EventRow,
     by_campaign,
     event_of_row,
+    history_by_user_sql,
     order_of_row,
     order_rows,
 )
@@ -33,7 +34,9 @@ from engine.ledger.sink import (
     LedgerSnapshot,
     LedgerUnavailable,
     OrderCheck,
+    Page,
     RowRejected,
+    entry_key,
     order_check_of,
     order_check_sql,
 )
@@ -151,6 +154,16 @@ class SqliteSink:
 
     async def order_check(self, campaign_id: str) -> OrderCheck:
         return await self._run(lambda c: _order_check(c, campaign_id))
+
+    async def history_by_user(self, campaign_id: str, upto: str, page: int, each: Page) -> None:
+        # a statement being stepped reads one snapshot (autocommit: no transaction to keep open)
+        ms, seq = entry_key(upto)
+        cur = await self._run(lambda c: c.execute(history_by_user_sql("?"), (campaign_id, ms, ms, seq)))
+        try:
+            while rows := await self._run(lambda c: cur.fetchmany(page)):
+                await each([event_of_row(r) for r in rows])
+        finally:
+            await self._run(lambda c: cur.close())
 
     async def last_entry(self, campaign_id: str) -> str | None:
         def get(c: sqlite3.Connection) -> str | None:

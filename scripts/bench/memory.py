@@ -2,8 +2,9 @@
 
     python -m scripts.bench.memory [--reservations N] [--no-write]
 
-On a private redis-server (no AOF), one campaign (three products, a per-user cap, the default
-rate limit, so every store a real sale writes is written), through the Engine's batched calls:
+On a private redis-server (no AOF), one campaign (three products, a per-user cap, buyer caps on
+identity, device and network, the default rate limit, so every store a real sale writes is
+written), through the Engine's batched calls, through one storefront (per-storefront fields):
 
 1. N buyers each reserve one unit and confirm it: ``used_memory`` grows by what N buyers and N
    reservations cost;
@@ -28,6 +29,7 @@ from typing import Any
 import redis
 
 from engine import keys
+from engine.admission.buyer import Buyer
 from engine.campaign import parse
 from engine.core import Engine, ReserveRequest
 from engine.core.prune import RateLimitPruner
@@ -46,18 +48,22 @@ def definition() -> dict[str, Any]:
         "id": CAMPAIGN, "title": "娱乐宝 memory", "currency": "CNY", "unit_price": 10000,
         "opens_at": "2000-01-01T00:00:00Z", "closes_at": "2100-01-01T00:00:00Z",
         "hold_seconds": 900, "total_units": 10**9, "user_cap_units": 10,
+        "identity_cap_units": 10, "device_cap_units": 10, "network_cap_units": 10**6,
         "products": [{"id": f"film-{i}", "title": f"film {i}", "total_units": 10**8, "user_cap_units": 10}
                      for i in range(3)],
     }
 
 
 async def buy(engine: Engine, n: int, round_: int) -> None:
-    """n buyers (u0…), each one unit of film-(i % 3), reserved and confirmed."""
+    """n buyers (u0…), each one unit of film-(i % 3), reserved and confirmed; buyer i has its own
+    identity and device, 256 buyers share a /24 network."""
 
     async def one(i: int) -> None:
+        buyer = Buyer(identity=f"person-{i:07d}", device=f"device-{i:07d}",
+                      ip=f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}")
         out = await engine.reserve(CAMPAIGN, ReserveRequest(f"user-{i:07d}", f"film-{i % 3}", 1,
-                                                            f"idem-{round_}-{i:07d}", "shop-a"))
-        await engine.confirm(CAMPAIGN, out.reservation.reservation_id, f"pay-{round_}-{i:07d}")
+                                                            f"idem-{round_}-{i:07d}", "shop-a", buyer))
+        await engine.confirm(CAMPAIGN, out.reservation.reservation_id, f"pay-{round_}-{i:07d}", storefront="shop-a")
 
     for s in range(0, n, CHUNK):
         await asyncio.gather(*(one(i) for i in range(s, min(n, s + CHUNK))))
@@ -127,7 +133,8 @@ the same buyers again (same product, so no new per-user field).
 | per reservation: record, idempotency key, its two stream entries (round 2 / N) | {per_res:,.0f} |
 | per reservation, stream drained by the writer | {per_res_drained:,.0f} |
 | of which the two stream entries (the writer trims them once acknowledged) | {s2 / n:,.0f} |
-| per buyer: per-user totals and caps fields, rate limiter field ((round 1 − round 2) / N) | {per_buyer:,.0f} |
+| per buyer: users fields (campaign, product, storefront), buyer caps (identity, device, \
+1/256 network), rate limiter ((round 1 − round 2) / N) | {per_buyer:,.0f} |
 | per buyer, freed by pruning the rate limiter once replenished ({m['pruned']:,} fields) | {rl_freed:,.0f} |
 
 Yulebao-sized sale, {YULEBAO_UNITS:,} units to {YULEBAO_BUYERS:,} buyers, one unit per reservation (the most

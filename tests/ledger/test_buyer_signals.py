@@ -143,3 +143,42 @@ async def test_buyer_caps_hold_exactly_after_redis_is_flushed_and_recovered(
             ("device d2: units taken (held + confirmed)", 3, 2)]
     finally:
         await sink.close()
+
+
+async def test_signals_shared_across_pages_of_users_add_up(engine: Engine, aredis: aioredis.Redis, redis_url: str,
+                                                          db_url: str) -> None:
+    """Reconcile and recover read the history a page of users at a time, but one signal spans users
+    (one person's accounts, one network's people): in pages of 2 reservations, recover still stages
+    each signal's whole total, and reconcile compares the totals, not a page's share."""
+    cid = "ledger-buyers-paged"
+    c = dataclasses.replace(campaign(cid), identity_cap_units=40, device_cap_units=40, network_cap_units=100)
+    await engine.load_campaign(c)
+    k = keys.CampaignKeys(cid)
+    pid = c.products[0].id
+    confirmed: dict[str, int] = {}
+    for i in range(24):
+        buyer = Buyer(identity=f"P{i % 3}", device=f"d{i % 4}", ip=f"203.0.113.{i}")
+        out = await engine.reserve(cid, ReserveRequest(f"u{i:02d}", pid, 1 + i % 2, f"k{i}", "shop", buyer))
+        rid = out.reservation.reservation_id
+        if i % 3 != 2:
+            await engine.confirm(cid, rid, f"pay-{i}", storefront="shop")
+            for f in (f"i|P{i % 3}", f"d|d{i % 4}", "n|203.0.113.0/24"):
+                confirmed[f] = confirmed.get(f, 0) + 1 + i % 2
+        if i == 11:
+            await drain(redis_url, db_url)  # half in the ledger, half in the stream only
+    sink = sink_for(db_url)
+    await sink.open()
+    try:
+        assert (await reconcile(aredis, sink, cid, page=2)).clean
+        await aredis.unlink(k.buyers, k.users, k.counters)
+        result = await recover(engine, sink, cid, page=2)
+        assert result.reconciliation.clean and result.dropped_holds == 8
+        assert {f: v for f, v in (await buyers(aredis, k)).items() if v} == confirmed
+        await aredis.hincrby(k.buyers, "i|P1", 1)
+        await aredis.hset(k.buyers, "d|nobody", 2)
+        report = await reconcile(aredis, sink, cid, page=2)
+        assert [(d.what, d.redis, d.ledger) for d in report.differences] == [
+            ("device nobody: units taken (held + confirmed)", 2, 0),
+            ("identity P1: units taken (held + confirmed)", confirmed["i|P1"] + 1, confirmed["i|P1"])]
+    finally:
+        await sink.close()

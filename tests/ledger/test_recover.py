@@ -14,10 +14,10 @@ from engine.core import Engine, ReserveRequest
 from engine.errors import FlashsaleError, IdempotencyKeyReused, InvalidState, StorageUnavailable
 from engine.events import Event
 from engine.ledger import sink_for
+from engine.ledger.history import replay
 from engine.ledger.reconcile import reconcile
-from engine.ledger.recover import plan, recover, refuse
-from engine.ledger.redisview import RedisView
-from engine.ledger.sink import LedgerSnapshot, entry_key
+from engine.ledger.recover import plan_page, recover, refuse
+from engine.ledger.sink import entry_key
 from tests.ledger.sale import Sale, campaign, drain, flashsale, ledger, sell
 from tests.support.processes import base_env
 
@@ -223,9 +223,7 @@ def test_plan_takes_keys_from_the_history_and_from_surviving_records() -> None:
                _event("3-0", "reserved", "r-rec"), _event("4-0", "confirmed", "r-rec"),
                _event("5-0", "reserved", "r-kept", "k-kept"))
     record = msgpack.packb(["confirmed", "p0", "u1", 1, 10000, 901000, 1000, "shop-a", "k-rec", "pay", 1001])
-    view = RedisView(CID, None, None, {}, {}, (), (), "0-0", records={"r-rec": record},
-                     idempotency={"shop-a|k-kept": "r-kept"})
-    p = plan(campaign(CID, total=TOTAL), view, LedgerSnapshot(history, (), 0))
+    p = plan_page(list(replay(history).values()), {"r-rec": record}, {"shop-a|k-kept"})
     assert p.idempotency == {"shop-a|k-new": "r-new", "shop-a|k-rec": "r-rec"}  # k-kept: Redis has it already
     assert set(p.records) == {"r-new", "r-v1", "r-kept"}  # r-rec survived as it is
     assert msgpack.unpackb(p.records["r-new"])[0::8] == ["expired", "k-new"]  # a dropped hold keeps its key
