@@ -224,3 +224,41 @@ def test_a_server_without_keys_refuses_a_queue_mode_definition() -> None:
     finally:
         s.stop()
         redis.stop()
+
+
+def test_no_endpoint_reveals_another_tickets_state_or_the_next_in_line(server: ApiServer,
+                                                                       client: httpx.Client) -> None:
+    """Another storefront's ticket reads exactly as an unknown one; a poll answers about its own
+    ticket only; the campaign, its stats and the refusals carry no ticket id and no user id; there
+    is no route that lists tickets."""
+    cid = put(client, opens_in_ms=-60_000, admit_per_second=2, identity_cap_units=10)
+    queue = f"/v1/campaigns/{cid}/queue"
+    tickets = {}
+    for i in range(12):
+        r = client.post(queue, json={"user_id": f"u{i}", "buyer": {"identity": f"id-{i}"}}, headers=SHOP_A)
+        assert r.status_code == 201, r.text
+        tickets[f"u{i}"] = r.json()["ticket"]
+    unknown = "t" + "0" * 32
+    for user, t in tickets.items():
+        mine = client.get(f"{queue}/{t}", headers=SHOP_A).json()
+        assert mine["ticket"] == t
+        text = orjson.dumps(mine).decode()
+        assert not any(o in text for o in tickets.values() if o != t), (user, mine)  # no other ticket
+        assert not any(f'"{o}"' in text for o in tickets if o != user), (user, mine)  # nor user
+        theirs, none = client.get(f"{queue}/{t}", headers=SHOP_B), client.get(f"{queue}/{unknown}", headers=SHOP_B)
+        assert theirs.status_code == none.status_code == 404
+        assert theirs.text.replace(t, unknown) == none.text  # indistinguishable from an unknown ticket
+    refusals = [client.post(queue, json={"user_id": "u1", "buyer": {"identity": "id-1"}}, headers=SHOP_B),
+                client.post(queue, json={"user_id": "v1", "buyer": {"identity": "id-1"}}, headers=SHOP_B)]
+    public = [*refusals, client.get(f"/v1/campaigns/{cid}", headers=SHOP_A),
+              client.get(f"/v1/campaigns/{cid}/stats", headers=SHOP_A),
+              client.get(f"/v1/campaigns/{cid}/stats", headers=SHOP_B)]
+    assert [r.status_code for r in public] == [409, 409, 200, 200, 200]
+    for r in public:
+        assert not any(t in r.text for t in tickets.values()), r.text
+        assert not any(f'"{u}"' in r.text for u in tickets), r.text
+    assert client.get(queue, headers=SHOP_A).status_code == 405  # no listing of the line
+    spec = client.get("/openapi.json").json()
+    assert [p for p in spec["paths"] if "/queue" in p] == ["/v1/campaigns/{cid}/queue",
+                                                           "/v1/campaigns/{cid}/queue/{ticket}"]
+    assert set(spec["paths"]["/v1/campaigns/{cid}/queue/{ticket}"]) == {"get"}
