@@ -65,7 +65,6 @@ def connect_any(url: str, timeout_s: float) -> Client:
     return RedisCluster.from_url(
         url,
         require_full_coverage=True,
-        read_from_replicas=False,
         max_connections=POOL_SIZE,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,

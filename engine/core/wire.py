@@ -118,7 +118,9 @@ class Wire:
     @classmethod
     def for_client(cls, client: aioredis.Redis, timeout_s: float) -> Wire | None:
         """A wire to the same server as ``client``, or None when it is not a plain one."""
-        pool = client.connection_pool
+        pool = getattr(client, "connection_pool", None)  # a RedisCluster has none: redis-py routes
+        if pool is None:
+            return None
         kw = pool.connection_kwargs
         db, user, password = int(kw.get("db") or 0), kw.get("username"), kw.get("password")
         if pool.connection_class is Connection:

@@ -25,11 +25,10 @@ from typing import Any, cast
 
 import click
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from engine import keys
-from engine.core.redis_client import connect
+from engine.core.redis_client import Client, connect_any
 from engine.errors import LedgerError
 from engine.ledger.factory import sink_for
 from engine.ledger.reconcile import reconcile
@@ -59,7 +58,7 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-async def _stream_state(redis: aioredis.Redis, stream: str) -> tuple[int, int]:
+async def _stream_state(redis: Client, stream: str) -> tuple[int, int]:
     """(entries pending, entries never delivered) of the writers' group on the stream."""
     try:
         info = await redis.xinfo_stream(stream)
@@ -74,7 +73,7 @@ async def _stream_state(redis: aioredis.Redis, stream: str) -> tuple[int, int]:
     return int(group["pending"]), int(info["length"]) if delivered < last else 0
 
 
-async def judge(redis: aioredis.Redis, sink: Sink, campaign_id: str) -> tuple[int, dict[str, int]]:
+async def judge(redis: Client, sink: Sink, campaign_id: str) -> tuple[int, dict[str, int]]:
     """Raise ArchiveRefused unless the campaign may be archived; (Redis TIME ms, its counters)."""
     k = keys.CampaignKeys(campaign_id)
     async with redis.pipeline(transaction=False) as p:
@@ -111,7 +110,7 @@ async def judge(redis: aioredis.Redis, sink: Sink, campaign_id: str) -> tuple[in
     return now, counters
 
 
-async def archive(redis: aioredis.Redis, sink: Sink, campaign_id: str) -> Archived:
+async def archive(redis: Client, sink: Sink, campaign_id: str) -> Archived:
     """Archive a closed, fully persisted campaign (see the module docstring), or ArchiveRefused."""
     now, counters = await judge(redis, sink, campaign_id)
     done = Archived(campaign_id, now, counters.get("orders", 0), counters.get("sold", 0), 0)
@@ -135,7 +134,7 @@ def archive_command(campaign_id: str, settings: Settings) -> None:
         raise click.BadParameter(str(exc), param_hint="--database-url") from None
 
     async def go() -> Archived:
-        client = connect(settings.redis_url, TOOL_TIMEOUT_S)
+        client = connect_any(settings.redis_url, TOOL_TIMEOUT_S)
         try:
             await sink.open()
             return await archive(client, sink, campaign_id)

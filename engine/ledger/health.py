@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import orjson
-import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from engine import keys
-from engine.core.scripts import source
-from engine.ledger.streams import GROUP
+from engine.core.redis_client import Client
+from engine.ledger.streams import GROUP, registered
 
 WRITERS = f"{keys.PREFIX}:writers"  # set of writer names
 LIVENESS_PREFIX = f"{keys.PREFIX}:writer:"  # + name: a live writer's JSON figures, with a TTL
@@ -33,7 +32,7 @@ def liveness_key(consumer: str) -> str:
     return LIVENESS_PREFIX + consumer
 
 
-async def announce(redis: aioredis.Redis, consumer: str, figures: dict[str, Any], *, ttl_ms: int) -> None:
+async def announce(redis: Client, consumer: str, figures: dict[str, Any], *, ttl_ms: int) -> None:
     """A writer says it is alive, with its latest figures (gone ``ttl_ms`` after it stops saying so)."""
     async with redis.pipeline(transaction=False) as p:
         p.set(liveness_key(consumer), orjson.dumps(figures), px=ttl_ms)
@@ -41,7 +40,7 @@ async def announce(redis: aioredis.Redis, consumer: str, figures: dict[str, Any]
         await p.execute()
 
 
-async def farewell(redis: aioredis.Redis, consumer: str) -> None:
+async def farewell(redis: Client, consumer: str) -> None:
     """A writer that stops cleanly leaves the list."""
     async with redis.pipeline(transaction=False) as p:
         p.delete(liveness_key(consumer))
@@ -49,9 +48,9 @@ async def farewell(redis: aioredis.Redis, consumer: str) -> None:
         await p.execute()
 
 
-def progress_script(client: aioredis.Redis) -> AsyncScript:
+def progress_script(client: Client) -> AsyncScript:
     """``ledger_progress.lua``: publish persisted_orders, never backwards."""
-    return client.register_script(source("ledger_progress"))
+    return registered(client, "ledger_progress")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +101,7 @@ def _int(v: Any) -> int:
     return int(v) if v is not None else 0
 
 
-async def campaign_ledger(redis: aioredis.Redis, campaign_id: str) -> CampaignLedger:
+async def campaign_ledger(redis: Client, campaign_id: str) -> CampaignLedger:
     """One campaign's ledger figures, in one round trip (no key scans)."""
     k = keys.CampaignKeys(campaign_id)
     async with redis.pipeline(transaction=False) as p:
@@ -124,16 +123,19 @@ async def campaign_ledger(redis: aioredis.Redis, campaign_id: str) -> CampaignLe
                           None if lag is None else int(lag), _int(ours["pending"]) if ours else 0, _int(dead))
 
 
-async def writers(redis: aioredis.Redis) -> tuple[WriterInfo, ...]:
+async def writers(redis: Client) -> tuple[WriterInfo, ...]:
     names = sorted(n.decode() for n in await cast("Awaitable[set[bytes]]", redis.smembers(WRITERS)))
     if not names:
         return ()
-    raw = await redis.mget([liveness_key(n) for n in names])
+    async with redis.pipeline(transaction=False) as p:  # one GET each: on a cluster, each key has its slot
+        for n in names:
+            p.get(liveness_key(n))
+        raw = await p.execute()
     return tuple(WriterInfo(n, r is not None, orjson.loads(r) if r is not None else {})
                  for n, r in zip(names, raw, strict=True))
 
 
-async def ledger_status(redis: aioredis.Redis) -> LedgerStatus:
+async def ledger_status(redis: Client) -> LedgerStatus:
     """Per campaign: confirmed vs persisted orders (the lag), undelivered, pending, dead letters;
     the writers and whether each is alive; the dead-letter total."""
     cids = sorted(c.decode() for c in await cast("Awaitable[set[bytes]]", redis.smembers(keys.CAMPAIGNS)))

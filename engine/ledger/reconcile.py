@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
 from engine import keys
 from engine.campaign import Campaign, parse
+from engine.core.redis_client import Client
 from engine.ledger.history import ResState, Totals, merge, replay, totals
 from engine.ledger.redisview import PAGE, RedisView, archived_record, read_view, scan_stream
 from engine.ledger.sink import OrderCheck, Sink, entry_key
@@ -130,7 +130,7 @@ def ledger_self_check(check: OrderCheck) -> list[Difference]:
     return out
 
 
-async def dead_letters(redis: aioredis.Redis, campaign_id: str, page: int = PAGE) -> list[Difference]:
+async def dead_letters(redis: Client, campaign_id: str, page: int = PAGE) -> list[Difference]:
     entries = await scan_stream(redis, keys.DEAD_LETTERS, "+", page)
     return [Difference(f"dead letter {eid.decode()} (entry {f.get(b'id', b'?').decode()})",
                        f.get(b"reason", b"?").decode(), "(not in the ledger)")
@@ -153,7 +153,7 @@ async def reconcile_archived(sink: Sink, campaign_id: str, record: dict[str, Any
     return Reconciliation(campaign_id, tuple(diffs), len(ledger.events), 0, check.order_rows, record)
 
 
-async def reconcile(redis: aioredis.Redis, sink: Sink, campaign_id: str, *, page: int = PAGE) -> Reconciliation:
+async def reconcile(redis: Client, sink: Sink, campaign_id: str, *, page: int = PAGE) -> Reconciliation:
     """Every difference between Redis and the ledger plus the undrained stream (for an archived
     campaign: the ledger checked alone, ``Reconciliation.archived`` set)."""
     if not await redis.exists(keys.CampaignKeys(campaign_id).meta):

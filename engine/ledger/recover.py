@@ -21,19 +21,18 @@ from typing import Any, cast
 
 import msgpack
 import orjson
-import redis.asyncio as aioredis
 
 from engine import keys
 from engine.campaign import Campaign, parse
 from engine.core import Engine
 from engine.core.engine import load_args
-from engine.core.scripts import source
+from engine.core.redis_client import Client
 from engine.errors import LedgerError
 from engine.ledger.history import ResState, idempotency, merge, replay, totals
 from engine.ledger.reconcile import Reconciliation, reconcile
 from engine.ledger.redisview import PAGE, RedisView, read_view
 from engine.ledger.sink import LedgerSnapshot, Sink
-from engine.ledger.streams import GROUP
+from engine.ledger.streams import GROUP, registered
 
 MAX_ATTEMPTS = 20  # plans made before giving up on a campaign that keeps moving
 STAGE_CALLS = 8  # HSETs of one page each per pipeline round trip while staging
@@ -124,7 +123,7 @@ def plan(campaign: Campaign, view: RedisView, ledger: LedgerSnapshot) -> Plan:
     return Plan(counters, want.users, records, idem, tuple(dropped), want.orders)
 
 
-async def _stage(redis: aioredis.Redis, campaign_id: str, view: RedisView, p: Plan, page: int) -> None:
+async def _stage(redis: Client, campaign_id: str, view: RedisView, p: Plan, page: int) -> None:
     """The plan as complete staged copies (records and idempotency fields over what Redis has),
     written ``page`` fields per HSET and a few HSETs per round trip, so no call is long."""
     stage = stage_keys(campaign_id)
@@ -141,13 +140,13 @@ async def _stage(redis: aioredis.Redis, campaign_id: str, view: RedisView, p: Pl
                 await pipe.execute()
 
 
-async def _apply(redis: aioredis.Redis, campaign_id: str, view: RedisView, p: Plan, ledger_last: str,
+async def _apply(redis: Client, campaign_id: str, view: RedisView, p: Plan, ledger_last: str,
                  persisted: int, page: int) -> bool:
     """Stage the plan, then put it in place with restore.lua: one swap, then the dropped holds'
     events at most ``RESTORE_HOLDS`` per call. False if the campaign moved since it was read."""
     k = keys.CampaignKeys(campaign_id)
     await _stage(redis, campaign_id, view, p, page)
-    script = redis.register_script(source("restore"))
+    script = registered(redis, "restore")
     expected = view.last_id
     for step, lo in enumerate(range(0, max(len(p.dropped), 1), RESTORE_HOLDS)):
         chunk = p.dropped[lo : lo + RESTORE_HOLDS]
@@ -181,20 +180,24 @@ async def refuse(engine: Engine, sink: Sink, campaign_id: str) -> tuple[Campaign
     raw = await cast("Awaitable[bytes | None]", redis.hget(k.meta, "def"))
     if raw is not None:
         await engine.set_recovering(campaign_id, True)
+        await cast("Awaitable[int]", redis.sadd(keys.CAMPAIGNS, campaign_id))  # a run cut short may have missed it
         return parse(orjson.loads(raw)), False
     kept = await sink.campaign_definition(campaign_id)
     if kept is None:
         raise LedgerError(f"campaign {campaign_id!r} is neither in Redis nor in the ledger: nothing to recover; "
                           "load it with `flashsale campaign load FILE`")
     campaign = parse(orjson.loads(kept))
-    async with redis.pipeline(transaction=True) as p:  # loaded and refused at once
-        await engine.scripts.load(keys=[k.meta, k.counters, k.users, k.reservations, k.idempotency, k.holds,
-                                        k.rate, k.ratelimit], args=_load_args(campaign), client=p)
-        await engine.scripts.admin(keys=[k.meta], args=["recovering"], client=p)
-        p.sadd(keys.CAMPAIGNS, campaign_id)
-        (code, _), (admin_code, _), _ = await p.execute()
+    load, admin = engine.scripts.load, engine.scripts.admin
+    for script in (load, admin):  # a cluster's transaction runs EVALSHA only: have them on every master
+        await redis.script_load(script.script)
+    load_keys = [k.meta, k.counters, k.users, k.reservations, k.idempotency, k.holds, k.rate, k.ratelimit]
+    async with redis.pipeline(transaction=True) as p:  # loaded and refused at once (the campaign's slot)
+        p.evalsha(load.sha, len(load_keys), *load_keys, *_load_args(campaign))
+        p.evalsha(admin.sha, 1, k.meta, "recovering")
+        (code, _), (admin_code, _) = await p.execute()
     if code != 0 or admin_code != 0:
         raise LedgerError(f"could not reload campaign {campaign_id!r} into Redis (codes {code}, {admin_code})")
+    await cast("Awaitable[int]", redis.sadd(keys.CAMPAIGNS, campaign_id))  # fs:campaigns: another slot
     return campaign, True
 
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from engine import keys
+from engine.core.redis_client import Client
 from engine.errors import LedgerError
 from engine.events import Event, MalformedEvent, decode
 
@@ -53,13 +53,13 @@ class RedisView:
     idempotency: dict[str, str] = field(default_factory=dict)  # ``<storefront>|<key>`` -> reservation id
 
 
-async def archived_record(redis: aioredis.Redis, campaign_id: str) -> dict[str, Any] | None:
+async def archived_record(redis: Client, campaign_id: str) -> dict[str, Any] | None:
     """What ``fs:archived`` says of the campaign (``flashsale campaign archive``), or None."""
     raw = await redis.hget(keys.ARCHIVED, campaign_id)  # type: ignore[misc]
     return None if raw is None else cast("dict[str, Any]", orjson.loads(raw))
 
 
-async def last_id(redis: aioredis.Redis, stream: str) -> str:
+async def last_id(redis: Client, stream: str) -> str:
     """The stream's last-generated-id (``NO_STREAM`` if there is none)."""
     try:
         info = await redis.xinfo_stream(stream)
@@ -68,7 +68,7 @@ async def last_id(redis: aioredis.Redis, stream: str) -> str:
     return _text(info["last-generated-id"])
 
 
-async def scan_hash(redis: aioredis.Redis, key: str, page: int = PAGE) -> dict[bytes, bytes]:
+async def scan_hash(redis: Client, key: str, page: int = PAGE) -> dict[bytes, bytes]:
     """A whole hash, ``page`` fields per HSCAN call (a field seen twice is kept once)."""
     out: dict[bytes, bytes] = {}
     cursor = 0
@@ -80,7 +80,7 @@ async def scan_hash(redis: aioredis.Redis, key: str, page: int = PAGE) -> dict[b
             return out
 
 
-async def scan_stream(redis: aioredis.Redis, stream: str, upto: str, page: int = PAGE) -> list[Any]:
+async def scan_stream(redis: Client, stream: str, upto: str, page: int = PAGE) -> list[Any]:
     """Entries of the stream up to ``upto`` (inclusive), ``page`` per XRANGE call."""
     out: list[Any] = []
     start = "-"
@@ -92,7 +92,7 @@ async def scan_stream(redis: aioredis.Redis, stream: str, upto: str, page: int =
         start = "(" + _text(chunk[-1][0])
 
 
-async def read_view(redis: aioredis.Redis, campaign_id: str, *, records: bool = False,
+async def read_view(redis: Client, campaign_id: str, *, records: bool = False,
                     idempotency: bool = False, page: int = PAGE, attempts: int = ATTEMPTS) -> RedisView:
     """Read a campaign's state in pages, as one consistent view (see the module docstring);
     ``records``: also every reservation record; ``idempotency``: also the idempotency hash."""
@@ -104,7 +104,7 @@ async def read_view(redis: aioredis.Redis, campaign_id: str, *, records: bool = 
                          "is quiescent (closed, paused, or after the sale)")
 
 
-async def _read_once(redis: aioredis.Redis, campaign_id: str, records: bool, idempotency: bool,
+async def _read_once(redis: Client, campaign_id: str, records: bool, idempotency: bool,
                      page: int) -> RedisView | None:
     k = keys.CampaignKeys(campaign_id)
     before = await last_id(redis, k.events)

@@ -31,10 +31,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from engine import keys
+from engine.core.redis_client import Client
 from engine.ledger.config import (
     ACKS_AHEAD,
     READ_AHEAD,
@@ -59,7 +59,7 @@ LOG_EVERY_S = 5.0  # repeated warnings (database down, Redis away) at most this 
 
 
 class Writer:
-    def __init__(self, redis: aioredis.Redis, sink: Sink, settings: WriterSettings | None = None) -> None:
+    def __init__(self, redis: Client, sink: Sink, settings: WriterSettings | None = None) -> None:
         self.redis = redis
         self.sink = sink
         self.settings = s = settings or WriterSettings()
