@@ -80,8 +80,8 @@ async def judge(redis: Client, sink: Sink, campaign_id: str) -> tuple[int, dict[
         p.hmget(k.meta, ["def", "flag", "closes"])
         p.hgetall(k.counters)
         p.zcard(k.holds)
-        p.time()
-        (definition, flag, closes), counters_raw, holds, (sec, usec) = await p.execute()
+        (definition, flag, closes), counters_raw, holds = await p.execute()
+    sec, usec = await cast("Awaitable[tuple[int, int]]", redis.time())  # apart: a cluster pipeline refuses TIME
     now = int(sec) * 1000 + int(usec) // 1000
     if definition is None:
         if (a := await archived_record(redis, campaign_id)) is not None:

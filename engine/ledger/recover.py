@@ -192,8 +192,9 @@ async def refuse(engine: Engine, sink: Sink, campaign_id: str) -> tuple[Campaign
         await redis.script_load(script.script)
     load_keys = [k.meta, k.counters, k.users, k.reservations, k.idempotency, k.holds, k.rate, k.ratelimit]
     async with redis.pipeline(transaction=True) as p:  # loaded and refused at once (the campaign's slot)
-        p.evalsha(load.sha, len(load_keys), *load_keys, *_load_args(campaign))
-        p.evalsha(admin.sha, 1, k.meta, "recovering")
+        # execute_command: a cluster pipeline refuses its evalsha method, not the command
+        p.execute_command("EVALSHA", load.sha, len(load_keys), *load_keys, *_load_args(campaign))
+        p.execute_command("EVALSHA", admin.sha, 1, k.meta, "recovering")
         (code, _), (admin_code, _) = await p.execute()
     if code != 0 or admin_code != 0:
         raise LedgerError(f"could not reload campaign {campaign_id!r} into Redis (codes {code}, {admin_code})")
