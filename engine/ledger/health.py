@@ -109,7 +109,10 @@ async def campaign_ledger(redis: Client, campaign_id: str) -> CampaignLedger:
         p.hget(k.counters, "orders")
         p.xlen(k.events)
         p.xinfo_groups(k.events)
-        (persisted, dead), orders, length, groups = await p.execute(raise_on_error=False)
+        replies = await p.execute(raise_on_error=False)  # only XINFO GROUPS may fail (no stream yet)
+    if failed := next((r for r in replies[:3] if isinstance(r, Exception)), None):
+        raise failed  # Redis (or, on a cluster, the campaign's master) away
+    (persisted, dead), orders, length, groups = replies
     ours = next((g for g in groups if g["name"] in (GROUP, GROUP.encode())), None) \
         if isinstance(groups, list) else None
     lag = ours.get("lag") if ours else length

@@ -26,7 +26,8 @@ parallel, following MOVED/ASK. Those reads do not block (a blocking read would h
 connection, and the other masters' replies, for its whole wait): when every stream came back
 empty the read sleeps ``CLUSTER_POLL_MS`` instead. A dead letter is two steps there, parked in
 ``fs:dead`` (its own slot) and then acknowledged: a crash in between parks it twice, never loses
-it. A read whose reply was lost (a master failed over) left its entries pending to this consumer:
+it. The writer's scripts go as EVALSHA, then EVAL on NOSCRIPT (a promoted replica may not have
+them). A read whose reply was lost (a master failed over) left its entries pending to this consumer:
 they are claimed again once idle, as after any crash; the ledger skips what it already holds.
 """
 
@@ -45,7 +46,7 @@ from redis.exceptions import ResponseError
 
 from engine import keys
 from engine.core.redis_client import Client
-from engine.core.scripts import source
+from engine.core.scripts import run, source
 from engine.core.wire import Arg, Wire, command
 from engine.ledger.sink import entry_key
 
@@ -239,7 +240,7 @@ class Streams:
         entries refreshed."""
         refreshed = 0
         for stream, eids in ids.items():
-            refreshed += int(await self._touch(keys=[stream], args=[GROUP, self.consumer, *eids]))
+            refreshed += int(await run(self._touch, [stream], [GROUP, self.consumer, *eids]))
         return refreshed
 
     async def dead_letter(self, entry: Entry, reason: str, deliveries: int) -> int:

@@ -35,6 +35,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from engine import keys
 from engine.core.redis_client import Client
+from engine.core.scripts import run
 from engine.ledger.config import (
     ACKS_AHEAD,
     READ_AHEAD,
@@ -333,7 +334,8 @@ class Writer:
 
     async def _publish(self, totals: dict[str, int]) -> None:
         for cid, n in totals.items():
-            await self._progress(keys=[keys.CampaignKeys(cid).ledger], args=[n])
+            # EVAL on NOSCRIPT: a master promoted by a failover may not have the script yet
+            await run(self._progress, [keys.CampaignKeys(cid).ledger], [n])
             self.stats.persisted[cid] = n
 
     async def _ack(self, ids: dict[str, list[bytes]], totals: dict[str, int]) -> None:
