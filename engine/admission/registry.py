@@ -114,7 +114,8 @@ class Registry:
                 argv: list[Any] = [fingerprint, capped, len(batch)]
                 for user, identity in batch:
                     argv += [user, identity]
-                p.evalsha(sha, 2, k.meta, k.registrations, *argv)
+                # the command, not p.evalsha: a cluster pipeline refuses that method
+                p.execute_command("EVALSHA", sha, 2, k.meta, k.registrations, *argv)
             try:
                 return list(await p.execute())
             except NoScriptError:  # flushed since the preload: load again, the calls did not run

@@ -37,7 +37,7 @@ from engine.campaign import Campaign, parse
 from engine.core.calls import BatchedScript
 from engine.core.lru import Lru
 from engine.core.outage import OUTAGE_CLASSES, is_outage
-from engine.core.redis_client import connect
+from engine.core.redis_client import connect_any
 from engine.core.requests import (
     ReserveRequest,
     check_payment_ref,
@@ -179,7 +179,8 @@ class Engine:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Engine:
-        return cls(connect(settings.redis_url, settings.redis_timeout_s), settings)
+        # a cluster client where the URL names a cluster node (redis-py routes each script by its slot)
+        return cls(cast("aioredis.Redis", connect_any(settings.redis_url, settings.redis_timeout_s)), settings)
 
     async def close(self) -> None:
         if self.wire is not None:

@@ -34,8 +34,6 @@ def test_the_demos_cluster_has_three_masters_with_a_replica_each_and_leaves_noth
     assert all(node.proc is not None and node.proc.poll() is not None for node in cluster.nodes)
 
 
-@pytest.mark.xfail(strict=True, reason="needs `flashsale serve` on a cluster (issue 14's serve side, branch "
-                                       "wp-cluster): once merged this passes, and strict xfail fails: drop the mark")
 def test_the_demo_on_a_cluster_ends_with_a_clean_verdict() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSALE_")}
     env["COLUMNS"] = "200"
