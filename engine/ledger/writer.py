@@ -310,11 +310,19 @@ class Writer:
                 if self.stopping:
                     return cast("T", [])
                 await asyncio.sleep(backoff.next())
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, AttributeError) as exc:
+                if isinstance(exc, AttributeError) and not self._cluster_glitch(exc):
+                    raise
                 self._warn("redis", f"Redis unavailable, retrying: {exc.__class__.__name__}: {exc}")
                 if self.stopping:
                     return cast("T", [])
                 await asyncio.sleep(backoff.next())
+
+    def _cluster_glitch(self, exc: AttributeError) -> bool:
+        """redis-py's cluster client closes every connection when one fails (a master went away):
+        a command another task was sending on one of them then fails inside redis-py with an
+        AttributeError (its writer gone). On a cluster that is an outage like the first."""
+        return self.streams.cluster and "'NoneType' object" in str(exc)
 
     async def _refresh(self) -> None:
         """Follow every campaign in ``fs:campaigns``; keep each definition in the ledger."""
@@ -380,7 +388,9 @@ class Writer:
                 if time.monotonic() - announced >= self.settings.heartbeat_s:
                     await self._announce()
                     announced = time.monotonic()
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, AttributeError) as exc:
+                if isinstance(exc, AttributeError) and not self._cluster_glitch(exc):
+                    raise
                 self._warn("redis", f"heartbeat failed: {exc}")
             await asyncio.sleep(every)
 
