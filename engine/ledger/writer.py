@@ -363,6 +363,10 @@ class Writer:
     async def _trim(self) -> None:
         self.stats.trimmed += await self.streams.trim()
         await self.streams.forget_dead_consumers()
+        # persisted_orders again, from the ledger: a failover may have lost the last one published
+        # (a promoted replica that missed it), and a writer with nothing new to commit would
+        # never publish it again (never backwards: ledger_progress.lua)
+        await self._publish_all()
 
     async def _dead_letter(self, entry: Entry, reason: str, deliveries: int) -> None:
         trimmed = await self._redis(lambda: self.streams.dead_letter(entry, reason, deliveries))
