@@ -12,6 +12,10 @@ second after loading, a quarter of the crowd and the scalper farms fill the pre-
 opening fixes the draw, admission lets the queue in at ``--admit-per-second`` until sell-out,
 and the verdict adds the queue checks (every reservation on its own user's token, admission in
 position order, every buyer cap held).
+
+``--cluster`` runs it on a private Redis Cluster (three masters with a replica each, joined by
+``redis-cli --cluster create`` in the demo's directory); the API, the writer and the verdict's
+``flashsale reconcile`` are given the first node's URL and find the rest.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from engine.loadgen.campaigns import YULEBAO_P1, put_campaign, read_definition, 
 from engine.loadgen.crowd import Scalpers
 from engine.loadgen.generator import LoadConfig
 from engine.loadgen.run import RunResult, run_async, run_load
-from engine.loadgen.services import Child, LocalRedis, flashsale_exe, free_port
+from engine.loadgen.services import Child, LocalCluster, LocalRedis, flashsale_exe, free_port
 
 SHOP = "demo-shop"
 QUEUE_OPENS_IN_S = 1.0  # --queue: the waiting room opens this long after the campaign is loaded
@@ -57,13 +61,14 @@ class DemoConfig:
     seed: int | None = None
     queue: bool = False  # a queued launch: waiting room, draw, admission (needs an admission key)
     admit_per_second: int = 2000
+    cluster: bool = False  # on a private Redis Cluster (3 masters, a replica each) instead of one redis-server
 
 
 @dataclass(frozen=True, slots=True)
 class Stack:
     """The running pieces and how to reach them."""
 
-    redis: LocalRedis
+    redis: LocalRedis | LocalCluster
     api: Child
     writer: Child | None
     url: str
@@ -91,14 +96,17 @@ def _env(redis_url: str, database_url: str, token: str, admin: str) -> dict[str,
 def stack(cfg: DemoConfig, console: Console) -> Iterator[Stack]:
     """Start redis-server, the API and the writer; stop them all on the way out."""
     workdir = tempfile.mkdtemp(prefix="flashsale-demo-")
-    redis = LocalRedis(str(Path(workdir) / "redis"))
+    redis = LocalCluster(str(Path(workdir) / "cluster")) if cfg.cluster else LocalRedis(str(Path(workdir) / "redis"))
     started: list[Child] = []
     try:
         redis.start()
         database_url = cfg.database_url or f"sqlite:///{workdir}/ledger.db"
         token, admin = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
         env = _env(redis.url, database_url, token, admin)
-        console.print(f"redis-server  127.0.0.1:{redis.port} (private, for this demo)")
+        if isinstance(redis, LocalCluster):
+            console.print(f"redis cluster {redis.describe()} (private, for this demo)")
+        else:
+            console.print(f"redis-server  127.0.0.1:{redis.port} (private, for this demo)")
         port = free_port()
         api = Child("api", [*flashsale_exe(), "serve", "--host", "127.0.0.1", "--port", str(port),
                             "--workers", str(cfg.workers)], env, workdir).start()

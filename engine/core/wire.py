@@ -147,7 +147,9 @@ class Wire:
     def for_client(cls, client: aioredis.Redis, timeout_s: float, *, acks: int = 0,
                    acks_timeout_ms: int = 1000) -> Wire | None:
         """A wire to the same server as ``client``, or None when it is not a plain one."""
-        pool = client.connection_pool
+        pool = getattr(client, "connection_pool", None)  # a RedisCluster has none: redis-py routes
+        if pool is None:
+            return None
         kw = pool.connection_kwargs
         db, user, password = int(kw.get("db") or 0), kw.get("username"), kw.get("password")
         if pool.connection_class is Connection:

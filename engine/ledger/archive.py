@@ -25,12 +25,11 @@ from typing import Any, cast
 
 import click
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from engine import keys
 from engine.core import reads
-from engine.core.redis_client import connect
+from engine.core.redis_client import Client, connect_any, queue_time
 from engine.errors import LedgerError
 from engine.ledger.factory import sink_for
 from engine.ledger.reconcile import reconcile
@@ -60,7 +59,7 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-async def _stream_state(redis: aioredis.Redis, stream: str) -> tuple[int, int]:
+async def _stream_state(redis: Client, stream: str) -> tuple[int, int]:
     """(entries pending, entries never delivered) of the writers' group on the stream."""
     try:
         info = await redis.xinfo_stream(stream)
@@ -75,7 +74,7 @@ async def _stream_state(redis: aioredis.Redis, stream: str) -> tuple[int, int]:
     return int(group["pending"]), int(info["length"]) if delivered < last else 0
 
 
-async def judge(redis: aioredis.Redis, sink: Sink, campaign_id: str) -> tuple[int, reads.CounterFigures]:
+async def judge(redis: Client, sink: Sink, campaign_id: str) -> tuple[int, reads.CounterFigures]:
     """Raise ArchiveRefused unless the campaign may be archived; (Redis TIME ms, its counters)."""
     k = keys.CampaignKeys(campaign_id)
     meta, counted = reads.meta_state(campaign_id, closes=True), reads.counters(campaign_id)
@@ -83,7 +82,7 @@ async def judge(redis: aioredis.Redis, sink: Sink, campaign_id: str) -> tuple[in
         meta.queue(p)
         counted.queue(p)
         p.zcard(k.holds)
-        p.time()
+        queue_time(p, k.meta)
         raw_meta, raw_counters, holds, (sec, usec) = await p.execute()
     now = int(sec) * 1000 + int(usec) // 1000
     m = meta.decode(raw_meta)
@@ -115,7 +114,7 @@ async def judge(redis: aioredis.Redis, sink: Sink, campaign_id: str) -> tuple[in
     return now, counters
 
 
-async def archive(redis: aioredis.Redis, sink: Sink, campaign_id: str) -> Archived:
+async def archive(redis: Client, sink: Sink, campaign_id: str) -> Archived:
     """Archive a closed, fully persisted campaign (see the module docstring), or ArchiveRefused."""
     now, counters = await judge(redis, sink, campaign_id)
     done = Archived(campaign_id, now, counters.orders, counters.sold, 0)
@@ -139,7 +138,7 @@ def archive_command(campaign_id: str, settings: Settings) -> None:
         raise click.BadParameter(str(exc), param_hint="--database-url") from None
 
     async def go() -> Archived:
-        client = connect(settings.redis_url, TOOL_TIMEOUT_S)
+        client = connect_any(settings.redis_url, TOOL_TIMEOUT_S)
         try:
             await sink.open()
             return await archive(client, sink, campaign_id)

@@ -9,13 +9,14 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 import redis.asyncio as aioredis
 
+from engine import keys
 from engine.core import Engine
-from engine.core.redis_client import connect, require_durable
+from engine.core.redis_client import Client, connect_any, is_cluster, require_durable
 from engine.errors import LedgerError, NotFound
 from engine.ledger.config import Backoff, WriterSettings, default_consumer
 from engine.ledger.export import holders_csv, holders_json
@@ -29,6 +30,8 @@ from engine.settings import Settings
 T = TypeVar("T")
 BURST_DB_WAIT_S = 10.0  # how long `writer --burst` waits for an unreachable database before giving up
 TOOL_TIMEOUT_S = 60.0  # a page of reconcile or recover may wait behind a busy Redis: allow it time
+CONNECT_TIMEOUT_S = 5.0
+CLUSTER_TIMEOUT_S = 10.0  # the writer's calls on a cluster (none of them blocks)
 log = logging.getLogger("flashsale.writer")
 
 
@@ -60,9 +63,9 @@ def _sink(url: str) -> Sink:
 
 
 @asynccontextmanager
-async def _opened(settings: Settings, *, readonly: bool = False) -> AsyncIterator[tuple[aioredis.Redis, Sink]]:
+async def _opened(settings: Settings, *, readonly: bool = False) -> AsyncIterator[tuple[Client, Sink]]:
     """Redis and the ledger; ``readonly``: the ledger must exist already (nothing is created)."""
-    client = connect(settings.redis_url, TOOL_TIMEOUT_S)
+    client = connect_any(settings.redis_url, TOOL_TIMEOUT_S)
     sink = _sink(settings.database_url)
     try:
         await sink.open(readonly=readonly)
@@ -93,10 +96,18 @@ async def _open_with_retry(sink: Sink, stopping: asyncio.Event, wait_s: float | 
     return False
 
 
+def _writer_client(url: str, ws: WriterSettings) -> Client:
+    """One node: a client whose reads may block ``block_ms``. A cluster: the cluster client
+    (its reads do not block, ``engine.ledger.streams``)."""
+    if is_cluster(url, CONNECT_TIMEOUT_S):
+        return connect_any(url, CLUSTER_TIMEOUT_S)
+    return aioredis.Redis.from_url(url, socket_timeout=ws.block_ms / 1000 + 10,
+                                   socket_connect_timeout=CONNECT_TIMEOUT_S, health_check_interval=0)
+
+
 async def run_writer(settings: Settings, ws: WriterSettings, allow_volatile: bool,
                      db_wait_s: float | None = None) -> None:
-    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=ws.block_ms / 1000 + 10,
-                                     socket_connect_timeout=5, health_check_interval=0)
+    client = _writer_client(settings.redis_url, ws)
     sink = _sink(settings.database_url)
     stopping = asyncio.Event()
     writer: Writer | None = None
@@ -110,7 +121,8 @@ async def run_writer(settings: Settings, ws: WriterSettings, allow_volatile: boo
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     try:
-        profile = await require_durable(client, allow_volatile=allow_volatile)
+        # on a cluster, the node the client asks (the serve side checks every master)
+        profile = await require_durable(cast("aioredis.Redis", client), allow_volatile=allow_volatile)
         log.info("Redis durability: %s", profile.describe())
         if await _open_with_retry(sink, stopping, db_wait_s):
             writer = Writer(client, sink, ws)
@@ -157,9 +169,10 @@ async def _in_ledger(sink: Sink, campaign_id: str) -> bool:
             or await sink.last_entry(campaign_id) is not None)
 
 
-async def _known(client: aioredis.Redis, sink: Sink, campaign_id: str) -> None:
+async def _known(client: Client, sink: Sink, campaign_id: str) -> None:
     """NotFound unless Redis or the ledger knows the campaign (a typo is not a difference)."""
-    if campaign_id in await Engine(client).campaign_ids() or await _in_ledger(sink, campaign_id):
+    listed = await cast("Awaitable[int]", client.sismember(keys.CAMPAIGNS, campaign_id))
+    if listed or await _in_ledger(sink, campaign_id):
         return
     raise NotFound("campaign", campaign_id)
 
@@ -196,7 +209,7 @@ def recover_command(campaign_id: str, database_url: str | None, redis_url: str |
 
     async def go() -> Any:
         async with _opened(settings) as (client, sink):
-            return await recover(Engine(client, settings), sink, campaign_id)
+            return await recover(Engine(cast("aioredis.Redis", client), settings), sink, campaign_id)
 
     r = _run(go)
     click.echo(f"campaign {campaign_id}: {r.orders} confirmed orders restored, {r.dropped_holds} unpaid holds "

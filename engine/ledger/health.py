@@ -15,18 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import orjson
-import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from engine import keys
 from engine.core import reads
-from engine.core.scripts import source
-from engine.ledger.streams import GROUP
+from engine.core.redis_client import Client
+from engine.ledger.streams import GROUP, registered
 
 UNDELIVERED_SCAN = 10_000  # most entries counted one by one when Redis cannot give the lag
 
 
-async def announce(redis: aioredis.Redis, consumer: str, figures: dict[str, Any], *, ttl_ms: int) -> None:
+async def announce(redis: Client, consumer: str, figures: dict[str, Any], *, ttl_ms: int) -> None:
     """A writer says it is alive, with its latest figures (gone ``ttl_ms`` after it stops saying so)."""
     async with redis.pipeline(transaction=False) as p:
         p.set(keys.liveness_key(consumer), orjson.dumps(figures), px=ttl_ms)
@@ -34,7 +33,7 @@ async def announce(redis: aioredis.Redis, consumer: str, figures: dict[str, Any]
         await p.execute()
 
 
-async def farewell(redis: aioredis.Redis, consumer: str) -> None:
+async def farewell(redis: Client, consumer: str) -> None:
     """A writer that stops cleanly leaves the list."""
     async with redis.pipeline(transaction=False) as p:
         p.delete(keys.liveness_key(consumer))
@@ -42,9 +41,9 @@ async def farewell(redis: aioredis.Redis, consumer: str) -> None:
         await p.execute()
 
 
-def progress_script(client: aioredis.Redis) -> AsyncScript:
+def progress_script(client: Client) -> AsyncScript:
     """``ledger_progress.lua``: publish persisted_orders, never backwards."""
-    return client.register_script(source("ledger_progress"))
+    return registered(client, "ledger_progress")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +94,7 @@ def _int(v: Any) -> int:
     return int(v) if v is not None else 0
 
 
-async def campaign_ledger(redis: aioredis.Redis, campaign_id: str) -> CampaignLedger:
+async def campaign_ledger(redis: Client, campaign_id: str) -> CampaignLedger:
     """One campaign's ledger figures, in one round trip (no key scans)."""
     k = keys.CampaignKeys(campaign_id)
     figures, confirmed = reads.ledger(campaign_id), reads.confirmed_orders(campaign_id)
@@ -104,7 +103,10 @@ async def campaign_ledger(redis: aioredis.Redis, campaign_id: str) -> CampaignLe
         confirmed.queue(p)
         p.xlen(k.events)
         p.xinfo_groups(k.events)
-        raw_figures, orders, length, groups = await p.execute(raise_on_error=False)
+        replies = await p.execute(raise_on_error=False)  # only XINFO GROUPS may fail (no stream yet)
+    if failed := next((r for r in replies[:3] if isinstance(r, Exception)), None):
+        raise failed  # Redis (or, on a cluster, the campaign's master) away
+    raw_figures, orders, length, groups = replies
     ledger = figures.decode(raw_figures)
     ours = next((g for g in groups if g["name"] in (GROUP, GROUP.encode())), None) \
         if isinstance(groups, list) else None
@@ -119,16 +121,19 @@ async def campaign_ledger(redis: aioredis.Redis, campaign_id: str) -> CampaignLe
                           None if lag is None else int(lag), _int(ours["pending"]) if ours else 0, ledger.dead_letters)
 
 
-async def writers(redis: aioredis.Redis) -> tuple[WriterInfo, ...]:
+async def writers(redis: Client) -> tuple[WriterInfo, ...]:
     names = sorted(n.decode() for n in await cast("Awaitable[set[bytes]]", redis.smembers(keys.WRITERS)))
     if not names:
         return ()
-    raw = await redis.mget([keys.liveness_key(n) for n in names])
+    async with redis.pipeline(transaction=False) as p:  # one GET each: on a cluster, each key has its slot
+        for n in names:
+            p.get(keys.liveness_key(n))
+        raw = await p.execute()
     return tuple(WriterInfo(n, r is not None, orjson.loads(r) if r is not None else {})
                  for n, r in zip(names, raw, strict=True))
 
 
-async def ledger_status(redis: aioredis.Redis) -> LedgerStatus:
+async def ledger_status(redis: Client) -> LedgerStatus:
     """Per campaign: confirmed vs persisted orders (the lag), undelivered, pending, dead letters;
     the writers and whether each is alive; the dead-letter total."""
     cids = sorted(c.decode() for c in await cast("Awaitable[set[bytes]]", redis.smembers(keys.CAMPAIGNS)))

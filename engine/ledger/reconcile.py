@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
 from engine import keys
 from engine.campaign import Campaign, parse
 from engine.core import reads
+from engine.core.redis_client import Client
 from engine.ledger.history import ResState, Tally, by_user, totals
 from engine.ledger.redisview import (
     ATTEMPTS,
@@ -152,7 +152,7 @@ class _Check:
     missing_n: int = 0
     elsewhere: dict[str, str] = field(default_factory=dict)  # field -> the other reservation Redis names
 
-    async def users_page(self, redis: aioredis.Redis, campaign_id: str, states: list[ResState]) -> None:
+    async def users_page(self, redis: Client, campaign_id: str, states: list[ResState]) -> None:
         t = totals(states)
         self.tally.add(t)
         self.signals.add(t.buyer_units)
@@ -173,7 +173,7 @@ class _Check:
             elif v != rid:
                 self.elsewhere[f] = v
 
-    async def buyers(self, redis: aioredis.Redis, campaign_id: str) -> list[Difference]:
+    async def buyers(self, redis: Client, campaign_id: str) -> list[Difference]:
         """The buyers hash, read a page at a time, against the units per signal the history gives."""
         async for chunk in hash_pages(redis, keys.CampaignKeys(campaign_id).buyers, self.page):
             self.signals.seen(chunk)
@@ -202,7 +202,7 @@ def ledger_self_check(check: OrderCheck) -> list[Difference]:
     return out
 
 
-async def dead_letters(redis: aioredis.Redis, campaign_id: str, page: int = PAGE) -> list[Difference]:
+async def dead_letters(redis: Client, campaign_id: str, page: int = PAGE) -> list[Difference]:
     out: list[Difference] = []
     async for entries in stream_pages(redis, keys.DEAD_LETTERS, "+", page):
         out += [Difference(f"dead letter {eid.decode()} (entry {f.get(b'id', b'?').decode()})",
@@ -227,7 +227,7 @@ async def reconcile_archived(sink: Sink, campaign_id: str, record: dict[str, Any
     return Reconciliation(campaign_id, tuple(diffs), len(ledger.events), 0, check.order_rows, record)
 
 
-async def reconcile(redis: aioredis.Redis, sink: Sink, campaign_id: str, *, page: int = PAGE,
+async def reconcile(redis: Client, sink: Sink, campaign_id: str, *, page: int = PAGE,
                     attempts: int = ATTEMPTS) -> Reconciliation:
     """Every difference between Redis and the ledger plus the undrained stream (for an archived
     campaign: the ledger checked alone, ``Reconciliation.archived`` set). ``page``: hash fields,
@@ -246,7 +246,7 @@ async def reconcile(redis: aioredis.Redis, sink: Sink, campaign_id: str, *, page
                          "it is quiescent (closed, paused, or after the sale)")
 
 
-async def _reconcile_once(redis: aioredis.Redis, sink: Sink, campaign_id: str, page: int) -> Reconciliation | None:
+async def _reconcile_once(redis: Client, sink: Sink, campaign_id: str, page: int) -> Reconciliation | None:
     """One pass; None if the campaign moved while it was read."""
     ledger_last = await sink.last_entry(campaign_id) or "0-0"  # before Redis: what the ledger surely held
     view = await read_view(redis, campaign_id, page=page, users=False, stream=False)
@@ -279,7 +279,7 @@ async def _reconcile_once(redis: aioredis.Redis, sink: Sink, campaign_id: str, p
     return Reconciliation(campaign_id, tuple(diffs), ledger_events, stream.count, check.tally.orders)
 
 
-async def _unknown(redis: aioredis.Redis, sink: Sink, campaign_id: str, upto: str, stream: StreamSpool,
+async def _unknown(redis: Client, sink: Sink, campaign_id: str, upto: str, stream: StreamSpool,
                    check: _Check, extra: bool) -> list[Difference]:
     """A second pass, only when the first found that Redis holds users fields the history does
     not give (``extra``), or keys naming another reservation: those fields are set aside in a

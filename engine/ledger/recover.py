@@ -33,20 +33,19 @@ from pathlib import Path
 from typing import Any, cast
 
 import orjson
-import redis.asyncio as aioredis
 
 from engine import keys
 from engine.campaign import Campaign, parse
 from engine.core import Engine, reads
 from engine.core.engine import load_args
-from engine.core.scripts import source
+from engine.core.redis_client import Client
 from engine.errors import LedgerError
 from engine.ledger.history import ResState, Tally, Totals, by_user, idempotency, totals
 from engine.ledger.reconcile import Reconciliation, reconcile
 from engine.ledger.redisview import PAGE, RedisView, hash_pages, paged, per_call, read_view
 from engine.ledger.sink import Sink, entry_key
 from engine.ledger.spool import SignalUnits, StreamSpool
-from engine.ledger.streams import GROUP
+from engine.ledger.streams import GROUP, registered
 
 MAX_ATTEMPTS = 20  # plans made before giving up on a campaign that keeps moving
 RESTORE_HOLDS = 100  # dropped holds whose events one restore.lua call appends (a call stays well under 20 ms)
@@ -167,14 +166,14 @@ class _Staged:
     records: int = 0  # reservations of the history whose record survived
 
 
-async def _copy(redis: aioredis.Redis, source_key: str, target: str, page: int) -> None:
+async def _copy(redis: Client, source_key: str, target: str, page: int) -> None:
     """A hash copied ``per_call(page)`` fields per HSCAN and per HSET."""
     async for chunk in hash_pages(redis, source_key, page):
         if chunk:
             await redis.hset(target, mapping=chunk)  # type: ignore[misc]
 
 
-async def _stage(redis: aioredis.Redis, sink: Sink, campaign: Campaign, view: RedisView, stream: StreamSpool,
+async def _stage(redis: Client, sink: Sink, campaign: Campaign, view: RedisView, stream: StreamSpool,
                  upto: str, page: int) -> _Staged:
     """The plan as complete staged copies, built a page of whole users at a time: records and
     idempotency fields over copies of what Redis has, the users hash and counters from the
@@ -206,7 +205,7 @@ async def _stage(redis: aioredis.Redis, sink: Sink, campaign: Campaign, view: Re
     return out
 
 
-async def _write(redis: aioredis.Redis, campaign_id: str, states: list[ResState], had: dict[str, bytes],
+async def _write(redis: Client, campaign_id: str, states: list[ResState], had: dict[str, bytes],
                  out: _Staged, page: int, *, whole_users: bool) -> None:
     """Plan a page and write it to the staged keys in one round trip. ``whole_users``: the page
     holds its users' every reservation, so their fields are set; else added to."""
@@ -240,7 +239,7 @@ async def _write(redis: aioredis.Redis, campaign_id: str, states: list[ResState]
     out.idempotency += sum(int(x) for x in done[before:])
 
 
-async def _records_only(redis: aioredis.Redis, sink: Sink, campaign_id: str, upto: str, stream: StreamSpool,
+async def _records_only(redis: Client, sink: Sink, campaign_id: str, upto: str, stream: StreamSpool,
                         out: _Staged, page: int) -> None:
     """Records that survived in Redis for reservations neither the ledger nor the stream knows:
     set aside in a scratch SQLite file, struck off as a second pass over the history meets them;
@@ -265,12 +264,12 @@ async def _records_only(redis: aioredis.Redis, sink: Sink, campaign_id: str, upt
             db.close()
 
 
-async def _apply(redis: aioredis.Redis, campaign_id: str, view: RedisView, ledger_last: str, persisted: int) -> bool:
+async def _apply(redis: Client, campaign_id: str, view: RedisView, ledger_last: str, persisted: int) -> bool:
     """Put the staged plan in place with restore.lua: one swap, then the dropped holds' events
     at most ``RESTORE_HOLDS`` per call. False if the campaign moved since it was read."""
     k = keys.CampaignKeys(campaign_id)
     *staged, drops = stage_keys(campaign_id)
-    script = redis.register_script(source("restore"))
+    script = registered(redis, "restore")
     expected = view.last_id
     held = await cast("Awaitable[int]", redis.llen(drops))
     for step, lo in enumerate(range(0, max(held, 1), RESTORE_HOLDS)):
@@ -305,20 +304,25 @@ async def refuse(engine: Engine, sink: Sink, campaign_id: str) -> tuple[Campaign
     raw = await reads.definition(campaign_id).run(redis)
     if raw is not None:
         await engine.set_recovering(campaign_id, True)
+        await cast("Awaitable[int]", redis.sadd(keys.CAMPAIGNS, campaign_id))  # a run cut short may have missed it
         return parse(orjson.loads(raw)), False
     kept = await sink.campaign_definition(campaign_id)
     if kept is None:
         raise LedgerError(f"campaign {campaign_id!r} is neither in Redis nor in the ledger: nothing to recover; "
                           "load it with `flashsale campaign load FILE`")
     campaign = parse(orjson.loads(kept))
-    async with redis.pipeline(transaction=True) as p:  # loaded and refused at once
-        await engine.scripts.load(keys=[k.meta, k.counters, k.users, k.reservations, k.idempotency, k.holds,
-                                        k.rate, k.ratelimit], args=_load_args(campaign), client=p)
-        await engine.scripts.admin(keys=[k.meta], args=["recovering"], client=p)
-        p.sadd(keys.CAMPAIGNS, campaign_id)
-        (code, _), (admin_code, _), _ = await p.execute()
+    load, admin = engine.scripts.load, engine.scripts.admin
+    for script in (load, admin):  # a cluster's transaction runs EVALSHA only: have them on every master
+        await redis.script_load(script.script)
+    load_keys = [k.meta, k.counters, k.users, k.reservations, k.idempotency, k.holds, k.rate, k.ratelimit]
+    async with redis.pipeline(transaction=True) as p:  # loaded and refused at once (the campaign's slot)
+        # execute_command: a cluster pipeline refuses its evalsha method, not the command
+        p.execute_command("EVALSHA", load.sha, len(load_keys), *load_keys, *_load_args(campaign))
+        p.execute_command("EVALSHA", admin.sha, 1, k.meta, "recovering")
+        (code, _), (admin_code, _) = await p.execute()
     if code != 0 or admin_code != 0:
         raise LedgerError(f"could not reload campaign {campaign_id!r} into Redis (codes {code}, {admin_code})")
+    await cast("Awaitable[int]", redis.sadd(keys.CAMPAIGNS, campaign_id))  # fs:campaigns: another slot
     return campaign, True
 
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from engine import keys
 from engine.core import reads
+from engine.core.redis_client import Client
 from engine.errors import LedgerError
 from engine.events import Event, MalformedEvent, decode
 
@@ -58,13 +58,13 @@ class RedisView:
     buyers: dict[str, int] = field(default_factory=dict)  # the buyers hash: i|ID, d|DEVICE, n|NETWORK -> units
 
 
-async def archived_record(redis: aioredis.Redis, campaign_id: str) -> dict[str, Any] | None:
+async def archived_record(redis: Client, campaign_id: str) -> dict[str, Any] | None:
     """What ``fs:archived`` says of the campaign (``flashsale campaign archive``), or None."""
     raw = await redis.hget(keys.ARCHIVED, campaign_id)  # type: ignore[misc]
     return None if raw is None else cast("dict[str, Any]", orjson.loads(raw))
 
 
-async def last_id(redis: aioredis.Redis, stream: str) -> str:
+async def last_id(redis: Client, stream: str) -> str:
     """The stream's last-generated-id (``NO_STREAM`` if there is none)."""
     try:
         info = await redis.xinfo_stream(stream)
@@ -78,7 +78,7 @@ def per_call(page: int) -> int:
     return max(1, min(page, CALL))
 
 
-async def hash_pages(redis: aioredis.Redis, key: str, page: int = PAGE) -> AsyncIterator[dict[bytes, bytes]]:
+async def hash_pages(redis: Client, key: str, page: int = PAGE) -> AsyncIterator[dict[bytes, bytes]]:
     """A hash, one HSCAN call of ``per_call(page)`` fields at a time (a field may come twice)."""
     cursor = 0
     while True:
@@ -89,7 +89,7 @@ async def hash_pages(redis: aioredis.Redis, key: str, page: int = PAGE) -> Async
             return
 
 
-async def scan_hash(redis: aioredis.Redis, key: str, page: int = PAGE) -> dict[bytes, bytes]:
+async def scan_hash(redis: Client, key: str, page: int = PAGE) -> dict[bytes, bytes]:
     """A whole hash, ``page`` fields per HSCAN call (a field seen twice is kept once)."""
     out: dict[bytes, bytes] = {}
     async for chunk in hash_pages(redis, key, page):
@@ -97,7 +97,7 @@ async def scan_hash(redis: aioredis.Redis, key: str, page: int = PAGE) -> dict[b
     return out
 
 
-async def paged(redis: aioredis.Redis, read: Callable[[list[str]], reads.Read[list[T]]], names: list[str],
+async def paged(redis: Client, read: Callable[[list[str]], reads.Read[list[T]]], names: list[str],
                 page: int = PAGE) -> list[T]:
     """A read of many fields by name (``engine.core.reads``), ``per_call(page)`` names per
     command, in one round trip: one value per name, in order."""
@@ -112,7 +112,7 @@ async def paged(redis: aioredis.Redis, read: Callable[[list[str]], reads.Read[li
     return [v for c, raw in zip(calls, replies, strict=True) for v in c.decode(raw)]
 
 
-async def count_nonzero(redis: aioredis.Redis, key: str, page: int = PAGE) -> int:
+async def count_nonzero(redis: Client, key: str, page: int = PAGE) -> int:
     """Fields of a hash of counts whose value is not 0, read ``page`` per HSCAN call."""
     n = 0
     async for chunk in hash_pages(redis, key, page):
@@ -120,7 +120,7 @@ async def count_nonzero(redis: aioredis.Redis, key: str, page: int = PAGE) -> in
     return n
 
 
-async def stream_pages(redis: aioredis.Redis, stream: str, upto: str, page: int = PAGE) -> AsyncIterator[list[Any]]:
+async def stream_pages(redis: Client, stream: str, upto: str, page: int = PAGE) -> AsyncIterator[list[Any]]:
     """Entries of the stream up to ``upto`` (inclusive), one XRANGE call of ``per_call(page)`` at a time."""
     start, n = "-", per_call(page)
     while True:
@@ -131,12 +131,12 @@ async def stream_pages(redis: aioredis.Redis, stream: str, upto: str, page: int 
         start = "(" + _text(chunk[-1][0])
 
 
-async def scan_stream(redis: aioredis.Redis, stream: str, upto: str, page: int = PAGE) -> list[Any]:
+async def scan_stream(redis: Client, stream: str, upto: str, page: int = PAGE) -> list[Any]:
     """Entries of the stream up to ``upto`` (inclusive), ``page`` per XRANGE call."""
     return [e async for chunk in stream_pages(redis, stream, upto, page) for e in chunk]
 
 
-async def read_view(redis: aioredis.Redis, campaign_id: str, *, records: bool = False,
+async def read_view(redis: Client, campaign_id: str, *, records: bool = False,
                     idempotency: bool = False, users: bool = True, stream: bool = True, page: int = PAGE,
                     attempts: int = ATTEMPTS) -> RedisView:
     """Read a campaign's state in pages, as one consistent view (see the module docstring);
@@ -151,7 +151,7 @@ async def read_view(redis: aioredis.Redis, campaign_id: str, *, records: bool = 
                          "is quiescent (closed, paused, or after the sale)")
 
 
-async def _read_once(redis: aioredis.Redis, campaign_id: str, records: bool, idempotency: bool, users: bool,
+async def _read_once(redis: Client, campaign_id: str, records: bool, idempotency: bool, users: bool,
                      stream: bool, page: int) -> RedisView | None:
     k = keys.CampaignKeys(campaign_id)
     before = await last_id(redis, k.events)

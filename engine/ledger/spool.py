@@ -22,9 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import redis.asyncio as aioredis
-
 from engine import keys
+from engine.core.redis_client import Client
 from engine.events import Event, MalformedEvent, decode
 from engine.ledger.redisview import NO_STREAM, PAGE, stream_pages
 from engine.ledger.rows import EVENT_COLUMNS, event_of_row, event_row
@@ -71,7 +70,7 @@ class StreamSpool(_Scratch):
         self.count = 0  # events spooled
         self.malformed: list[str] = []  # ids of entries that are not events
 
-    async def fill(self, redis: aioredis.Redis, campaign_id: str, upto: str, page: int = PAGE) -> None:
+    async def fill(self, redis: Client, campaign_id: str, upto: str, page: int = PAGE) -> None:
         """The campaign's stream entries up to ``upto`` (inclusive), ``page`` per XRANGE call."""
         if upto == NO_STREAM:
             return

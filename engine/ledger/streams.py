@@ -18,6 +18,17 @@ entry and at most up to the last entry delivered (``XTRIM MINID``; never ``MAXLE
 Reads and acknowledgements, the per-entry work, go over the core's lean connections
 (``engine.core.wire``: a reply is hiredis's lists, no per-entry dict or per-argument encoding);
 for a Redis they cannot reach (TLS, …) redis-py does the same.
+
+On a Redis Cluster each campaign's stream lives in its campaign's slot, and one XREADGROUP may
+name only streams of one slot: a read is one XREADGROUP per slot (streams sharing a slot share
+it), all sent in one cluster pipeline, which redis-py splits into one round trip per master, in
+parallel, following MOVED/ASK. Those reads do not block (a blocking read would hold a master's
+connection, and the other masters' replies, for its whole wait): when every stream came back
+empty the read sleeps ``CLUSTER_POLL_MS`` instead. A dead letter is two steps there, parked in
+``fs:dead`` (its own slot) and then acknowledged: a crash in between parks it twice, never loses
+it. The writer's scripts go as EVALSHA, then EVAL on NOSCRIPT (a promoted replica may not have
+them). A read whose reply was lost (a master failed over) left its entries pending to this consumer:
+they are claimed again once idle, as after any crash; the ledger skips what it already holds.
 """
 
 from __future__ import annotations
@@ -28,15 +39,20 @@ from typing import Any, NamedTuple, cast
 
 import redis.asyncio as aioredis
 from hiredis import pack_command
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from engine import keys
-from engine.core.scripts import source
+from engine.core.redis_client import Client
+from engine.core.scripts import run, source
 from engine.core.wire import Arg, Wire, command
 from engine.ledger.sink import entry_key
 
 GROUP = "ledger"  # the consumer group every writer joins
 CONSUMER_GC_IDLE_MS = 600_000  # a consumer with nothing pending, silent this long, is removed
+CLUSTER_POLL_MS = 50  # on a cluster, the pause after a read that found nothing new (reads do not block)
 
 
 class Entry(NamedTuple):
@@ -58,6 +74,12 @@ def next_id(entry_id: str) -> str:
     return f"{ms}-{seq + 1}"
 
 
+def registered(client: Client, name: str) -> AsyncScript:
+    """``engine/lua/NAME.lua`` registered on ``client`` (redis-py's script works on a cluster
+    client too, routed by its first key; its stubs type ``self`` as a plain client)."""
+    return cast("aioredis.Redis", client).register_script(source(name))
+
+
 def is_nogroup(exc: ResponseError) -> bool:
     return str(exc).startswith("NOGROUP")
 
@@ -65,19 +87,21 @@ def is_nogroup(exc: ResponseError) -> bool:
 class Streams:
     """Consumer-group operations over the streams of the campaigns a writer knows."""
 
-    def __init__(self, redis: aioredis.Redis, consumer: str, *, batch_size: int, claim_idle_ms: int,
+    def __init__(self, redis: Client, consumer: str, *, batch_size: int, claim_idle_ms: int,
                  max_deliveries: int, timeout_s: float = 30.0, dead_max: int = keys.DEAD_LETTERS_MAX) -> None:
         self.redis = redis
+        self.cluster = isinstance(redis, RedisCluster)
         self.dead_max = dead_max
         self.consumer = consumer
         self.batch_size = batch_size
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self.streams: dict[str, str] = {}  # stream key -> campaign id
-        self._touch = redis.register_script(source("ledger_touch"))
+        self._touch = registered(redis, "ledger_touch")
         # two connections: an acknowledgement never waits behind a blocking read
-        self._reads = Wire.for_client(redis, timeout_s)
-        self._acks = Wire.for_client(redis, timeout_s)
+        plain = redis if isinstance(redis, aioredis.Redis) else None
+        self._reads = None if plain is None else Wire.for_client(plain, timeout_s)
+        self._acks = None if plain is None else Wire.for_client(plain, timeout_s)
 
     def close(self) -> None:
         for wire in (self._reads, self._acks):
@@ -131,7 +155,11 @@ class Streams:
             return []
         streams = list(self.streams)
         starts = [">"] * len(streams) if after is None else [after.get(k, "0") for k in streams]
-        if self._reads is not None:
+        if self.cluster:
+            resp = await self._read_per_slot(streams, starts)
+            if not resp and block_ms is not None:
+                await asyncio.sleep(min(block_ms, CLUSTER_POLL_MS) / 1000)
+        elif self._reads is not None:
             args: list[Arg] = ["XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", self.batch_size]
             if block_ms is not None:
                 args += ["BLOCK", block_ms]
@@ -147,6 +175,27 @@ class Streams:
             if gone:  # deleted under our feet: nothing left to persist
                 await self.redis.xack(_text(key), GROUP, *gone)
         return out
+
+    async def _read_per_slot(self, streams: list[str], starts: list[str]) -> list[Any]:
+        """One XREADGROUP per slot, in one pipeline (a round trip per master, in parallel). A read
+        that failed while others brought entries is left for the next round; if all failed, or
+        none brought anything, the first error is raised."""
+        slots: dict[int, list[int]] = {}
+        for i, key in enumerate(streams):
+            slots.setdefault(key_slot(key.encode()), []).append(i)
+        async with self.redis.pipeline(transaction=False) as p:
+            for idx in slots.values():
+                p.execute_command("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", self.batch_size, "STREAMS",
+                                  *(streams[i] for i in idx), *(starts[i] for i in idx))
+            replies = await p.execute(raise_on_error=False)
+        resp: list[Any] = []
+        errors = [r for r in replies if isinstance(r, Exception)]
+        for r in replies:
+            if r and not isinstance(r, Exception):
+                resp.extend(r)
+        if errors and not resp:
+            raise errors[0]
+        return resp
 
     async def claim(self) -> tuple[list[Run], list[tuple[Entry, int]]]:
         """Entries idle longer than ``claim_idle_ms``: (to retry, [(to dead-letter, deliveries)])."""
@@ -191,7 +240,7 @@ class Streams:
         entries refreshed."""
         refreshed = 0
         for stream, eids in ids.items():
-            refreshed += int(await self._touch(keys=[stream], args=[GROUP, self.consumer, *eids]))
+            refreshed += int(await run(self._touch, [stream], [GROUP, self.consumer, *eids]))
         return refreshed
 
     async def dead_letter(self, entry: Entry, reason: str, deliveries: int) -> int:
@@ -205,15 +254,28 @@ class Streams:
         flat = entry.fields
         for k, v in zip(flat[0::2], flat[1::2], strict=True):
             fields[b"f." + k] = v
+        if self.cluster:  # fs:dead and the stream live in different slots: park, then acknowledge
+            async with self.redis.pipeline(transaction=True) as p:
+                p.xadd(keys.DEAD_LETTERS, cast("Any", fields))
+                p.xtrim(keys.DEAD_LETTERS, maxlen=self.dead_max, approximate=False)
+                trimmed = int((await p.execute())[-1])
+            async with self.redis.pipeline(transaction=True) as p:
+                p.xack(entry.stream, GROUP, entry.entry_id)
+                p.hincrby(keys.CampaignKeys(entry.campaign_id).ledger, "dead_letters", 1)
+                await p.execute()
+        else:
+            trimmed = await self._dead_letter_at_once(entry, fields)
+        if trimmed:
+            await self.redis.incrby(keys.DEAD_LETTERS_TRIMMED, trimmed)
+        return trimmed
+
+    async def _dead_letter_at_once(self, entry: Entry, fields: dict[str | bytes, str | bytes | int]) -> int:
         async with self.redis.pipeline(transaction=True) as p:
             p.xadd(keys.DEAD_LETTERS, cast("Any", fields))
             p.xack(entry.stream, GROUP, entry.entry_id)
             p.hincrby(keys.CampaignKeys(entry.campaign_id).ledger, keys.Ledger.DEAD_LETTERS, 1)
             p.xtrim(keys.DEAD_LETTERS, maxlen=self.dead_max, approximate=False)
-            trimmed = int((await p.execute())[-1])
-        if trimmed:
-            await self.redis.incrby(keys.DEAD_LETTERS_TRIMMED, trimmed)
-        return trimmed
+            return int((await p.execute())[-1])
 
     async def idle(self) -> bool:
         """Nothing pending in any stream (with a read of ``>`` that came back empty: all drained)."""
@@ -247,7 +309,7 @@ class Streams:
                     await self.redis.xgroup_delconsumer(key, GROUP, name)
 
 
-async def acked_floor(redis: aioredis.Redis, key: str) -> str | None:
+async def acked_floor(redis: Client, key: str) -> str | None:
     """The lowest entry id some group on ``key`` still needs (None: no group, trim nothing)."""
     try:
         groups = await cast("Awaitable[list[dict[str, Any]]]", redis.xinfo_groups(key))

@@ -31,11 +31,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from engine import keys
 from engine.core import reads
+from engine.core.redis_client import Client
+from engine.core.scripts import run
 from engine.ledger.config import (
     ACKS_AHEAD,
     READ_AHEAD,
@@ -60,7 +61,7 @@ LOG_EVERY_S = 5.0  # repeated warnings (database down, Redis away) at most this 
 
 
 class Writer:
-    def __init__(self, redis: aioredis.Redis, sink: Sink, settings: WriterSettings | None = None) -> None:
+    def __init__(self, redis: Client, sink: Sink, settings: WriterSettings | None = None) -> None:
         self.redis = redis
         self.sink = sink
         self.settings = s = settings or WriterSettings()
@@ -310,11 +311,19 @@ class Writer:
                 if self.stopping:
                     return cast("T", [])
                 await asyncio.sleep(backoff.next())
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, AttributeError) as exc:
+                if isinstance(exc, AttributeError) and not self._cluster_glitch(exc):
+                    raise
                 self._warn("redis", f"Redis unavailable, retrying: {exc.__class__.__name__}: {exc}")
                 if self.stopping:
                     return cast("T", [])
                 await asyncio.sleep(backoff.next())
+
+    def _cluster_glitch(self, exc: AttributeError) -> bool:
+        """redis-py's cluster client closes every connection when one fails (a master went away):
+        a command another task was sending on one of them then fails inside redis-py with an
+        AttributeError (its writer gone). On a cluster that is an outage like the first."""
+        return self.streams.cluster and "'NoneType' object" in str(exc)
 
     async def _refresh(self) -> None:
         """Follow every campaign in ``fs:campaigns``; keep each definition in the ledger."""
@@ -334,7 +343,8 @@ class Writer:
 
     async def _publish(self, totals: dict[str, int]) -> None:
         for cid, n in totals.items():
-            await self._progress(keys=[keys.CampaignKeys(cid).ledger], args=[n])
+            # EVAL on NOSCRIPT: a master promoted by a failover may not have the script yet
+            await run(self._progress, [keys.CampaignKeys(cid).ledger], [n])
             self.stats.persisted[cid] = n
 
     async def _ack(self, ids: dict[str, list[bytes]], totals: dict[str, int]) -> None:
@@ -354,6 +364,10 @@ class Writer:
     async def _trim(self) -> None:
         self.stats.trimmed += await self.streams.trim()
         await self.streams.forget_dead_consumers()
+        # persisted_orders again, from the ledger: a failover may have lost the last one published
+        # (a promoted replica that missed it), and a writer with nothing new to commit would
+        # never publish it again (never backwards: ledger_progress.lua)
+        await self._publish_all()
 
     async def _dead_letter(self, entry: Entry, reason: str, deliveries: int) -> None:
         trimmed = await self._redis(lambda: self.streams.dead_letter(entry, reason, deliveries))
@@ -379,7 +393,9 @@ class Writer:
                 if time.monotonic() - announced >= self.settings.heartbeat_s:
                     await self._announce()
                     announced = time.monotonic()
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, AttributeError) as exc:
+                if isinstance(exc, AttributeError) and not self._cluster_glitch(exc):
+                    raise
                 self._warn("redis", f"heartbeat failed: {exc}")
             await asyncio.sleep(every)
 

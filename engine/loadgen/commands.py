@@ -138,16 +138,19 @@ def loadgen(url: str, campaign_id: str, users: int, duration: float, buyers: int
 @click.option("--queue", is_flag=True, help="a queued launch: waiting room, pre-queue draw, admission, scalper farms")
 @click.option("--admit-per-second", type=click.IntRange(1, 1_000_000), default=2000, show_default=True,
               help="with --queue: positions admitted per second")
+@click.option("--cluster", is_flag=True, help="on a private Redis Cluster (3 masters, a replica each) in the demo's "
+                                              "directory, instead of one redis-server")
 def demo(buyers: int, units: int | None, users: int, time_bound: float, opens_in: float, workers: int,
          campaign_file: str | None, database_url: str | None, serve: bool, progress: bool, seed: int | None,
-         queue: bool, admit_per_second: int) -> None:
+         queue: bool, admit_per_second: int, cluster: bool) -> None:
     """Launch day on this machine: private Redis, API, writer, the Yulebao spike, and the verdict."""
     from engine.demo import DemoConfig, run_demo
     from engine.loadgen.campaigns import YULEBAO_P1
 
     cfg = DemoConfig(buyers=buyers, units=units, users=users, time_bound_s=time_bound, opens_in_s=opens_in,
                      workers=workers, campaign_file=campaign_file or str(YULEBAO_P1), database_url=database_url,
-                     serve=serve, progress=progress, seed=seed, queue=queue, admit_per_second=admit_per_second)
+                     serve=serve, progress=progress, seed=seed, queue=queue, admit_per_second=admit_per_second,
+                     cluster=cluster)
     console = Console(highlight=False)
     try:
         code = run_demo(cfg, console)

@@ -1,4 +1,5 @@
-"""The pieces ``flashsale demo`` and the benchmarks start on this machine: a private redis-server,
+"""The pieces ``flashsale demo`` and the benchmarks start on this machine: a private redis-server
+(or, for ``demo --cluster``, a private Redis Cluster of three masters with a replica each),
 and flashsale's own processes (``serve``, ``writer``) as children with their output in a log.
 
 Everything binds loopback on a free port and lives in a temporary directory, so a demo never
@@ -27,6 +28,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free loopback port whose cluster bus port (+10000) is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port > 55535:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair (P, P+10000) for a cluster node")
+
+
 def flashsale_exe() -> list[str]:
     exe = Path(sys.executable).with_name("flashsale")
     return [str(exe)] if exe.exists() else [sys.executable, "-c", "from engine.cli import main; main()"]
@@ -44,9 +60,10 @@ class LocalRedis:
     """A private redis-server: loopback, a free port, its own directory; ``durable`` turns on AOF
     ``appendfsync always`` (no acknowledged write lost), else no persistence at all."""
 
-    def __init__(self, directory: str | None = None, *, durable: bool = False) -> None:
+    def __init__(self, directory: str | None = None, *, durable: bool = False, cluster: bool = False) -> None:
         self.durable = durable
-        self.port = free_port()
+        self.cluster = cluster  # a node of a Redis Cluster (``LocalCluster`` joins them)
+        self.port = free_cluster_port() if cluster else free_port()
         self.dir = directory or tempfile.mkdtemp(prefix="flashsale-redis-")
         os.makedirs(self.dir, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -63,7 +80,9 @@ class LocalRedis:
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
              "--maxmemory-policy", "noeviction", "--logfile", str(Path(self.dir) / "redis.log"),
-             *(DURABLE_AOF if self.durable else ["--appendonly", "no"])],
+             *(DURABLE_AOF if self.durable else ["--appendonly", "no"]),
+             *(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS)] if self.cluster else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -85,6 +104,68 @@ class LocalRedis:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+CLUSTER_NODE_TIMEOUT_MS = 2000
+
+
+class LocalCluster:
+    """A private Redis Cluster: ``masters`` masters with a replica each, joined by
+    ``redis-cli --cluster create``; ``url`` names the first node (clients find the rest)."""
+
+    def __init__(self, directory: str | None = None, *, masters: int = 3, durable: bool = False) -> None:
+        self.dir = directory or tempfile.mkdtemp(prefix="flashsale-cluster-")
+        os.makedirs(self.dir, exist_ok=True)
+        self.nodes = [LocalRedis(str(Path(self.dir) / f"node-{i}"), durable=durable, cluster=True)
+                      for i in range(2 * masters)]
+
+    @property
+    def port(self) -> int:
+        return self.nodes[0].port
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def describe(self) -> str:
+        return f"{len(self.nodes) // 2} masters + {len(self.nodes) // 2} replicas on 127.0.0.1:" + \
+            ",".join(str(n.port) for n in self.nodes)
+
+    def start(self, timeout_s: float = 30.0) -> LocalCluster:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli not found: `make setup` installs it (Debian: apt-get install redis-tools)")
+        try:
+            for node in self.nodes:
+                node.start()
+            out = subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                                  "--cluster-replicas", "1", "--cluster-yes"],
+                                 capture_output=True, text=True, timeout=timeout_s)
+            if out.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+            deadline = time.monotonic() + timeout_s
+            while not self._ok(cli):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the demo's Redis Cluster did not come up; logs under {self.dir}")
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _ok(self, cli: str) -> bool:
+        """Every node says cluster_state:ok and knows every other."""
+        for node in self.nodes:
+            out = subprocess.run([cli, "-p", str(node.port), "cluster", "info"], capture_output=True, text=True,
+                                 timeout=5)
+            if "cluster_state:ok" not in out.stdout or f"cluster_known_nodes:{len(self.nodes)}" not in out.stdout:
+                return False
+        return True
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

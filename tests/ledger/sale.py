@@ -7,12 +7,13 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
 from engine.campaign import Campaign, ms_to_rfc3339, parse
 from engine.core import Engine, ReserveRequest
+from engine.core.redis_client import connect_any
 from engine.errors import FlashsaleError
 from engine.ledger import Writer, WriterSettings, sink_for
 from engine.ledger.sink import LedgerSnapshot
@@ -41,7 +42,9 @@ def campaign(cid: str, *, total: int = 1_000_000, user_cap: int | None = None, h
 
 
 def engine_for(redis_url: str) -> Engine:
-    return Engine.from_settings(Settings(redis_url=redis_url, redis_timeout_s=10.0))
+    """The Engine on the Redis ``redis_url`` names: one node, or the cluster of that node."""
+    client = cast("aioredis.Redis", connect_any(redis_url, 10.0))
+    return Engine(client, Settings(redis_url=redis_url, redis_timeout_s=10.0))
 
 
 @dataclass
@@ -118,7 +121,7 @@ async def flashsale(*args: str, env: dict[str, str]) -> subprocess.CompletedProc
 
 async def drain(redis_url: str, db_url: str, **settings: Any) -> Writer:
     """One writer in burst mode, in this process: everything in the streams into the ledger."""
-    client = aioredis.Redis.from_url(redis_url)
+    client = connect_any(redis_url, 30.0)
     sink = sink_for(db_url)
     try:
         await sink.open()

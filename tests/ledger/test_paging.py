@@ -12,6 +12,7 @@ from redis.exceptions import ResponseError
 
 from engine import keys
 from engine.core import Engine, ReserveRequest
+from engine.core.redis_client import connect_any
 from engine.core.scripts import source
 from engine.events import Event
 from engine.ledger import sink_for
@@ -174,7 +175,7 @@ def test_any_page_size_hypothesis(redis_url: str) -> None:
             await engine.close()
 
     async def read(page: int, records: bool, idem: bool) -> RedisView:
-        client = aioredis.Redis.from_url(redis_url)
+        client = connect_any(redis_url, 30.0)
         try:
             return await read_view(client, CID, records=records, idempotency=idem, page=page)
         finally:

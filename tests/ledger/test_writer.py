@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 from engine import keys
 from engine.core import Engine
+from engine.core.redis_client import connect_any
 from engine.ledger import Writer, WriterSettings, ledger_status, sink_for
 from engine.ledger.decoding import row_of
 from engine.ledger.health import progress_script
@@ -140,7 +141,7 @@ async def test_a_row_the_database_refuses_is_retried_then_dead_lettered(engine: 
 async def test_several_writers_at_once_while_selling(engine: Engine, aredis: aioredis.Redis, redis_url: str,
                                                      db_url: str) -> None:
     await engine.load_campaign(campaign(CID))
-    clients = [aioredis.Redis.from_url(redis_url) for _ in range(3)]
+    clients = [connect_any(redis_url, 30.0) for _ in range(3)]
     sinks = [sink_for(db_url) for _ in range(3)]
     for s in sinks:
         await s.open()
@@ -168,7 +169,7 @@ async def test_several_writers_at_once_while_selling(engine: Engine, aredis: aio
 
 async def test_a_campaign_created_after_start_is_followed(engine: Engine, aredis: aioredis.Redis,
                                                           redis_url: str, db_url: str) -> None:
-    client = aioredis.Redis.from_url(redis_url)
+    client = connect_any(redis_url, 30.0)
     sink = sink_for(db_url)
     await sink.open()
     writer = Writer(client, sink, WriterSettings(consumer="w", refresh_s=0.1, block_ms=100))
@@ -243,7 +244,7 @@ async def test_without_the_lean_wire_redis_py_does_the_same(engine: Engine, ared
     """A Redis the core's wire cannot reach (TLS, …): reads and acknowledgements go through redis-py."""
     await engine.load_campaign(campaign(CID))
     sale = await sell(engine, CID, 300, confirm_every=2)
-    client = aioredis.Redis.from_url(redis_url)
+    client = connect_any(redis_url, 30.0)
     sink = sink_for(db_url)
     await sink.open()
     writer = Writer(client, sink, WriterSettings(consumer="plain", burst=True))
@@ -261,7 +262,7 @@ async def test_a_stream_lost_under_a_running_writer_is_followed_again(engine: En
                                                                       redis_url: str, db_url: str) -> None:
     """NOGROUP (the stream and its group vanished): the writer re-creates the group and goes on."""
     await engine.load_campaign(campaign(CID))
-    client = aioredis.Redis.from_url(redis_url)
+    client = connect_any(redis_url, 30.0)
     sink = sink_for(db_url)
     await sink.open()
     writer = Writer(client, sink, WriterSettings(consumer="w", block_ms=100))
@@ -298,7 +299,7 @@ async def _pauses_draining(engine: Engine, redis_url: str, db_url: str, cid: str
     """Twelve events already in the stream, read 5 at a time: the pauses the writer took."""
     await engine.load_campaign(campaign(cid))
     await sell(engine, cid, 12, start=1, confirm_every=10**6)  # held: one "reserved" event each
-    client = aioredis.Redis.from_url(redis_url)
+    client = connect_any(redis_url, 30.0)
     sink = sink_for(db_url)
     await sink.open()
     writer = _Recording(client, sink, WriterSettings(consumer="w", batch_size=5, block_ms=100, **settings))  # type: ignore[arg-type]

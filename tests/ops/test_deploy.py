@@ -33,8 +33,10 @@ COMPOSE = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 ALERTS = yaml.safe_load((DEPLOY / "alerts.yml").read_text())
 DASHBOARD = json.loads((DEPLOY / "grafana" / "dashboards" / "flashsale.json").read_text())
-#: Metrics that come from elsewhere than flashsale: Prometheus itself and redis_exporter.
-EXTERNAL = {"up", "redis_up", "redis_memory_used_bytes", "redis_memory_max_bytes"}
+#: Metrics that come from elsewhere than flashsale: Prometheus itself and redis_exporter (the
+#: last three for the cluster profile's shard panels).
+EXTERNAL = {"up", "redis_up", "redis_memory_used_bytes", "redis_memory_max_bytes",
+            "redis_commands_processed_total", "redis_db_keys", "redis_connected_slaves"}
 PROMQL_WORDS = {"sum", "by", "rate", "min", "max", "and", "on", "or", "unless", "time", "histogram_quantile",
                 "le", "increase", "without", "avg", "count", "bool", "ignoring", "group_left", "group_right"}
 _ENV_DEFAULT = re.compile(r"\$\{(\w+):-([^}]*)\}")
