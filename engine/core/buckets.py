@@ -54,6 +54,12 @@ every field:
 
 (``held`` and ``sold``: the buckets' counters, once reservations run on buckets; ``tally`` reads
 the first three).
+
+**Not built yet** (the engine still serves every campaign on its own tag): routing reserve /
+confirm / cancel / expire to a bucket's keys (a reservation id naming its bucket), borrowing and
+retrying once on a stock refusal before answering ``SOLD_OUT`` / ``INSUFFICIENT_STOCK``, stats
+summed over buckets, the writer draining every bucket's stream, ``reconcile`` / ``recover`` /
+``archive`` of a bucketed campaign.
 """
 
 from __future__ import annotations
@@ -210,12 +216,15 @@ class BucketStock:
             return None
         return InFlight(tid, source, int(n), int(ms), destination.stock, destination.transfers_in, tuple(fields))
 
+    async def credit(self, t: InFlight) -> int:
+        """Step 2 alone: 0 credited now, 1 credited before, -1 past the credit horizon (never)."""
+        return int(await self._run("stock_credit", [t.stock, t.transfers_in],
+                                   [t.tid, t.units, t.ms, keys.TRANSFER_CREDIT_MS, keys.TRANSFER_KEEP_MS, *t.fields]))
+
     async def finish(self, t: InFlight) -> bool:
         """Steps 2 and 3: credit the destination (once) and clear the source; past the credit
         horizon, undo on the source instead. True: credited."""
-        credited = int(await self._run("stock_credit", [t.stock, t.transfers_in],
-                                       [t.tid, t.units, t.ms, keys.TRANSFER_CREDIT_MS, keys.TRANSFER_KEEP_MS,
-                                        *t.fields]))
+        credited = await self.credit(t)
         await self._run("stock_settle", [t.source.stock, t.source.transfers_out],
                         [t.tid, "clear" if credited >= 0 else "undo"])
         return credited >= 0

@@ -4,6 +4,8 @@ which bucket, and stock moves that are exactly once, across a crash between thei
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import AsyncIterator
 
 import pytest
@@ -40,6 +42,7 @@ async def conserved(s: BucketStock, in_flight: int = 0) -> None:
     t = await s.tally()
     for f in FIELDS:
         assert t[f].total == s.tranche(f), (f, t[f])
+        assert min(t[f].reserve, *t[f].buckets) >= 0, (f, t[f])  # no stock hash ever gives more than it has
     assert t["all"].in_flight == in_flight
 
 
@@ -84,8 +87,7 @@ async def test_a_transfer_is_idempotent(stock: BucketStock, client: Client) -> N
     assert t is not None and t.units == 5
     await conserved(stock, in_flight=5)
     assert await stock.finish(t) and await stock.finish(t)  # the repeat credits nothing
-    credit = await stock._run("stock_credit", [t.stock, t.transfers_in],
-                              [t.tid, t.units, t.ms, keys.TRANSFER_CREDIT_MS, keys.TRANSFER_KEEP_MS, *t.fields])
+    credit = await stock.credit(t)
     assert credit == 1  # credited before
     assert (await stock.tally())["p|p1"].buckets == (10, 15, 10)
     await conserved(stock)
@@ -114,8 +116,7 @@ async def test_a_crash_between_the_steps_is_finished_by_recover(stock: BucketSto
 async def test_a_crash_after_the_credit_is_cleared_by_recover(stock: BucketStock) -> None:
     t = await stock.debit(stock.reserve, stock.buckets[0], 4, 1, fields_of("p2"))
     assert t is not None
-    await stock._run("stock_credit", [t.stock, t.transfers_in],
-                     [t.tid, t.units, t.ms, keys.TRANSFER_CREDIT_MS, keys.TRANSFER_KEEP_MS, *t.fields])
+    await stock.credit(t)
     await conserved(stock)  # credited, not cleared: no longer in flight
     assert await stock.recover() == (1, 0)
     assert (await stock.tally())["p|p2"].buckets == (17, 13, 13)
@@ -151,4 +152,23 @@ async def test_refill_tops_up_a_bucket_running_low(stock: BucketStock) -> None:
     assert await stock.refill(0, "p1") == 0  # 10 free: not low
     await stock.move(stock.buckets[0], stock.reserve, 10, 10, fields_of("p1"))
     assert await stock.refill(0, "p1") == 2
+    await conserved(stock)
+
+
+async def test_racing_moves_conserve_the_tranche(stock: BucketStock) -> None:
+    """Borrows, refills and moves racing over the three masters: at rest, every unit is somewhere."""
+    rng = random.Random(7)
+    spots = [stock.reserve, *stock.buckets]
+    calls = []
+    for i in range(120):
+        product = rng.choice(["p1", "p2"])
+        kind = i % 3
+        if kind == 0:
+            calls.append(stock.borrow(rng.randrange(3), product, rng.randint(1, 30)))
+        elif kind == 1:
+            calls.append(stock.refill(rng.randrange(3), product))
+        else:
+            calls.append(stock.move(rng.choice(spots), rng.choice(spots), rng.randint(1, 9), 1, fields_of(product)))
+    await asyncio.gather(*calls)
+    assert await stock.recover() == (0, 0)  # every move settled itself
     await conserved(stock)

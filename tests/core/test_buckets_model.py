@@ -107,8 +107,7 @@ class BucketMachine(RuleBasedStateMachine):
         self.model.flights.append(flight)
         if crash == "debit":  # the process dies after the debit
             return
-        credited = self.run(self.stock._run("stock_credit", [t.stock, t.transfers_in], [
-            t.tid, t.units, t.ms, keys.TRANSFER_CREDIT_MS, keys.TRANSFER_KEEP_MS, *t.fields]))
+        credited = self.run(self.stock.credit(t))
         assert credited == 0
         self.model.give(dst, t.fields, t.units)
         flight.credited = True
