@@ -68,7 +68,7 @@ import hashlib
 import uuid
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 from typing import Any, cast
 
 from redis.commands.core import AsyncScript
@@ -90,7 +90,7 @@ def _slot(key: str) -> int:
     return key_slot(key.encode())
 
 
-@cache
+@lru_cache(maxsize=4096)  # one entry per (campaign, N): bounded like any per-id structure
 def place(campaign_id: str, n: int) -> tuple[BucketKeys, ...]:
     """The ``n`` buckets of a campaign: bucket ``b``'s slot lies in the middle half of the ``b``-th
     of ``n`` equal slot ranges."""
