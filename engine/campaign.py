@@ -23,6 +23,7 @@ MAX_UNITS = 10**12  # far beyond any tranche; keeps every counter exact in Lua's
 MAX_PRICE = 10**9  # minor units per unit
 MAX_HOLD_SECONDS = 7 * 24 * 3600
 MAX_PRODUCTS = 64
+MAX_STOCK_BUCKETS = 64  # buckets one campaign's stock may be spread over (engine.core.buckets)
 MAX_AMOUNT = 2**53  # a tranche's worth in minor units stays exact in Lua's doubles
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -37,7 +38,9 @@ ADMISSION_MODES = ("open", "queue")
 _CAMPAIGN_FIELDS = {"id", "title", "currency", "unit_price", "opens_at", "closes_at", "hold_seconds",
                     "total_units", "user_cap_units", "products", "rate_limit",
                     # v1.1: admission (engine.admission) and buyer caps
-                    "eligibility", "admission", "identity_cap_units", "device_cap_units", "network_cap_units"}
+                    "eligibility", "admission", "identity_cap_units", "device_cap_units", "network_cap_units",
+                    # bucketed stock (engine.core.buckets)
+                    "stock_buckets"}
 _PRODUCT_FIELDS = {"id", "title", "total_units", "user_cap_units"}
 _RATE_FIELDS = {"per_second", "burst"}
 _ADMISSION_FIELDS = {"mode", "queue_opens_at", "admit_per_second", "token_seconds"}
@@ -99,6 +102,7 @@ class Campaign:
     identity_cap_units: int | None = None  # buyer caps (enforced by the reserve script)
     device_cap_units: int | None = None
     network_cap_units: int | None = None
+    stock_buckets: int = 1  # buckets the stock is spread over (1: one hash slot, as in v1)
 
     @property
     def queued(self) -> bool:
@@ -128,6 +132,8 @@ class Campaign:
         for name in _BUYER_CAPS:
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
+        if self.stock_buckets != 1:
+            out["stock_buckets"] = self.stock_buckets
         return out
 
 
@@ -253,6 +259,19 @@ def _optional_cap(d: dict[str, Any], name: str) -> int | None:
     return None if value is None else _int(value, name, 1, MAX_UNITS)
 
 
+def _stock_buckets(d: dict[str, Any]) -> int:
+    """``stock_buckets`` (1..64, default 1). A bucket enforces device and network caps over its own
+    buyers only (a device or network is no affinity key), so a bucketed campaign refuses them."""
+    buckets = 1 if d.get("stock_buckets") is None else _int(d["stock_buckets"], "stock_buckets", 1,
+                                                            MAX_STOCK_BUCKETS)
+    if buckets > 1:
+        for name in ("device_cap_units", "network_cap_units"):
+            if d.get(name) is not None:
+                raise InvalidDefinition(name, "not with stock_buckets > 1: a device or network cap is only "
+                                              "exact on one bucket")
+    return buckets
+
+
 def parse(data: Any, *, campaign_id: str | None = None) -> Campaign:
     """Validate a definition (a JSON object or parsed TOML); raises ``InvalidDefinition``."""
     required = {"id", "title", "currency", "unit_price", "opens_at", "closes_at", "hold_seconds",
@@ -308,6 +327,7 @@ def parse(data: Any, *, campaign_id: str | None = None) -> Campaign:
         identity_cap_units=_optional_cap(d, "identity_cap_units"),
         device_cap_units=_optional_cap(d, "device_cap_units"),
         network_cap_units=_optional_cap(d, "network_cap_units"),
+        stock_buckets=_stock_buckets(d),
     )
 
 

@@ -54,6 +54,17 @@ Each key, its type, what it holds, and (after the arrow) when it goes away:
 - ``fs:{c:ID}:qseen`` hash: ticket id -> Redis TIME (ms) of its first poll from the opening on
   (``queue_seen.lua``; a token's expiry counts from the later of the admission and it): one field
   per ticket at most -> archive.
+- ``fs:{c:ID}:stock`` hash (bucketed campaigns only): the central reserve's free units, ``all``
+  and ``p|PID`` (``Stock``) -> archive.
+- ``fs:{c:ID}:xout`` hash (bucketed campaigns only): transfer id -> ``n,ms,stock key,xin key,
+  field,...``, the stock moves this stock hash debited and not yet settled (``stock_debit.lua``)
+  -> a field leaves when its transfer settles (``stock_settle.lua``): at most a few per bucket.
+- ``fs:{c:ID}:xin`` zset (bucketed campaigns only): transfer ids credited here, scored by their
+  debit's ms (``stock_credit.lua``) -> a member is pruned by the credit script once
+  ``TRANSFER_KEEP_MS`` old.
+- ``fs:{c:ID#B.S}:stock`` / ``:xout`` / ``:xin``: the same for bucket B of a campaign with
+  ``stock_buckets`` > 1; ``S`` is a salt that places the bucket's slot (``engine.core.buckets``)
+  -> archive (not built yet for buckets).
 - ``fs:campaigns`` set: every campaign id in Redis (outside any tag: read by the writer, ops and
   the sweeper) -> a member leaves at archive.
 - ``fs:archived`` hash: archived campaign id -> JSON (when, orders, units sold) -> kept: one
@@ -93,8 +104,55 @@ def liveness_key(consumer: str) -> str:
     return LIVENESS_PREFIX + consumer
 
 
+TRANSFER_KEEP_MS = 24 * 3600 * 1000  # a credited transfer's id is kept this long (replays are refused)
+TRANSFER_CREDIT_MS = 3600 * 1000  # a transfer older than this is never credited any more: undone
+
+
+class StockKeys:
+    """The stock keys of one hash tag: the central reserve's (the campaign's tag) or a bucket's."""
+
+    __slots__ = ()
+
+    @property
+    def tag(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def stock(self) -> str:
+        """Free units: ``all`` (the campaign's) and ``p|PID`` (a product's), ``Stock``."""
+        return f"{self.tag}:stock"
+
+    @property
+    def transfers_out(self) -> str:
+        """Transfer id -> ``n,ms,stock key,xin key,field,...``: debited here, not yet settled."""
+        return f"{self.tag}:xout"
+
+    @property
+    def transfers_in(self) -> str:
+        """Transfer ids credited here, scored by their debit's ms (replays of a credit are no-ops)."""
+        return f"{self.tag}:xin"
+
+    def stock_keys(self) -> list[str]:
+        return [self.stock, self.transfers_out, self.transfers_in]
+
+
 @dataclass(frozen=True, slots=True)
-class CampaignKeys:
+class BucketKeys(StockKeys):
+    """The keys of bucket ``bucket`` of a bucketed campaign: tag ``{c:ID#B.S}`` (``#`` is in no
+    campaign id, so no campaign's own tag is a bucket's); the salt ``S`` places its slot
+    (``engine.core.buckets.place``)."""
+
+    campaign_id: str
+    bucket: int
+    salt: int
+
+    @property
+    def tag(self) -> str:
+        return f"{PREFIX}:{{c:{self.campaign_id}#{self.bucket}.{self.salt}}}"
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignKeys(StockKeys):
     """The keys of one campaign, all under its hash tag."""
 
     campaign_id: str
@@ -311,6 +369,17 @@ class Buyers:
     NETWORK = "n|"
 
 
+class Stock:
+    """``fs:{c:ID}:stock`` and each bucket's: free units of the campaign and of each product."""
+
+    ALL = "all"  # the campaign's units
+    PRODUCT = "p|"  # + product id: the product's units
+
+    @staticmethod
+    def product(product_id: str) -> str:
+        return f"{Stock.PRODUCT}{product_id}"
+
+
 class Ledger:
     """``fs:{c:ID}:ledger``: what the ledger writers report."""
 
@@ -359,7 +428,7 @@ class Damaged:
 
 
 HASH_FIELDS: tuple[type, ...] = (Meta, Counters, Users, Buyers, Ledger, Rate, Registrations, QueueUsers,
-                                 Admission)
+                                 Admission, Stock)
 """The classes that name hash fields (``Flag``, ``MetaValue``, ``Damaged``: values of fields)."""
 
 

@@ -153,6 +153,11 @@ BAD: list[tuple[str, Any, str]] = [
     ("hold_seconds", 0, "hold_seconds"),
     ("rate_limit", {"per_second": 0, "burst": 10}, "rate_limit.per_second"),
     ("total_units", 10**12, "unit_price"),  # 10^12 units × 10,000 fen exceeds 2^53 minor units
+    # bucketed stock: 1..64 buckets, an integer
+    ("stock_buckets", 0, "stock_buckets"),
+    ("stock_buckets", 65, "stock_buckets"),
+    ("stock_buckets", 3.0, "stock_buckets"),
+    ("stock_buckets", "3", "stock_buckets"),
 ]
 
 
@@ -192,3 +197,17 @@ def test_toml_native_datetimes(tmp_path: Path) -> None:
     with pytest.raises(InvalidDefinition) as e:
         load_file(f)
     assert e.value.field == "opens_at"
+
+
+def test_stock_buckets_defaults_to_one_and_reads_back() -> None:
+    assert parse(good()).stock_buckets == 1 and "stock_buckets" not in parse(good()).to_dict()
+    c = parse({**good(), "stock_buckets": 3, "identity_cap_units": 5})
+    assert c.stock_buckets == 3 and c.to_dict()["stock_buckets"] == 3 and parse(c.to_dict()) == c
+
+
+@pytest.mark.parametrize("cap", ["device_cap_units", "network_cap_units"])
+def test_a_bucketed_campaign_refuses_device_and_network_caps(cap: str) -> None:
+    parse({**good(), "stock_buckets": 1, cap: 3})  # one bucket: as before
+    with pytest.raises(InvalidDefinition) as e:
+        parse({**good(), "stock_buckets": 2, cap: 3})
+    assert e.value.field == cap and "stock_buckets" in e.value.reason

@@ -32,8 +32,8 @@ LUA_FILES = sorted(
 REDIS_WORDS = {
     "DEL", "EXISTS", "HDEL", "HEXISTS", "HGET", "HINCRBY", "HMGET", "HSCAN", "HSET", "HSETNX", "RENAME", "TIME",
     "TYPE", "UNLINK", "XADD", "XCLAIM", "XGROUP", "XINFO", "XPENDING", "XSETID", "ZADD", "ZCARD", "ZRANGEBYSCORE",
-    "ZRANK", "ZREM", "COUNT", "CREATE", "JUSTID", "LIMIT", "MKSTREAM", "STREAM", "BUSYGROUP", "last-generated-id", "ok",
-    "none", "-inf", "*", "0-0",
+    "ZRANK", "ZREM", "ZREMRANGEBYSCORE", "ZSCORE", "COUNT", "CREATE", "JUSTID", "LIMIT", "MKSTREAM", "STREAM",
+    "BUSYGROUP", "last-generated-id", "ok", "none", "-inf", "*", "0-0",
 }
 NOT_LAYOUT = REDIS_WORDS | {
     "", "|", ",", ":", "\\n", "0",  # separators, an empty value, a script argument
@@ -43,6 +43,8 @@ NOT_LAYOUT = REDIS_WORDS | {
     "identity|", "device|", "network|",  # BUYER_CAP_EXCEEDED's detail: the API's words
     "buyer.identity", "buyer.device", "buyer.ip",  # BUYER_SIGNAL_MISSING's detail
     "too_many_changes",  # queue_rate.lua's INVALID_STATE detail
+    "clear", "undo",  # stock_settle.lua's ARGV
+    "(", "[^,]+",  # an exclusive ZREMRANGEBYSCORE bound; a pattern splitting a transfer record
     "\\155\\164held", "\\158\\164held", "\\160\\0",  # reserve.lua's record heads (checked below)
 }
 # Declared names no script writes: Python writes them, in the module named.
@@ -61,6 +63,8 @@ KEY_NAMESPACE: dict[str, type | None] = {
     "the campaign's events stream": None, "the campaign's rate limiter hash": None, "staged counters": None,
     "staged users": None, "staged reservation records": None, "staged idempotency hash": None,
     "staged buyers hash": None,
+    # the stock of a bucketed campaign (its central reserve's and each bucket's)
+    "stock hash": keys.Stock, "transfers out hash": None, "transfers in zset": None,
 }
 # ... and the CampaignKeys property each of those words names.
 KEY_PROPERTY = {
@@ -72,6 +76,7 @@ KEY_PROPERTY = {
     "tickets hash": "tickets", "first polls hash": "first_polls",
     "holds zset": "holds", "queue zset": "queue", "events stream": "events",
     "the campaign's events stream": "events",
+    "stock hash": "stock", "transfers out hash": "transfers_out", "transfers in zset": "transfers_in",
 }
 HASH_COMMANDS = ("HGET", "HMGET", "HSET", "HSETNX", "HINCRBY", "HEXISTS", "HDEL")
 # writes.lua plans a batch's hash writes in tables, flushed into these hashes
