@@ -15,8 +15,8 @@ from redis.exceptions import RedisError
 from engine import keys
 from engine.core import Engine
 from engine.core.redis_client import Client, connect_any
+from engine.keys import liveness_key
 from engine.ledger import ledger_status, sink_for
-from engine.ledger.health import liveness_key
 from engine.ledger.reconcile import reconcile
 from engine.ledger.recover import recover
 from tests.ledger.sale import Sale, campaign, drain, ledger, sell, until
