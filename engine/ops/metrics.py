@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import glob
+import logging
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,6 +42,8 @@ from engine.core.sweeper import SweepTick
 from engine.ops.collector import SnapshotCollector, snapshot
 from engine.ops.queue import QueueCollector, queue_snapshot
 from engine.ops.series import CounterFamily, Families, GaugeFamily, HistogramFamily
+
+log = logging.getLogger("flashsale.ops")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the text format every Prometheus 2.x parses
@@ -214,6 +219,28 @@ def multiprocess_dir() -> str | None:
     return path if path and os.path.isdir(path) else None
 
 
+class _Workers:
+    """``MultiProcessCollector`` over the files that read whole: a worker SIGKILLed while it
+    created its file leaves one torn (empty, or a header cut short), which would fail the
+    whole scrape with a 500. Such a file is left out, and said once per scrape in the log."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self) -> Iterator[Any]:
+        readable, torn = [], []
+        for f in sorted(glob.glob(os.path.join(self.path, "*.db"))):
+            try:
+                MultiProcessCollector.merge([f], accumulate=False)  # type: ignore[no-untyped-call]
+            except (OSError, ValueError, struct.error, KeyError, IndexError):
+                torn.append(os.path.basename(f))
+                continue
+            readable.append(f)
+        if torn:
+            log.warning("metrics: left out unreadable worker files %s (a worker killed as it wrote them)", torn)
+        return iter(MultiProcessCollector.merge(readable, accumulate=True))  # type: ignore[no-untyped-call]
+
+
 class _Forward:
     """Exposes the process-local registry inside a per-scrape registry."""
 
@@ -230,7 +257,7 @@ async def render(engine: Engine) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     path = multiprocess_dir()
     if path is not None:
-        MultiProcessCollector(registry, path)  # type: ignore[no-untyped-call]
+        registry.register(_Workers(path))  # type: ignore[arg-type]
     else:
         registry.register(_Forward(_metrics().registry))  # type: ignore[arg-type]
     registry.register(SnapshotCollector(snap))  # type: ignore[arg-type]

@@ -125,6 +125,23 @@ def _ops_pids(server: ApiServer) -> list[int]:
     return pids
 
 
+def test_a_torn_worker_metrics_file_leaves_metrics_up(redis_server: RedisServer, tmp_path: Path) -> None:
+    """A process SIGKILLed while it created its metrics file leaves it empty or cut short: the
+    scrape leaves that file out (and says so), it does not answer 500."""
+    server = ApiServer(redis_server.url, workers=2, PROMETHEUS_MULTIPROC_DIR=str(tmp_path)).start()
+    try:
+        auth = admin_headers()
+        assert httpx.get(server.url + "/metrics", headers=auth).status_code == 200
+        (tmp_path / "counter_999999.db").write_bytes(b"")  # created, never sized
+        (tmp_path / "histogram_999998.db").write_bytes(b"\x10\x00")  # a header cut short
+        answer = httpx.get(server.url + "/metrics", headers=auth)
+        assert answer.status_code == 200, answer.text[:300]
+        assert "flashsale_http_requests_total" in answer.text
+        assert "unreadable worker files" in server.output()
+    finally:
+        server.stop()
+
+
 def test_a_dead_ops_listener_is_started_again(redis_server: RedisServer) -> None:
     server = ApiServer(redis_server.url, ops=True).start()
     try:
